@@ -1,0 +1,305 @@
+"""Streaming Linear Discriminant Analysis (Hayes & Kanan, CVPR-W 2020).
+
+One mean and one count per class and a single covariance matrix shared by all classes, updated one example
+at a time in a single pass. ``fit`` applies the paper's per-sample rule to a whole batch at once, exactly:
+the model after ``fit(X, y)`` equals the model after calling the per-sample rule on the rows of X in order.
+"""
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils import atomic_write, safe_torch_load
+
+# Rows processed per vectorised pass inside ``fit``; bounds the float64 prefix sums to a few tens of MB.
+FIT_CHUNK_ROWS = 16384
+
+
+def oas_covariance(Z):
+    """Oracle Approximating Shrinkage estimate of the covariance of centred rows (Chen et al. 2010).
+
+    Follows scikit-learn's ``OAS(assume_centered=True)`` (>= 1.0). Z: (n, d) with n >= 1. Returns (d, d),
+    computed in float64.
+    """
+    Z = Z.to(torch.float64)
+    n, d = Z.shape
+    S = Z.T @ Z / n
+    mu = torch.trace(S) / d
+    alpha = (S ** 2).mean()
+    numerator = alpha + mu ** 2
+    denominator = (n + 1) * (alpha - mu ** 2 / d)
+    shrinkage = 1.0 if denominator == 0 else min((numerator / denominator).item(), 1.0)
+    eye = torch.eye(d, dtype=S.dtype, device=S.device)
+    return (1.0 - shrinkage) * S + shrinkage * mu * eye
+
+
+class StreamingLDA(nn.Module):
+    """Deep SLDA output layer.
+
+    Args:
+        input_shape: feature dimension d.
+        num_classes: number of classes C; labels are integers in [0, C).
+        test_batch_size: rows scored per step in ``predict``.
+        shrinkage_param: eps in Lambda = ((1 - eps) Sigma + eps I)^-1.
+        streaming_update_sigma: True for a plastic covariance updated by every sample; False keeps the
+            covariance that ``fit_base`` estimated (or the identity without base initialisation).
+        device: where the state lives and the math runs; CUDA when available, else the CPU.
+        dtype: float32 (default) or float64 for the means and covariance.
+        mask_unseen_classes: score classes that have no sample yet as -inf. Off by default, as in the
+            paper, where an unseen class has mu = 0 and scores exactly 0.
+
+    State (registered buffers, so ``state_dict``, ``.to`` and ``torch.save`` work):
+        muK (C, d) class means, cK (C,) int64 counts, Sigma (d, d) shared covariance, num_updates ()
+        int64 number of samples seen.
+
+    Sigma starts as the identity. The original started it as a matrix of ones: with a plastic covariance
+    the first update multiplies it by t = 0 so the start does not matter, but with a fixed covariance and
+    no base initialisation (or a predict before any fit) the all-ones matrix makes every class score
+    nearly the same, while the identity gives a nearest-class-mean classifier.
+    """
+
+    def __init__(self, input_shape, num_classes, test_batch_size=1024, shrinkage_param=1e-4,
+                 streaming_update_sigma=True, device=None, dtype=torch.float32, mask_unseen_classes=False):
+        super().__init__()
+        if int(input_shape) < 1:
+            raise ValueError(f'input_shape must be a positive feature dimension, got {input_shape}')
+        if int(num_classes) < 1:
+            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        if int(test_batch_size) < 1:
+            raise ValueError(f'test_batch_size must be positive, got {test_batch_size}')
+        if not 0.0 <= float(shrinkage_param) <= 1.0:
+            raise ValueError(f'shrinkage_param must be in [0, 1], got {shrinkage_param}')
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f'dtype must be torch.float32 or torch.float64, got {dtype}')
+        if device is None:
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        self.input_shape = int(input_shape)
+        self.num_classes = int(num_classes)
+        self.test_batch_size = int(test_batch_size)
+        self.shrinkage_param = float(shrinkage_param)
+        self.streaming_update_sigma = bool(streaming_update_sigma)
+        self.mask_unseen_classes = bool(mask_unseen_classes)
+        d, C = self.input_shape, self.num_classes
+        self.register_buffer('muK', torch.zeros(C, d, dtype=dtype, device=device))
+        self.register_buffer('cK', torch.zeros(C, dtype=torch.int64, device=device))
+        self.register_buffer('Sigma', torch.eye(d, dtype=dtype, device=device))
+        self.register_buffer('num_updates', torch.zeros((), dtype=torch.int64, device=device))
+        self._head = None  # (W, b) of the linear classifier; derived from the state, rebuilt after a change
+        self._warned_not_pd = False
+
+    @property
+    def device(self):
+        return self.muK.device
+
+    @property
+    def dtype(self):
+        return self.muK.dtype
+
+    def extra_repr(self):
+        return (f'input_shape={self.input_shape}, num_classes={self.num_classes}, '
+                f'shrinkage_param={self.shrinkage_param}, streaming_update_sigma={self.streaming_update_sigma}')
+
+    # ------------------------------------------------------------------ input validation
+    def _check_features(self, X, name='X'):
+        X = torch.as_tensor(X)
+        if X.dim() == 1:
+            X = X.unsqueeze(0)
+        if X.dim() != 2 or X.shape[1] != self.input_shape:
+            raise ValueError(f'{name} must have shape (n, {self.input_shape}) or ({self.input_shape},), '
+                             f'got {tuple(X.shape)}')
+        if not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.uint8)):
+            raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
+        X = X.to(device=self.device, dtype=self.dtype)
+        if not torch.isfinite(X).all():
+            bad = torch.nonzero(~torch.isfinite(X).all(dim=1))[0].item()
+            raise ValueError(f'{name} contains NaN or infinite values (first in row {bad})')
+        return X
+
+    def _check_batch(self, X, y):
+        X = self._check_features(X)
+        y = torch.as_tensor(y)
+        if y.dim() == 0:
+            y = y.unsqueeze(0)
+        if y.dim() != 1:
+            raise ValueError(f'y must be a scalar or a 1-D vector of labels, got shape {tuple(y.shape)}')
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f'y must hold integer class labels, got dtype {y.dtype}')
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f'X has {X.shape[0]} rows but y has {y.shape[0]} labels')
+        y = y.to(device=self.device, dtype=torch.int64)
+        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+            bad = y[(y < 0) | (y >= self.num_classes)][0].item()
+            raise ValueError(f'label {bad} is outside [0, num_classes={self.num_classes})')
+        return X, y
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def fit(self, x, y):
+        """Stream samples into the model: one sample (x: (d,), y: scalar) or a batch (x: (B, d), y: (B,)).
+
+        The result equals applying the paper's per-sample rule to the rows in order (DESIGN.md section 3):
+        with S = t Sigma, each sample adds (t / (t + 1)) r r^T to S, where t is the global update count
+        before the sample and r = z - (its class mean before the sample). An empty batch is a no-op; an
+        invalid batch raises before anything changes.
+        """
+        X, y = self._check_batch(x, y)
+        for start in range(0, X.shape[0], FIT_CHUNK_ROWS):
+            self._fit_chunk(X[start:start + FIT_CHUNK_ROWS], y[start:start + FIT_CHUNK_ROWS])
+
+    def _fit_chunk(self, X, y):
+        B = X.shape[0]
+        if B == 0:
+            return
+        self._head = None
+        t0 = int(self.num_updates)
+        counts_before = self.cK[y].to(torch.float64)          # c_k of each row's class, before the batch
+        if self.streaming_update_sigma:
+            # Pre-update class mean seen by each row: (c_k mu_k + earlier same-class rows) / (c_k + n_before).
+            order = torch.argsort(y, stable=True)
+            y_sorted = y[order]
+            X_sorted = X[order].to(torch.float64)
+            inclusive = X_sorted.cumsum(dim=0)
+            group_start = torch.ones(B, dtype=torch.bool, device=X.device)
+            group_start[1:] = y_sorted[1:] != y_sorted[:-1]
+            start_index = torch.cummax(torch.where(group_start, torch.arange(B, device=X.device), 0), dim=0)[0]
+            before_group = torch.where(start_index[:, None] > 0, inclusive[start_index - 1], 0.0)
+            prefix_sorted = inclusive - X_sorted - before_group   # sum of earlier same-class rows
+            n_before_sorted = (torch.arange(B, device=X.device) - start_index).to(torch.float64)
+            prefix = torch.empty_like(prefix_sorted)
+            prefix[order] = prefix_sorted
+            n_before = torch.empty_like(n_before_sorted)
+            n_before[order] = n_before_sorted
+            mu_rows = self.muK[y].to(torch.float64)
+            pre_mean = torch.where((n_before == 0)[:, None], mu_rows,
+                                   (counts_before[:, None] * mu_rows + prefix)
+                                   / (counts_before + n_before).clamp(min=1)[:, None])
+            residual = (X.to(torch.float64) - pre_mean).to(self.dtype)
+            steps = torch.arange(t0, t0 + B, device=X.device, dtype=torch.float64)
+            weights = (steps / (steps + 1)).to(self.dtype)
+            scatter = (residual * weights[:, None]).T @ residual
+            self.Sigma.copy_((t0 * self.Sigma + scatter) / (t0 + B))
+        # Means and counts from per-class sums.
+        sums = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
+        sums.index_add_(0, y, X.to(torch.float64))
+        added = torch.bincount(y, minlength=self.num_classes)
+        touched = added > 0
+        new_counts = self.cK + added
+        new_means = (self.cK[touched, None] * self.muK[touched].to(torch.float64) + sums[touched]) \
+            / new_counts[touched, None]
+        self.muK[touched] = new_means.to(self.dtype)
+        self.cK.copy_(new_counts)
+        self.num_updates += B
+
+    @torch.no_grad()
+    def fit_base(self, X, y):
+        """Base initialisation on all base data at once; replaces the whole state.
+
+        X: (n, d) features, y: (n,) labels. Class means and counts come from the data, num_updates = n, and
+        Sigma is the OAS estimate (assume_centered) of the class-centred features z - mu_y(z).
+        """
+        X, y = self._check_batch(X, y)
+        if X.shape[0] == 0:
+            raise ValueError('fit_base needs at least one sample, got an empty batch')
+        sums = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
+        sums.index_add_(0, y, X.to(torch.float64))
+        counts = torch.bincount(y, minlength=self.num_classes)
+        means = sums / counts.clamp(min=1)[:, None]
+        sigma = oas_covariance(X.to(torch.float64) - means[y])
+        self._head = None
+        self.muK.copy_(means.to(self.dtype))
+        self.cK.copy_(counts)
+        self.Sigma.copy_(sigma.to(self.dtype))
+        self.num_updates.fill_(X.shape[0])
+
+    # ------------------------------------------------------------------ prediction
+    def _classifier(self):
+        """(W (d, C), b (C,)) of the linear classifier, computed once per change of the model."""
+        if self._head is not None:
+            return self._head
+        d = self.input_shape
+        eye = torch.eye(d, dtype=torch.float64, device=self.device)
+        shrunk = (1 - self.shrinkage_param) * self.Sigma.to(torch.float64) + self.shrinkage_param * eye
+        M = self.muK.to(torch.float64).T
+        L, info = torch.linalg.cholesky_ex(shrunk)
+        if int(info) == 0:
+            W = torch.cholesky_solve(M, L)
+        else:
+            if not self._warned_not_pd:
+                warnings.warn('the shrunk covariance is not positive definite (Cholesky failed at column '
+                              f'{int(info)}); using a pseudo-inverse instead. A larger --shrinkage avoids this.',
+                              RuntimeWarning, stacklevel=3)
+                self._warned_not_pd = True
+            W = torch.linalg.pinv(shrunk, hermitian=True) @ M
+        b = -0.5 * (M * W).sum(dim=0)
+        self._head = (W.to(self.dtype), b.to(self.dtype))
+        return self._head
+
+    @torch.no_grad()
+    def predict(self, X, return_probas=False):
+        """Scores (n, C) = X W + b, or softmax probabilities, on the CPU; X: (n, d)."""
+        X = torch.as_tensor(X)
+        if X.dim() != 2 or X.shape[1] != self.input_shape:
+            raise ValueError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
+        W, b = self._classifier()
+        if self.mask_unseen_classes:
+            b = torch.where(self.cK > 0, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
+        out = torch.empty(X.shape[0], self.num_classes, dtype=self.dtype)
+        for start in range(0, X.shape[0], self.test_batch_size):
+            chunk = self._check_features(X[start:start + self.test_batch_size])
+            scores = chunk @ W + b
+            if return_probas:
+                scores = torch.softmax(scores, dim=1)
+            out[start:start + chunk.shape[0]] = scores.cpu()
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def _apply(self, fn, *args, **kwargs):
+        self._head = None  # .to()/.cuda()/.double() move or convert the buffers; rebuild the head there
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._head = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def save_model(self, save_path, save_name):
+        """Write ``save_path/save_name.pth`` in the original's format, atomically.
+
+        A dict with ``muK`` (C, d), ``cK`` (C,) as floats, ``Sigma`` (d, d) and ``num_updates`` (int), so the
+        original implementation loads it too.
+        """
+        state = {'muK': self.muK.cpu(), 'cK': self.cK.to(self.dtype).cpu(), 'Sigma': self.Sigma.cpu(),
+                 'num_updates': int(self.num_updates)}
+        path = os.path.join(save_path, save_name + '.pth')
+        atomic_write(path, lambda f: torch.save(state, f))
+        return path
+
+    @torch.no_grad()
+    def load_model(self, save_path, save_name):
+        """Load ``save_path/save_name.pth`` written by ``save_model`` or by the original implementation."""
+        path = os.path.join(save_path, save_name + '.pth')
+        state = safe_torch_load(path)
+        if not isinstance(state, dict) or not {'muK', 'cK', 'Sigma', 'num_updates'} <= set(state):
+            raise ValueError(f'{path} is not an SLDA checkpoint: expected a dict with muK, cK, Sigma and '
+                             f'num_updates')
+        C, d = self.num_classes, self.input_shape
+        expected = {'muK': (C, d), 'cK': (C,), 'Sigma': (d, d)}
+        tensors = {}
+        for key, shape in expected.items():
+            value = torch.as_tensor(state[key])
+            if tuple(value.shape) != shape:
+                raise ValueError(f'{path}: {key} has shape {tuple(value.shape)}, this model needs {shape} '
+                                 f'(num_classes={C}, input_shape={d})')
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise ValueError(f'{path}: {key} contains NaN or infinite values')
+            tensors[key] = value
+        counts = tensors['cK'].to(torch.float64)
+        if (counts < 0).any() or (counts != counts.round()).any():
+            raise ValueError(f'{path}: cK must hold non-negative whole counts')
+        num_updates = int(np.asarray(state['num_updates']))
+        self._head = None
+        self.muK.copy_(tensors['muK'])
+        self.cK.copy_(counts.round().to(torch.int64))
+        self.Sigma.copy_(tensors['Sigma'])
+        self.num_updates.fill_(num_updates)

@@ -1,0 +1,340 @@
+"""StreamingLDA against independent oracles: a per-sample loop written from the paper's equations,
+scikit-learn's OAS and LinearDiscriminantAnalysis."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.covariance import OAS
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+from slda_model import StreamingLDA
+from utils import UserError
+
+D, C = 12, 6
+devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+def reference_stream(X, y, mu, c, sigma, t, plastic):
+    """The paper's per-sample rule, one sample at a time, in float64 numpy."""
+    mu, c, sigma = mu.copy(), c.copy(), sigma.copy()
+    for z, k in zip(X, y):
+        if plastic:
+            r = z - mu[k]
+            sigma = (t * sigma + (t / (t + 1)) * np.outer(r, r)) / (t + 1)
+        mu[k] = mu[k] + (z - mu[k]) / (c[k] + 1)
+        c[k] += 1
+        t += 1
+    return mu, c, sigma, t
+
+
+def make_stream(n, seed, num_classes=C):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, size=(num_classes, D))
+    y = rng.integers(0, num_classes, size=n)
+    X = centres[y] + rng.normal(size=(n, D)) * rng.uniform(0.5, 2, size=D)
+    return X, y
+
+
+def state(model):
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype,rtol', [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('plastic', [True, False])
+@pytest.mark.parametrize('base_init', [True, False])
+@pytest.mark.parametrize('batch_size', [1, 7, None])
+def test_batched_fit_equals_per_sample_rule(device, dtype, rtol, plastic, base_init, batch_size):
+    X, y = make_stream(300, seed=1)
+    # Base data covers classes 0-2 only, so classes 3-5 first appear inside streamed batches.
+    base = y < 3 if base_init else np.zeros(len(y), dtype=bool)
+    stream_X, stream_y = X[~base], y[~base]
+    model = StreamingLDA(D, C, streaming_update_sigma=plastic, device=device, dtype=dtype)
+    mu, c, sigma, t = np.zeros((C, D)), np.zeros(C), np.eye(D), 0
+    if base_init:
+        model.fit_base(torch.from_numpy(X[base]), torch.from_numpy(y[base]))
+        mu = model.muK.double().cpu().numpy()
+        c = model.cK.double().cpu().numpy()
+        sigma = model.Sigma.double().cpu().numpy()
+        t = int(model.num_updates)
+    mu, c, sigma, t = reference_stream(stream_X, stream_y, mu, c, sigma, t, plastic)
+    step = batch_size or len(stream_y)
+    for start in range(0, len(stream_y), step):
+        model.fit(torch.from_numpy(stream_X[start:start + step]), torch.from_numpy(stream_y[start:start + step]))
+    assert int(model.num_updates) == t == len(y)
+    np.testing.assert_array_equal(model.cK.cpu().numpy(), c)
+    np.testing.assert_allclose(model.muK.double().cpu().numpy(), mu, rtol=rtol, atol=rtol * np.abs(mu).max())
+    np.testing.assert_allclose(model.Sigma.double().cpu().numpy(), sigma, rtol=rtol,
+                               atol=rtol * np.abs(sigma).max())
+
+
+def test_single_sample_fit_accepts_vector_and_scalar_label():
+    X, y = make_stream(20, seed=2)
+    one_by_one = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    for z, k in zip(X, y):
+        one_by_one.fit(torch.from_numpy(z), int(k))
+    batched = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    batched.fit(X, y)
+    for key, value in state(batched).items():
+        torch.testing.assert_close(state(one_by_one)[key], value, rtol=1e-12, atol=1e-12)
+
+
+def test_first_sample_of_new_class_adds_uncentred_outer_product():
+    # The paper's rule: a new class has mu = 0, so its first sample adds z z^T (weighted t / (t + 1)).
+    model = StreamingLDA(2, 2, device='cpu', dtype=torch.float64)
+    model.fit(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))      # t = 0: weight 0, Sigma = 0
+    assert torch.equal(model.Sigma, torch.zeros(2, 2, dtype=torch.float64))
+    model.fit(torch.tensor([[0.0, 2.0]]), torch.tensor([1]))      # t = 1: Sigma = (0 + 1/2 z z^T) / 2
+    expected = torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(model.Sigma, expected)
+
+
+def test_fit_base_covariance_equals_sklearn_oas():
+    X, y = make_stream(200, seed=3)
+    model = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    model.fit_base(X, y)
+    means = np.stack([X[y == k].mean(0) for k in range(C)])
+    expected = OAS(assume_centered=True).fit(X - means[y]).covariance_
+    np.testing.assert_allclose(model.Sigma.numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.muK.numpy(), means, rtol=1e-12)
+    assert model.cK.tolist() == np.bincount(y, minlength=C).tolist()
+    assert int(model.num_updates) == 200
+
+
+def test_fit_base_replaces_previous_state():
+    X, y = make_stream(100, seed=4)
+    model = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    model.fit(X, y)
+    model.fit_base(X[y < 2], y[y < 2])
+    assert model.cK[2:].sum() == 0 and torch.all(model.muK[2:] == 0)
+    assert int(model.num_updates) == int((y < 2).sum())
+
+
+class FixedCovariance:
+    """A scikit-learn covariance estimator that returns a given matrix whatever data it sees."""
+
+    def __init__(self, covariance):
+        self.covariance = covariance
+
+    def get_params(self, deep=True):
+        return {'covariance': self.covariance}
+
+    def set_params(self, **params):
+        self.covariance = params['covariance']
+        return self
+
+    def fit(self, X, y=None):
+        self.covariance_ = self.covariance
+        return self
+
+
+@pytest.mark.parametrize('plastic', [True, False])
+def test_predict_matches_sklearn_lda(plastic):
+    X, y = make_stream(400, seed=5)
+    Xtest, _ = make_stream(150, seed=6)
+    model = StreamingLDA(D, C, shrinkage_param=1e-2, streaming_update_sigma=plastic, device='cpu',
+                         dtype=torch.float64)
+    model.fit_base(X[:100], y[:100])
+    model.fit(X[100:], y[100:])
+    eps = model.shrinkage_param
+    shrunk = (1 - eps) * model.Sigma.numpy() + eps * np.eye(D)
+    lda = LinearDiscriminantAnalysis(solver='lsqr', priors=np.full(C, 1 / C),
+                                     covariance_estimator=FixedCovariance(shrunk)).fit(X, y)
+    ours = model.predict(torch.from_numpy(Xtest)).numpy()
+    theirs = lda.decision_function(Xtest)
+    assert np.array_equal(ours.argmax(1), theirs.argmax(1))
+    difference = ours - theirs                      # equal up to a per-sample constant
+    np.testing.assert_allclose(difference - difference[:, :1], 0, atol=1e-8)
+    probas = model.predict(torch.from_numpy(Xtest), return_probas=True).numpy()
+    np.testing.assert_allclose(probas.sum(1), 1, rtol=1e-12)
+    np.testing.assert_allclose(probas, lda.predict_proba(Xtest), rtol=1e-6, atol=1e-12)
+
+
+def test_identity_start_gives_nearest_class_mean():
+    X, y = make_stream(300, seed=7)
+    model = StreamingLDA(D, C, streaming_update_sigma=False, device='cpu', dtype=torch.float64)
+    model.fit(X, y)
+    assert torch.equal(model.Sigma, torch.eye(D, dtype=torch.float64))
+    distances = ((X[:, None, :] - model.muK.numpy()[None]) ** 2).sum(-1)
+    assert np.array_equal(model.predict(X).numpy().argmax(1), distances.argmin(1))
+
+
+def test_predict_in_minibatches_matches_one_pass():
+    X, y = make_stream(100, seed=8)
+    model = StreamingLDA(D, C, test_batch_size=7, device='cpu', dtype=torch.float64)
+    model.fit(X, y)
+    W, b = model._classifier()
+    np.testing.assert_allclose(model.predict(X).numpy(), (torch.from_numpy(X) @ W + b).numpy(), rtol=1e-12)
+    assert model.predict(X).device.type == 'cpu'
+
+
+def test_mask_unseen_classes():
+    X, y = make_stream(100, seed=9)
+    seen = y < 4
+    masked = StreamingLDA(D, C, mask_unseen_classes=True, device='cpu')
+    plain = StreamingLDA(D, C, device='cpu')
+    masked.fit(X[seen], y[seen])
+    plain.fit(X[seen], y[seen])
+    scores_masked, scores_plain = masked.predict(X), plain.predict(X)
+    assert torch.isneginf(scores_masked[:, 4:]).all()
+    assert torch.equal(scores_plain[:, 4:], torch.zeros_like(scores_plain[:, 4:]))   # mu = 0 scores 0
+    assert torch.equal(scores_masked[:, :4], scores_plain[:, :4])
+
+
+def test_precision_is_cached_and_invalidated_by_fit_and_load(tmp_path):
+    X, y = make_stream(200, seed=10)
+    model = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    model.fit(X[:100], y[:100])
+    first = model.predict(X)
+    head = model._classifier()
+    model.predict(X)
+    assert model._classifier() is head                       # reused while the model is unchanged
+    model.fit(X[100:], y[100:])
+    after_fit = model.predict(X)
+    assert not torch.allclose(first, after_fit)
+    fresh = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    fresh.fit(X, y)
+    torch.testing.assert_close(after_fit, fresh.predict(X), rtol=1e-10, atol=1e-10)
+
+    other = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    other.fit(X[:50], y[:50])
+    other.save_model(str(tmp_path), 'other')
+    model.load_model(str(tmp_path), 'other')
+    assert torch.equal(model.predict(X), other.predict(X))
+    model.load_state_dict(fresh.state_dict())
+    assert torch.equal(model.predict(X), fresh.predict(X))
+
+
+def test_save_load_round_trip_and_state_dict(tmp_path):
+    X, y = make_stream(150, seed=11)
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(X, y)
+    path = model.save_model(str(tmp_path), 'slda')
+    assert path == os.path.join(str(tmp_path), 'slda.pth')
+    saved = torch.load(path, weights_only=True)
+    assert set(saved) == {'muK', 'cK', 'Sigma', 'num_updates'}
+    assert isinstance(saved['num_updates'], int) and saved['cK'].dtype == torch.float32
+    loaded = StreamingLDA(D, C, device='cpu')
+    loaded.load_model(str(tmp_path), 'slda')
+    assert_same_state(state(model), state(loaded))
+    via_state_dict = StreamingLDA(D, C, device='cpu')
+    via_state_dict.load_state_dict(model.state_dict())
+    assert_same_state(state(model), state(via_state_dict))
+    assert [f for f in os.listdir(tmp_path) if f.endswith('.tmp')] == []
+
+
+def test_loads_checkpoint_in_original_format(tmp_path):
+    # The original saved float32 tensors (cK as floats) and num_updates as a plain int.
+    X, y = make_stream(80, seed=12)
+    reference = StreamingLDA(D, C, device='cpu')
+    reference.fit(X, y)
+    original = {'muK': reference.muK.clone(), 'cK': reference.cK.float(), 'Sigma': reference.Sigma.clone(),
+                'num_updates': 80}
+    torch.save(original, tmp_path / 'orig.pth')
+    model = StreamingLDA(D, C, device='cpu')
+    model.load_model(str(tmp_path), 'orig')
+    assert model.cK.dtype == torch.int64 and model.cK.tolist() == reference.cK.tolist()
+    assert int(model.num_updates) == 80
+    assert torch.equal(model.predict(X), reference.predict(X))
+
+
+def test_load_rejects_wrong_shapes_and_keeps_state(tmp_path):
+    small = StreamingLDA(D, C - 1, device='cpu')
+    small.save_model(str(tmp_path), 'small')
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(*make_stream(30, seed=13))
+    before = state(model)
+    with pytest.raises(ValueError, match=r'muK has shape \(5, 12\)'):
+        model.load_model(str(tmp_path), 'small')
+    assert_same_state(before, state(model))
+    with pytest.raises(UserError, match='file not found'):
+        model.load_model(str(tmp_path), 'missing')
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_refuses_pickle_that_runs_code(tmp_path):
+    marker = tmp_path / 'code_ran'
+    evil = RunsCode()
+    evil.marker = marker
+    torch.save({'muK': evil, 'cK': 0, 'Sigma': 0, 'num_updates': 0}, tmp_path / 'evil.pth')
+    model = StreamingLDA(D, C, device='cpu')
+    with pytest.raises(UserError, match='refusing to load .*evil.pth'):
+        model.load_model(str(tmp_path), 'evil')
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('bad_x,bad_y,message', [
+    (np.zeros((3, D + 1)), np.zeros(3, dtype=int), r'shape \(n, 12\)'),
+    (np.zeros((3, D)), np.array([0, C, 1]), r'label 6 is outside \[0, num_classes=6\)'),
+    (np.zeros((3, D)), np.array([0, -1, 1]), r'label -1 is outside'),
+    (np.array([[0.0] * D, [np.nan] * D, [0.0] * D]), np.zeros(3, dtype=int), 'NaN or infinite values \\(first in row 1\\)'),
+    (np.full((3, D), np.inf), np.zeros(3, dtype=int), 'NaN or infinite'),
+    (np.zeros((3, D)), np.zeros(2, dtype=int), 'X has 3 rows but y has 2 labels'),
+    (np.zeros((3, D)), np.zeros(3), 'integer class labels'),
+])
+@pytest.mark.parametrize('method', ['fit', 'fit_base'])
+def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method):
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit_base(*make_stream(50, seed=14))
+    model.predict(np.zeros((1, D)))
+    before = state(model)
+    with pytest.raises((ValueError, TypeError), match=message):
+        getattr(model, method)(bad_x, bad_y)
+    assert_same_state(before, state(model))
+
+
+def test_empty_batch_is_a_no_op():
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(*make_stream(20, seed=15))
+    before = state(model)
+    model.fit(np.zeros((0, D)), np.zeros(0, dtype=int))
+    assert_same_state(before, state(model))
+    with pytest.raises(ValueError, match='at least one sample'):
+        model.fit_base(np.zeros((0, D)), np.zeros(0, dtype=int))
+
+
+def test_not_positive_definite_falls_back_to_pseudo_inverse_and_warns_once():
+    model = StreamingLDA(3, 2, shrinkage_param=0.0, device='cpu', dtype=torch.float64)
+    model.fit(np.array([[1.0, 0, 0], [0, 1.0, 0]]), np.array([0, 1]))   # rank-deficient Sigma
+    with pytest.warns(RuntimeWarning, match='not positive definite'):
+        scores = model.predict(np.eye(3))
+    W = torch.linalg.pinv(model.Sigma) @ model.muK.T
+    expected = torch.eye(3, dtype=torch.float64) @ W - 0.5 * (model.muK.T * W).sum(0)
+    torch.testing.assert_close(scores, expected)
+    model.fit(np.array([[1.0, 1.0, 0]]), np.array([0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model.predict(np.eye(3))
+
+
+def test_to_float64_moves_state_and_rebuilds_head():
+    X, y = make_stream(60, seed=16)
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(X, y)
+    scores32 = model.predict(X)
+    model.to(torch.float64)   # nn.Module.to converts floating buffers only; counts stay int64
+    assert model.muK.dtype == torch.float64 and model.cK.dtype == torch.int64
+    torch.testing.assert_close(model.predict(X).float(), scores32, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    ({'input_shape': 0}, 'input_shape'), ({'num_classes': 0}, 'num_classes'),
+    ({'shrinkage_param': 2.0}, 'shrinkage_param'), ({'dtype': torch.float16}, 'dtype'),
+    ({'test_batch_size': 0}, 'test_batch_size'),
+])
+def test_constructor_validates_arguments(kwargs, message):
+    args = {'input_shape': D, 'num_classes': C, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        StreamingLDA(**args)

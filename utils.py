@@ -1,0 +1,98 @@
+"""Small helpers shared by the model, the driver and the feature cache: atomic files, safe loading, metrics."""
+import json
+import os
+import pickle
+import signal
+import tempfile
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; the driver prints it without a traceback."""
+
+
+def crash_point(name):
+    """Fault injection for the resume tests: SIGKILL this process when SLDA_CRASH_AT names this point.
+
+    SLDA_CRASH_AT is ``name`` or ``name:N`` (die on the N-th time the point is reached, 1-based).
+    Unset in normal use, where this is a dictionary lookup and nothing else.
+    """
+    target = os.environ.get('SLDA_CRASH_AT')
+    if not target:
+        return
+    wanted, _, nth = target.partition(':')
+    if wanted != name:
+        return
+    crash_point.counts[name] = crash_point.counts.get(name, 0) + 1
+    if crash_point.counts[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+crash_point.counts = {}
+
+
+def atomic_write(path, write):
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A reader sees either the old file or the complete new one, whenever the process dies.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point('write')
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_json(path, obj):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + '\n').encode()))
+
+
+def save_tensor(path, obj):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_npy(path, array):
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f'{path} is not valid JSON ({e})') from None
+
+
+def safe_torch_load(path):
+    """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code."""
+    if not os.path.isfile(path):
+        raise UserError(f'file not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise UserError(f'refusing to load {path}: it holds objects other than tensors and plain data, and '
+                        f'loading it could run code ({first_line}). Re-save it as a plain state dict.') from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f'could not read {path} as a PyTorch file: {e}') from None
+
+
+def topk_accuracy(scores, labels, ks=(1, 5)):
+    """Fraction of rows whose label is among the k highest scores, for each k (k capped at the class count).
+
+    scores: (n, C); labels: (n,). Returns a list of floats in [0, 1].
+    """
+    labels = torch.as_tensor(labels).view(-1, 1)
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = top == labels
+    return [hits[:, :min(k, scores.shape[1])].any(dim=1).double().mean().item() for k in ks]
