@@ -14,7 +14,7 @@ from torch import nn
 from utils import atomic_write, safe_torch_load
 
 # Rows processed per vectorised pass inside ``fit``; bounds the float64 prefix sums to a few tens of MB.
-FIT_CHUNK_ROWS = 16384
+FIT_CHUNK_ROWS = 2048
 
 
 def oas_covariance(Z):
@@ -112,9 +112,12 @@ class StreamingLDA(nn.Module):
         if not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.uint8)):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
         X = X.to(device=self.device, dtype=self.dtype)
-        if not torch.isfinite(X).all():
-            bad = torch.nonzero(~torch.isfinite(X).all(dim=1))[0].item()
-            raise ValueError(f'{name} contains NaN or infinite values (first in row {bad})')
+        # One float64 sum is far cheaper than an elementwise test and is non-finite whenever an entry is;
+        # only then (or on a float64 overflow) look for the offending row.
+        if not torch.isfinite(X.sum(dtype=torch.float64)):
+            bad_rows = torch.nonzero(~torch.isfinite(X).all(dim=1))
+            if bad_rows.numel():
+                raise ValueError(f'{name} contains NaN or infinite values (first in row {bad_rows[0].item()})')
         return X
 
     def _check_batch(self, X, y):
@@ -154,41 +157,35 @@ class StreamingLDA(nn.Module):
             return
         self._head = None
         t0 = int(self.num_updates)
-        counts_before = self.cK[y].to(torch.float64)          # c_k of each row's class, before the batch
+        # Work in class-sorted order (stable, so each class keeps its stream order) on rows centred on the
+        # class mean before the batch, u = z - mu_k, in float64. A row's pre-update class mean is then
+        # mu_k + Q / (c_k + n), with Q the sum of the u of the n earlier same-class rows of the batch.
+        order = torch.argsort(y, stable=True)
+        y_sorted = y[order]
+        u = X[order].to(torch.float64) - self.muK[y_sorted].to(torch.float64)
+        rows = torch.arange(B, device=X.device)
+        group_start = torch.ones(B, dtype=torch.bool, device=X.device)
+        group_start[1:] = y_sorted[1:] != y_sorted[:-1]
+        first_row = torch.cummax(torch.where(group_start, rows, 0), dim=0)[0]
         if self.streaming_update_sigma:
-            # Pre-update class mean seen by each row: (c_k mu_k + earlier same-class rows) / (c_k + n_before).
-            order = torch.argsort(y, stable=True)
-            y_sorted = y[order]
-            X_sorted = X[order].to(torch.float64)
-            inclusive = X_sorted.cumsum(dim=0)
-            group_start = torch.ones(B, dtype=torch.bool, device=X.device)
-            group_start[1:] = y_sorted[1:] != y_sorted[:-1]
-            start_index = torch.cummax(torch.where(group_start, torch.arange(B, device=X.device), 0), dim=0)[0]
-            before_group = torch.where(start_index[:, None] > 0, inclusive[start_index - 1], 0.0)
-            prefix_sorted = inclusive - X_sorted - before_group   # sum of earlier same-class rows
-            n_before_sorted = (torch.arange(B, device=X.device) - start_index).to(torch.float64)
-            prefix = torch.empty_like(prefix_sorted)
-            prefix[order] = prefix_sorted
-            n_before = torch.empty_like(n_before_sorted)
-            n_before[order] = n_before_sorted
-            mu_rows = self.muK[y].to(torch.float64)
-            pre_mean = torch.where((n_before == 0)[:, None], mu_rows,
-                                   (counts_before[:, None] * mu_rows + prefix)
-                                   / (counts_before + n_before).clamp(min=1)[:, None])
-            residual = (X.to(torch.float64) - pre_mean).to(self.dtype)
-            steps = torch.arange(t0, t0 + B, device=X.device, dtype=torch.float64)
-            weights = (steps / (steps + 1)).to(self.dtype)
-            scatter = (residual * weights[:, None]).T @ residual
+            exclusive = torch.zeros_like(u)
+            torch.cumsum(u[:-1], dim=0, out=exclusive[1:])
+            earlier_sum = exclusive - exclusive[first_row]
+            seen_before = self.cK[y_sorted] + (rows - first_row)
+            residual = u - earlier_sum / seen_before.clamp(min=1)[:, None]
+            steps = (t0 + order).to(torch.float64)       # global step of each row in stream order
+            weights = steps / (steps + 1)
+            residual = residual.to(self.dtype)
+            scatter = (residual * weights.to(self.dtype)[:, None]).T @ residual
             self.Sigma.copy_((t0 * self.Sigma + scatter) / (t0 + B))
-        # Means and counts from per-class sums.
+        # Means and counts from per-class sums of the centred rows.
         sums = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
-        sums.index_add_(0, y, X.to(torch.float64))
+        sums.index_add_(0, y_sorted, u)
         added = torch.bincount(y, minlength=self.num_classes)
         touched = added > 0
         new_counts = self.cK + added
-        new_means = (self.cK[touched, None] * self.muK[touched].to(torch.float64) + sums[touched]) \
-            / new_counts[touched, None]
-        self.muK[touched] = new_means.to(self.dtype)
+        self.muK[touched] = (self.muK[touched].to(torch.float64)
+                             + sums[touched] / new_counts[touched, None]).to(self.dtype)
         self.cK.copy_(new_counts)
         self.num_updates += B
 
