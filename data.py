@@ -1,0 +1,233 @@
+"""Image datasets and the class-incremental protocol: which images belong to which increment.
+
+Every dataset here is a pair of splits (train, test) whose images are listed class by class, classes in
+the order of their label index (ImageFolder's order: sorted folder names, sorted files), so that the
+images of a class are contiguous and "dataset order" is the order of this list.
+"""
+import hashlib
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from utils import UserError, save_npy
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGITS_SIZE = 32
+
+
+class ImageList(Dataset):
+    """Images given as file paths; item i is (image tensor, i, ok), ok False when the file cannot be read.
+
+    A bad image is not an exception here so that the caller, which knows whether ``--skip_bad_images`` is
+    set, decides what to do, and so that the error names the file even from a DataLoader worker.
+    """
+
+    def __init__(self, paths, labels, transform, image_size):
+        self.paths = paths
+        self.labels = labels
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            with Image.open(self.paths[index]) as image:
+                return self.transform(image.convert('RGB')), index, True
+        except (OSError, ValueError, SyntaxError):
+            return torch.zeros(3, self.image_size, self.image_size), index, False
+
+    def describe(self, index):
+        return self.paths[index]
+
+    def class_fingerprint(self, label):
+        """Identifies the files of one class: their names relative to the split folder and their sizes."""
+        digest = hashlib.sha256()
+        root = os.path.dirname(os.path.dirname(self.paths[0]))
+        for path in np.asarray(self.paths, dtype=object)[self.labels == label]:
+            digest.update(f'{os.path.relpath(path, root)}\0{os.path.getsize(path)}\n'.encode())
+        return digest.hexdigest()
+
+
+class TensorImages(Dataset):
+    """Images already in memory as a (n, 3, H, W) tensor; item i is (image, i, True)."""
+
+    def __init__(self, images, labels, name):
+        self.images = images
+        self.labels = labels
+        self.name = name
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index], index, True
+
+    def describe(self, index):
+        return f'{self.name} image {index}'
+
+    def class_fingerprint(self, label):
+        return hashlib.sha256(self.images[torch.from_numpy(self.labels == label)].numpy().tobytes()).hexdigest()
+
+
+class SplitPair:
+    """The train and test splits of one dataset plus what the protocol needs to know about them."""
+
+    def __init__(self, name, classes, train, test, transform_description):
+        self.name = name
+        self.classes = classes
+        self.train = train
+        self.test = test
+        self.transform_description = transform_description
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+def digits_splits():
+    """scikit-learn's handwritten digits (1,797 real 8x8 images, 10 classes) as 32x32 RGB images.
+
+    A fixed stratified split: within each class, in the dataset's order, every fourth image is a test
+    image (454 test, 1,343 train). Pixels are scaled to [0, 1], upscaled bilinearly and normalised with
+    ImageNet's mean and standard deviation, like photographs fed to the same network.
+    """
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.argsort(digits.target, kind='stable')
+    labels = digits.target[order].astype(np.int64)
+    pixels = torch.from_numpy(digits.images[order] / 16.0).float().unsqueeze(1)
+    images = torch.nn.functional.interpolate(pixels, size=(DIGITS_SIZE, DIGITS_SIZE), mode='bilinear',
+                                             align_corners=False).clamp(0, 1).repeat(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    images = (images - mean) / std
+    position_in_class = np.zeros(len(labels), dtype=np.int64)
+    for k in np.unique(labels):
+        position_in_class[labels == k] = np.arange((labels == k).sum())
+    is_test = position_in_class % 4 == 0
+    classes = [str(k) for k in range(10)]
+    return SplitPair('digits', classes,
+                     TensorImages(images[~is_test], labels[~is_test], 'digits train'),
+                     TensorImages(images[is_test], labels[is_test], 'digits test'),
+                     f'digits bilinear {DIGITS_SIZE}x{DIGITS_SIZE}, ImageNet normalisation')
+
+
+def folder_transform(image_size):
+    """Resize the short side to image_size / 0.875 (256 for 224), centre-crop, ImageNet normalisation."""
+    resize = int(round(image_size / 0.875))
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
+                               transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def image_folder_splits(name, images_dir, image_size=224, test_split='val'):
+    """An ImageFolder pair ``images_dir/train`` and ``images_dir/<test_split>`` with the same class folders."""
+    if not os.path.isdir(images_dir):
+        raise UserError(f'--images_dir {images_dir} does not exist or is not a folder; it must hold '
+                        f'train/ and {test_split}/ with one sub-folder per class')
+    transform = folder_transform(image_size)
+    splits = {}
+    classes = None
+    for split in ('train', test_split):
+        root = os.path.join(images_dir, split)
+        if not os.path.isdir(root):
+            raise UserError(f'{root} is missing: --images_dir must hold train/ and {test_split}/ folders '
+                            f'with one sub-folder per class')
+        try:
+            split_classes, class_to_idx = find_classes(root)
+        except FileNotFoundError:
+            raise UserError(f'{root} has no class sub-folders; put each class\'s images in a folder of '
+                            f'its own') from None
+        if classes is None:
+            classes = split_classes
+        elif split_classes != classes:
+            only_train = sorted(set(classes) - set(split_classes))[:5]
+            only_test = sorted(set(split_classes) - set(classes))[:5]
+            raise UserError(f'train/ and {split}/ in {images_dir} have different class folders '
+                            f'(only in train: {only_train}, only in {split}: {only_test})')
+        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        labels = np.array([label for _, label in samples], dtype=np.int64)
+        counts = np.bincount(labels, minlength=len(classes))
+        if (counts == 0).any():
+            empty = [classes[k] for k in np.flatnonzero(counts == 0)[:5]]
+            raise UserError(f'class folder(s) with no images in {root}: {", ".join(empty)} '
+                            f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
+        splits[split] = ImageList([path for path, _ in samples], labels, transform, image_size)
+    return SplitPair(name, classes, splits['train'], splits[test_split],
+                     f'resize {int(round(image_size / 0.875))}, centre-crop {image_size}, ImageNet normalisation')
+
+
+# ---------------------------------------------------------------------------------------------- class order
+def label_file_names(dataset_name):
+    """The original's names: ``imagenet_train_labels.npy`` and ``imagenet_val_labels.npy``."""
+    return f'{dataset_name}_train_labels.npy', f'{dataset_name}_val_labels.npy'
+
+
+def class_order_from_label_files(splits, labels_dir):
+    """Class order (ImageFolder class indices in stream order) from the original's label files.
+
+    Each file holds one int64 per image, in dataset order: the stream position of the image's class.
+    """
+    order = None
+    for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
+        path = os.path.join(labels_dir, file_name)
+        try:
+            positions = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f'cannot read class order file {path}: {e}') from None
+        if positions.ndim != 1 or positions.shape[0] != len(split.labels):
+            raise UserError(f'{path} holds {positions.shape} values but its split has {len(split.labels)} '
+                            f'images: one label per image, in ImageFolder order, is needed')
+        if not np.issubdtype(positions.dtype, np.integer):
+            raise UserError(f'{path} must hold integers, found {positions.dtype}')
+        per_class = np.full(splits.num_classes, -1, dtype=np.int64)
+        per_class[split.labels] = positions
+        mismatch = per_class[split.labels] != positions
+        if mismatch.any():
+            first = int(np.flatnonzero(mismatch)[0])
+            raise UserError(f'{path}: images of class {splits.classes[split.labels[first]]} have different '
+                            f'stream positions (first disagreeing image: {split.describe(first)})')
+        if not np.array_equal(np.sort(per_class), np.arange(splits.num_classes)):
+            raise UserError(f'{path} is not a permutation of 0..{splits.num_classes - 1} over the classes')
+        split_order = np.argsort(per_class)
+        if order is not None and not np.array_equal(order, split_order):
+            raise UserError(f'{path} gives a different class order from the train labels file')
+        order = split_order
+    return order
+
+
+def generated_class_order(num_classes, seed):
+    """Sorted order when seed is None, else a permutation drawn from a generator seeded with ``seed``."""
+    if seed is None:
+        return np.arange(num_classes)
+    return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def save_class_order(splits, order, directory):
+    """Write the order as label files in the original's format, so a run can be repeated with them."""
+    position = np.empty(splits.num_classes, dtype=np.int64)
+    position[order] = np.arange(splits.num_classes)
+    for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
+        save_npy(os.path.join(directory, file_name), position[split.labels])
+
+
+def plan_increments(num_classes, base_classes, class_increment):
+    """Numbers of classes seen after each increment, e.g. (10, 2, 2) -> [2, 4, 6, 8, 10]."""
+    if class_increment < 1:
+        raise UserError(f'--class_increment must be at least 1, got {class_increment}')
+    if base_classes < 0:
+        raise UserError(f'--base_init_classes must be non-negative, got {base_classes}')
+    if class_increment > num_classes or base_classes > num_classes:
+        raise UserError(f'--class_increment {class_increment} / --base_init_classes {base_classes} is larger '
+                        f'than the {num_classes} classes of the dataset')
+    seen = [base_classes] if base_classes else []
+    while (seen[-1] if seen else 0) < num_classes:
+        seen.append(min((seen[-1] if seen else 0) + class_increment, num_classes))
+    return seen

@@ -1,0 +1,275 @@
+"""The frozen feature extractor (any torchvision classifier, any layer, spatially mean-pooled) and the
+feature store that computes each image's features once: in memory for a run, on disk with --feature_cache
+across runs."""
+import hashlib
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from retrieve_any_layer import ModelWrapper
+from utils import UserError, atomic_write, crash_point, safe_torch_load
+
+CHECKPOINT_PREFIXES = ('module.', 'model.')
+
+
+def cpu_supports_bfloat16():
+    """True on CPUs with native bfloat16 matrix instructions (AVX512-BF16 or AMX), where autocast pays."""
+    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint_into(model, path):
+    """Load the tensors of a checkpoint that match ``model`` by name and shape; report the rest.
+
+    The checkpoint is a state dict, or a dict holding one under ``state_dict`` or ``model_state``; key
+    prefixes ``module.`` (DataParallel) and ``model.`` are removed. Returns a one-line report.
+    """
+    checkpoint = safe_torch_load(path)
+    state = checkpoint
+    if isinstance(checkpoint, dict):
+        for key in ('state_dict', 'model_state'):
+            if key in checkpoint and isinstance(checkpoint[key], dict):
+                state = checkpoint[key]
+                break
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f'{path} holds no state dict (looked at the top level, "state_dict" and "model_state")')
+    cleaned = {}
+    for key, value in state.items():
+        while key.startswith(CHECKPOINT_PREFIXES):
+            key = key.split('.', 1)[1]
+        cleaned[key] = value
+    own = model.state_dict()
+    matched = {k: v for k, v in cleaned.items() if k in own and torch.is_tensor(v) and v.shape == own[k].shape}
+    if not matched:
+        raise UserError(f'no tensor of {path} matches the {type(model).__name__} being built '
+                        f'(checkpoint keys start {list(cleaned)[:3]}, model keys start {list(own)[:3]}); '
+                        f'check --arch')
+    model.load_state_dict(matched, strict=False)
+    wrong_shape = sorted(k for k in cleaned if k in own and k not in matched)
+    unexpected = sorted(k for k in cleaned if k not in own)
+    missing = sorted(k for k in own if k not in matched)
+    report = f'loaded {len(matched)} of {len(own)} tensors from {path}'
+    for label, keys in (('shape differs', wrong_shape), ('not in model', unexpected), ('missing', missing)):
+        if keys:
+            report += f'; {label}: {", ".join(keys[:6])}{" ..." if len(keys) > 6 else ""}'
+    return report
+
+
+def cached_torchvision_weights(arch, weights_name):
+    """Path of a torchvision weight file in the local torch cache; never downloads."""
+    try:
+        weight_enum = torchvision.models.get_model_weights(arch)
+        weights = weight_enum[weights_name] if weights_name != 'DEFAULT' else weight_enum.DEFAULT
+    except (KeyError, ValueError):
+        names = ', '.join(w.name for w in torchvision.models.get_model_weights(arch))
+        raise UserError(f'--weights {weights_name} is not a weight set of {arch} (known: {names}, DEFAULT)') \
+            from None
+    path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
+    if not os.path.isfile(path):
+        raise UserError(f'pretrained weights {arch} {weights.name} are not in the local torch cache: expected '
+                        f'{path}. This program never downloads; fetch {weights.url} on a machine with '
+                        f'internet access, copy it there (or set TORCH_HOME), or pass --base_init_ckpt')
+    return path
+
+
+class FeatureExtractor:
+    """A frozen network in eval() mode returning the spatially mean-pooled output of one layer.
+
+    Call it on a float image batch (B, 3, H, W) on any device; returns float32 features (B, d) on
+    ``device``. ``identity`` is a string that changes whenever the features would.
+    """
+
+    def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
+                 amp=True, input_size=224, seed=0):
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            raise UserError(f'--arch {arch} is not a torchvision classification model '
+                            f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
+        if weights and checkpoint:
+            raise UserError('give either --weights or --base_init_ckpt, not both')
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = torchvision.models.get_model(arch, weights=None)
+        if checkpoint:
+            self.weights_report = load_checkpoint_into(model, checkpoint)
+            weights_identity = 'checkpoint sha256 ' + file_sha256(checkpoint)
+        elif weights:
+            path = cached_torchvision_weights(arch, weights)
+            model.load_state_dict(safe_torch_load(path))
+            self.weights_report = f'loaded torchvision weights {weights} from {path}'
+            weights_identity = 'torchvision sha256 ' + file_sha256(path)
+        else:
+            self.weights_report = (f'no --base_init_ckpt or --weights: {arch} is randomly initialised '
+                                   f'(seed {seed}); features will be far weaker than a trained network\'s')
+            warnings.warn(self.weights_report, stacklevel=2)
+            weights_identity = f'random init seed {seed} torch {torch.__version__}'
+        self.device = torch.device(device)
+        self.amp = bool(amp)
+        self.network = ModelWrapper(model, [layer], return_single=True).eval().to(self.device)
+        self.network.to(memory_format=torch.channels_last)
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.dim = self(torch.zeros(1, 3, input_size, input_size)).shape[1]
+        self.identity = json.dumps({'arch': arch, 'layer': layer, 'weights': weights_identity,
+                                    'autocast_bfloat16': self.amp, 'pooling': 'spatial mean',
+                                    'torchvision': torchvision.__version__}, sort_keys=True)
+
+    @torch.inference_mode()
+    def __call__(self, images):
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            output = self.network(images)
+        if output.dim() == 4:
+            output = output.mean(dim=(2, 3))
+        elif output.dim() != 2:
+            raise UserError(f'layer output has shape {tuple(output.shape)}; only (B, C, H, W), pooled over '
+                            f'H and W, and (B, C) are supported')
+        return output.float()
+
+
+class IndexSampler(Sampler):
+    """Yields whatever indices were set last, so one DataLoader (and its persistent workers) serves every
+    increment."""
+
+    def __init__(self):
+        self.indices = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class FeatureStore:
+    """Features of whole classes of one split, each class extracted once.
+
+    Without a cache directory, classes are kept in memory when ``keep`` is set (test images are scored at
+    every increment). With one, each class is a file ``<cache>/<key>/<split>/class_XXXXX.pt`` written
+    atomically as soon as its last image is extracted, holding float16 (or float32) features, the images'
+    dataset indices and a fingerprint of the class's files; a file whose fingerprint no longer matches is
+    recomputed. Cached features are always returned as stored (rounded to the cache's precision), so a
+    run gives the same numbers whether a class was just extracted or read back.
+    """
+
+    def __init__(self, split, split_name, extractor, batch_size, num_workers, pin_memory, cache_dir=None,
+                 cache_key='', cache_dtype=torch.float16, keep=False, skip_bad_images=False, progress=True):
+        self.split = split
+        self.split_name = split_name
+        self.extractor = extractor
+        self.keep = keep
+        self.skip_bad_images = skip_bad_images
+        self.progress = progress
+        self.cache_dtype = cache_dtype
+        self.memory = {}
+        self.skipped = []
+        self.images_extracted = 0
+        self.cache_dir = None
+        if cache_dir:
+            self.cache_dir = os.path.join(cache_dir, cache_key, split_name)
+            os.makedirs(self.cache_dir, exist_ok=True)
+        self.sampler = IndexSampler()
+        self.loader = DataLoader(split, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
+                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                 prefetch_factor=4 if num_workers > 0 else None)
+
+    def _class_path(self, label):
+        return os.path.join(self.cache_dir, f'class_{label:05d}.pt')
+
+    def _read_cached(self, label):
+        path = self._class_path(label)
+        if not os.path.exists(path):
+            return None
+        entry = safe_torch_load(path)
+        if entry.get('fingerprint') != self.split.class_fingerprint(label):
+            return None
+        return entry['features'], entry['indices']
+
+    def _finish_class(self, label, features, indices):
+        if self.cache_dir:
+            features = features.to(self.cache_dtype)
+            entry = {'features': features, 'indices': indices,
+                     'fingerprint': self.split.class_fingerprint(label)}
+            atomic_write(self._class_path(label), lambda f: torch.save(entry, f))
+        if self.keep:
+            self.memory[label] = (features, indices)
+        return features, indices
+
+    def get(self, labels):
+        """Features (n, d) float32 on the CPU and dataset indices (n,) of all images of ``labels``, in
+        dataset order."""
+        found = {}
+        for label in labels:
+            if label in self.memory:
+                found[label] = self.memory[label]
+            elif self.cache_dir and (entry := self._read_cached(label)) is not None:
+                found[label] = entry
+                if self.keep:
+                    self.memory[label] = entry
+        missing = sorted(set(labels) - set(found))
+        if missing:
+            found.update(self._extract(missing))
+        ordered = [found[label] for label in sorted(labels)]
+        features = torch.cat([f for f, _ in ordered]).float()
+        indices = torch.cat([i for _, i in ordered])
+        return features, indices
+
+    def _extract(self, labels):
+        wanted = np.isin(self.split.labels, labels)
+        self.sampler.indices = np.flatnonzero(wanted).tolist()
+        per_class_count = np.bincount(self.split.labels[wanted], minlength=self.split.labels.max() + 1)
+        pending = {label: ([], []) for label in labels}
+        done = {}
+        bar = tqdm(total=len(self.sampler.indices), desc=f'extracting {self.split_name}', unit='img',
+                   disable=None if self.progress else True, file=sys.stderr, leave=False)
+        for images, indices, ok in self.loader:
+            crash_point('extract_batch')
+            if not ok.all():
+                bad = indices[~ok].tolist()
+                if not self.skip_bad_images:
+                    raise UserError(f'cannot read image {self.split.describe(bad[0])} (not a readable image '
+                                    f'or truncated); fix or remove it, or pass --skip_bad_images')
+                self.skipped.extend(self.split.describe(i) for i in bad)
+            features = self.extractor(images[ok]).cpu()
+            if not torch.isfinite(features).all():
+                raise UserError(f'the network produced NaN or infinite features for the batch starting at '
+                                f'image {self.split.describe(int(indices[0]))}')
+            self.images_extracted += int(ok.sum())
+            good_indices = indices[ok]
+            batch_labels = torch.from_numpy(self.split.labels[good_indices.numpy()])
+            for label in batch_labels.unique().tolist():
+                rows = batch_labels == label
+                pending[label][0].append(features[rows])
+                pending[label][1].append(good_indices[rows])
+            for index in indices.tolist():   # a class is complete once its last image (good or bad) passed
+                label = int(self.split.labels[index])
+                per_class_count[label] -= 1
+                if per_class_count[label] == 0:
+                    feats, idx = pending.pop(label)
+                    if not feats:
+                        raise UserError(f'every image of class {label} in {self.split_name} is unreadable')
+                    done[label] = self._finish_class(label, torch.cat(feats), torch.cat(idx))
+            bar.update(len(indices))
+        bar.close()
+        return done
+
+
+def cache_key(extractor, splits, cache_dtype):
+    """A short hash of everything besides the image files that changes cached features."""
+    text = json.dumps({'extractor': extractor.identity, 'dataset': splits.name,
+                       'transform': splits.transform_description, 'dtype': str(cache_dtype)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
