@@ -1,0 +1,209 @@
+"""The streaming experiment end to end: digits default, an ImageFolder stream with the original's label files,
+output files and formats, checkpoints, and bad input."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import experiment
+from conftest import STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS
+from features import FeatureExtractor
+from retrieve_any_layer import ModelWrapper
+from utils import UserError, topk_accuracy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(argv, capsys=None):
+    code = experiment.main([str(a) for a in argv] + ['--no-progress'])
+    out = capsys.readouterr() if capsys else None
+    return code, out
+
+
+def increment_files(seen):
+    name = f'min_trained_0_max_trained_{seen}'
+    return {f'preds_{name}.pt', f'accuracies_{name}.json', f'slda_model_weights_{name}.pth'}
+
+
+def test_digits_reduced_configuration(tmp_path, capsys):
+    save = tmp_path / 'out'
+    code, out = run(['--num_classes', 6, '--class_increment', 3, '--save_dir', save], capsys)
+    assert code == 0, out.err
+    expected = increment_files(3) | increment_files(6) | {
+        'slda_model_weights_final.pth', 'config.json', 'summary.json',
+        'digits_train_labels.npy', 'digits_val_labels.npy'}
+    assert set(os.listdir(save)) == expected
+    accuracies = json.loads((save / 'accuracies_min_trained_0_max_trained_6.json').read_text())
+    assert set(accuracies) == {'seen_classes_top1', 'seen_classes_top5'}
+    assert len(accuracies['seen_classes_top1']) == 2
+    first = json.loads((save / 'accuracies_min_trained_0_max_trained_3.json').read_text())
+    assert first['seen_classes_top1'] == accuracies['seen_classes_top1'][:1]
+    probabilities = torch.load(save / 'preds_min_trained_0_max_trained_6.pt', weights_only=True)
+    test_labels = np.load(save / 'digits_val_labels.npy')
+    seen_labels = np.flatnonzero(test_labels < 6)              # sorted class order: positions = labels
+    assert probabilities.shape == (len(seen_labels), 10)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(len(seen_labels)))
+    top1, top5 = topk_accuracy(probabilities, test_labels[seen_labels])
+    assert accuracies['seen_classes_top1'][-1] == top1 and accuracies['seen_classes_top5'][-1] == top5
+    assert top1 > 0.9
+    weights = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
+    assert set(weights) == {'muK', 'cK', 'Sigma', 'num_updates'}
+    assert weights['muK'].shape == (10, 512) and weights['Sigma'].shape == (512, 512)
+    assert weights['cK'][6:].sum() == 0 and weights['num_updates'] == int(weights['cK'].sum())
+    summary = json.loads((save / 'summary.json').read_text())
+    assert summary['finished'] and [row['classes_seen'] for row in summary['increments']] == [3, 6]
+    assert summary['final_top1'] == top1 and summary['skipped_images'] == []
+    config = json.loads((save / 'config.json').read_text())
+    assert config['arguments']['class_increment'] == 3 and config['feature_dim'] == 512
+    assert 'final top-1' in out.out
+
+
+def test_digits_default_reaches_paper_like_accuracy(tmp_path, capsys):
+    """The README's default run: plastic covariance, base init on 2 classes, 2 classes per increment."""
+    code, out = run(['--save_dir', tmp_path / 'out'], capsys)
+    assert code == 0, out.err
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert [row['classes_seen'] for row in summary['increments']] == [2, 4, 6, 8, 10]
+    assert summary['final_top1'] >= 0.93
+
+
+def make_checkpoint(path, prefix='module.', wrap='state_dict', num_classes=100, seed=3):
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    state = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({wrap: state, 'epoch': 7}, path)
+    return model
+
+
+def test_imagefolder_stream_follows_label_files(tmp_path, image_folder, capsys):
+    root, labels = image_folder
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt)
+    save = tmp_path / 'out'
+    code, out = run(['--dataset', 'imagenet', '--images_dir', root, '--labels_dir', labels, '--base_init_ckpt', ckpt,
+                     '--class_increment', 2, '--image_size', 32, '--batch_size', 4, '--num_workers', 0,
+                     '--save_dir', save], capsys)
+    assert code == 0, out.err
+    order = np.argsort(STREAM_POSITION)                       # ImageFolder class indices in stream order
+    assert order.tolist() == [1, 3, 5, 0, 4, 2]
+    for split in ('train', 'val'):
+        np.testing.assert_array_equal(np.load(save / f'imagenet_{split}_labels.npy'),
+                                      np.load(labels / f'imagenet_{split}_labels.npy'))
+    val_labels = np.repeat(np.arange(len(SYNSETS)), VAL_PER_CLASS)
+    for seen in (2, 4, 6):
+        weights = torch.load(save / f'slda_model_weights_min_trained_0_max_trained_{seen}.pth', weights_only=True)
+        expected_counts = np.zeros(len(SYNSETS))
+        expected_counts[order[:seen]] = np.array(TRAIN_PER_CLASS)[order[:seen]]
+        np.testing.assert_array_equal(weights['cK'].numpy(), expected_counts)
+        preds = torch.load(save / f'preds_min_trained_0_max_trained_{seen}.pt', weights_only=True)
+        assert preds.shape == (np.isin(val_labels, order[:seen]).sum(), len(SYNSETS))
+    config = json.loads((save / 'config.json').read_text())
+    assert config['class_order'] == order.tolist()
+    assert 'shape differs: fc.bias, fc.weight' in config['weights']
+
+
+def test_generated_class_order_is_seeded_and_saved(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    save = tmp_path / 'out'
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--class_order_seed', 5,
+                     '--class_increment', 3, '--image_size', 32, '--num_workers', 0, '--save_dir', save], capsys)
+    assert code == 0, out.err
+    expected = torch.randperm(6, generator=torch.Generator().manual_seed(5)).numpy()
+    assert json.loads((save / 'config.json').read_text())['class_order'] == expected.tolist()
+    positions = np.load(save / 'imagefolder_train_labels.npy')
+    np.testing.assert_array_equal(np.argsort(positions[np.cumsum(TRAIN_PER_CLASS) - 1]), expected)
+    # The saved files reproduce the order when given back.
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--labels_dir', save, '--class_increment', 3,
+                     '--image_size', 32, '--num_workers', 0, '--save_dir', tmp_path / 'again'], capsys)
+    assert code == 0, out.err
+    assert json.loads((tmp_path / 'again' / 'config.json').read_text())['class_order'] == expected.tolist()
+
+
+def test_checkpoint_with_prefixed_keys_gives_the_checkpoint_network(tmp_path):
+    ckpt = tmp_path / 'prefixed.pth'
+    reference = make_checkpoint(ckpt, prefix='module.model.', wrap='model_state', num_classes=100).eval()
+    extractor = FeatureExtractor('resnet18', 'layer4.1', checkpoint=str(ckpt), device='cpu', amp=False,
+                                 input_size=32)
+    assert extractor.weights_report.startswith(f'loaded {len(reference.state_dict()) - 2} of ')
+    images = torch.randn(2, 3, 32, 32)
+    wrapper = ModelWrapper(reference, ['layer4.1'], return_single=True)
+    with torch.no_grad():
+        expected = wrapper(images).mean(dim=(2, 3))
+    torch.testing.assert_close(extractor(images), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_retrieve_any_layer_returns_named_outputs_and_removes_hooks():
+    model = torchvision.models.resnet18().eval()
+    wrapper = ModelWrapper(model, ['layer3', 'layer4.1'])
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        layer3, layer4 = wrapper(images)
+        expected = model.layer4(layer3)
+    assert layer3.shape == (1, 256, 4, 4)
+    torch.testing.assert_close(layer4, expected)
+    wrapper.remove_hooks()
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(UserError, match=r"unknown layer name 'layer4.2' .*nearest: .*layer4\.1"):
+        ModelWrapper(model, ['layer4.2'])
+
+
+@pytest.mark.parametrize('case,message', [
+    ('missing folder', 'does not exist or is not a folder'),
+    ('empty class', r'class folder\(s\) with no images in .*val: n01000002'),
+    ('unreadable image', 'cannot read image .*n01000003_0001.JPEG'),
+    ('unknown layer', "unknown layer name 'layer9'"),
+    ('increment too large', '--class_increment 7 .* larger than the 6 classes'),
+    ('bad label file', 'imagenet_train_labels.npy is not a permutation'),
+    ('missing checkpoint', '--base_init_ckpt .*nothing.pth not found.*image_files/README.md'),
+])
+def test_bad_input_exits_with_clear_message(tmp_path, image_folder, capsys, case, message):
+    root, labels = image_folder
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt)
+    argv = ['--dataset', 'imagenet', '--images_dir', root, '--labels_dir', labels, '--base_init_ckpt', ckpt,
+            '--class_increment', 2, '--image_size', 32, '--num_workers', 0, '--save_dir', tmp_path / 'out']
+    if case == 'missing folder':
+        argv[3] = tmp_path / 'nowhere'
+    elif case == 'empty class':
+        for f in (root / 'val' / 'n01000002').iterdir():
+            f.unlink()
+        del argv[argv.index('--labels_dir'):argv.index('--labels_dir') + 2]   # its lengths would differ
+    elif case == 'unreadable image':
+        (root / 'train' / 'n01000003' / 'n01000003_0001.JPEG').write_bytes(b'not a jpeg at all')
+    elif case == 'unknown layer':
+        argv += ['--extract_layer', 'layer9']
+    elif case == 'increment too large':
+        argv[argv.index('--class_increment') + 1] = 7
+    elif case == 'bad label file':
+        np.save(labels / 'imagenet_train_labels.npy', np.zeros(sum(TRAIN_PER_CLASS), dtype=np.int64))
+    elif case == 'missing checkpoint':
+        argv[argv.index('--base_init_ckpt') + 1] = tmp_path / 'nothing.pth'
+    code, out = run(argv, capsys)
+    assert code == 2
+    assert out.err.startswith('error: ') and 'Traceback' not in out.err
+    assert re.search(message, out.err), out.err
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'experiment.py'), '--dataset', 'imagefolder',
+                             '--images_dir', str(tmp_path / 'missing'), '--save_dir', str(tmp_path / 'out')],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    assert f'--images_dir {tmp_path / "missing"} does not exist' in result.stderr
+
+
+def test_existing_results_are_not_overwritten_without_resume(tmp_path, capsys):
+    save = tmp_path / 'out'
+    argv = ['--num_classes', 4, '--save_dir', save]
+    assert run(argv, capsys)[0] == 0
+    before = (save / 'slda_model_weights_final.pth').read_bytes()
+    code, out = run(argv, capsys)
+    assert code == 2 and 'pass --resume' in out.err
+    assert (save / 'slda_model_weights_final.pth').read_bytes() == before
