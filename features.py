@@ -194,8 +194,11 @@ class FeatureStore:
         path = self._class_path(label)
         if not os.path.exists(path):
             return None
-        entry = safe_torch_load(path)
-        if entry.get('fingerprint') != self.split.class_fingerprint(label):
+        try:
+            entry = safe_torch_load(path)
+        except UserError:
+            return None      # unreadable or unsafe: extract the class again and replace the file
+        if not isinstance(entry, dict) or entry.get('fingerprint') != self.split.class_fingerprint(label):
             return None
         return entry['features'], entry['indices']
 

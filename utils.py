@@ -14,23 +14,23 @@ class UserError(Exception):
 
 
 def crash_point(name):
-    """Fault injection for the resume tests: SIGKILL this process when SLDA_CRASH_AT names this point.
+    """Fault injection for the resume tests: SIGKILL this process at a named point when asked to.
 
-    SLDA_CRASH_AT is ``name`` or ``name:N`` (die on the N-th time the point is reached, 1-based).
-    Unset in normal use, where this is a dictionary lookup and nothing else.
+    SLDA_CRASH_AT is ``PREFIX`` or ``PREFIX:N``: die the N-th time (1-based) a point whose name starts with
+    PREFIX is reached. Points: ``extract_batch``, and ``write/<file name>`` between writing a temporary file
+    and renaming it. Unset in normal use, where this is one dictionary lookup.
     """
     target = os.environ.get('SLDA_CRASH_AT')
     if not target:
         return
-    wanted, _, nth = target.partition(':')
-    if wanted != name:
-        return
-    crash_point.counts[name] = crash_point.counts.get(name, 0) + 1
-    if crash_point.counts[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    prefix, _, nth = target.partition(':')
+    if name.startswith(prefix):
+        crash_point.hits += 1
+        if crash_point.hits >= int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
-crash_point.counts = {}
+crash_point.hits = 0
 
 
 def atomic_write(path, write):
@@ -45,7 +45,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        crash_point('write')
+        crash_point('write/' + os.path.basename(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

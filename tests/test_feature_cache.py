@@ -1,0 +1,99 @@
+"""The feature cache: same results as without it, nothing decoded on a rerun, invalidated by anything that
+changes features, never fooled by an interrupted write."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+import experiment
+from conftest import write_jpeg
+from test_experiment import REPO, make_checkpoint
+
+
+def run(argv):
+    assert experiment.main([str(a) for a in argv] + ['--no-progress']) == 0
+
+
+def summary(save):
+    return json.loads((save / 'summary.json').read_text())
+
+
+def cache_dirs(cache):
+    return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+
+
+def test_cached_and_uncached_runs_agree_and_rerun_decodes_nothing(tmp_path):
+    cache = tmp_path / 'cache'
+    base = ['--num_classes', 6, '--class_increment', 2]
+    run(base + ['--save_dir', tmp_path / 'plain'])
+    run(base + ['--save_dir', tmp_path / 'first', '--feature_cache', cache])
+    run(base + ['--save_dir', tmp_path / 'second', '--feature_cache', cache, '--no-streaming_update_sigma'])
+    run(base + ['--save_dir', tmp_path / 'third', '--feature_cache', cache])
+    plain, first, third = summary(tmp_path / 'plain'), summary(tmp_path / 'first'), summary(tmp_path / 'third')
+    images_of_six_classes = np.bincount(load_digits().target)[:6].sum()
+    assert plain['images_extracted_this_process'] == first['images_extracted_this_process'] == images_of_six_classes
+    assert summary(tmp_path / 'second')['images_extracted_this_process'] == 0
+    assert third['images_extracted_this_process'] == 0
+    # float16 features move accuracies by at most a test image or two
+    n_test = plain['increments'][-1]['test_images']
+    for a, b in zip(plain['increments'], first['increments']):
+        assert abs(a['top1'] - b['top1']) <= 2 / n_test
+    preds_plain = torch.load(tmp_path / 'plain' / 'preds_min_trained_0_max_trained_6.pt', weights_only=True)
+    preds_first = torch.load(tmp_path / 'first' / 'preds_min_trained_0_max_trained_6.pt', weights_only=True)
+    assert (preds_plain - preds_first).abs().max() < 0.05
+    # a run from the cache equals the run that filled it, bit for bit
+    for name in ('preds_min_trained_0_max_trained_6.pt', 'slda_model_weights_final.pth'):
+        assert (tmp_path / 'first' / name).read_bytes() == (tmp_path / 'third' / name).read_bytes()
+    assert len(cache_dirs(cache)) == 1
+    assert sorted(os.listdir(cache / cache_dirs(cache)[0] / 'val')) == [f'class_{k:05d}.pt' for k in range(6)]
+
+
+def test_changed_layer_or_weights_file_invalidates_cache(tmp_path, image_folder):
+    root, _ = image_folder
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt, seed=1)
+    cache = tmp_path / 'cache'
+    argv = ['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 3,
+            '--image_size', 32, '--num_workers', 0, '--feature_cache', cache]
+    total_images = 17 + 10
+    run(argv + ['--save_dir', tmp_path / 'a'])
+    assert summary(tmp_path / 'a')['images_extracted_this_process'] == total_images
+    run(argv + ['--save_dir', tmp_path / 'b', '--extract_layer', 'layer4.0'])
+    assert summary(tmp_path / 'b')['images_extracted_this_process'] == total_images
+    make_checkpoint(ckpt, seed=2)                                     # same path, new weights
+    run(argv + ['--save_dir', tmp_path / 'c'])
+    assert summary(tmp_path / 'c')['images_extracted_this_process'] == total_images
+    assert len(cache_dirs(cache)) == 3
+    # a changed image file invalidates just its class
+    write_jpeg(root / 'train' / 'n01000002' / 'n01000002_0000.JPEG', seed=999, size=(50, 20))
+    run(argv + ['--save_dir', tmp_path / 'd'])
+    assert summary(tmp_path / 'd')['images_extracted_this_process'] == 4     # class n01000002 has 4 images
+    assert len(cache_dirs(cache)) == 3
+
+
+def test_interrupted_cache_write_is_not_reused(tmp_path):
+    cache = tmp_path / 'cache'
+    argv = [sys.executable, os.path.join(REPO, 'experiment.py'), '--num_classes', '4', '--feature_cache', str(cache),
+            '--no-progress']
+    env = dict(os.environ, SLDA_CRASH_AT='write/class_:2')   # dies after the 2nd cache file's temporary write
+    killed = subprocess.run(argv + ['--save_dir', str(tmp_path / 'killed')], env=env, capture_output=True,
+                            cwd=tmp_path, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    train_dir = cache / cache_dirs(cache)[0] / 'train'
+    names = sorted(os.listdir(train_dir))
+    assert names[0].startswith('.class_00001.pt.') and names[0].endswith('.tmp')
+    assert names[1:] == ['class_00000.pt']
+    # corrupt the finished file too: a damaged entry must be recomputed, not trusted
+    (train_dir / 'class_00000.pt').write_bytes(b'garbage')
+    run(['--num_classes', 4, '--feature_cache', cache, '--save_dir', tmp_path / 'after'])
+    images_per_class = np.bincount(load_digits().target)
+    assert summary(tmp_path / 'after')['images_extracted_this_process'] == images_per_class[:4].sum()
+    run(['--num_classes', 4, '--save_dir', tmp_path / 'reference', '--feature_cache', tmp_path / 'fresh_cache'])
+    for name in ('accuracies_min_trained_0_max_trained_4.json', 'slda_model_weights_final.pth'):
+        assert (tmp_path / 'after' / name).read_bytes() == (tmp_path / 'reference' / name).read_bytes()
+    assert np.load(tmp_path / 'after' / 'digits_train_labels.npy').shape == (1343,)
