@@ -24,7 +24,7 @@ import torchvision
 import data
 from features import FeatureExtractor, FeatureStore, cache_key, cpu_supports_bfloat16
 from slda_model import StreamingLDA
-from utils import UserError, load_json, save_json, save_tensor, topk_accuracy
+from utils import UserError, crash_point, load_json, save_json, save_tensor, topk_accuracy
 
 DEFAULT_INCREMENT = {'digits': 2, 'imagenet': 100, 'imagefolder': 10}
 IMAGENET_CHECKPOINT = os.path.join('image_files', 'imagenet_100_class_ckpt.pth')
@@ -162,6 +162,9 @@ def prepare_save_dir(args):
     if not args.resume:
         raise UserError(f'{args.save_dir} already holds a run (config.json); pass --resume to continue it, '
                         f'or choose another --save_dir / --expt_name')
+    for name in os.listdir(args.save_dir):          # temporary files of writes that a crash interrupted
+        if name.startswith('.') and name.endswith('.tmp'):
+            os.remove(os.path.join(args.save_dir, name))
     saved = load_json(config_path)['arguments']
     current = vars(args)
     differing = sorted(k for k in set(saved) | set(current)
@@ -256,6 +259,7 @@ def run(args):
             print(f'resuming after increment {done + 1}/{len(plan)} ({plan[done]} classes seen)')
 
     for i in range(first, len(plan)):
+        crash_point('increment_start')
         seen_before = plan[i - 1] if i else 0
         new_classes = order[seen_before:plan[i]].tolist()
         tick = time.perf_counter()
@@ -288,11 +292,11 @@ def run(args):
         name = increment_name(plan[i])
         save_tensor(os.path.join(args.save_dir, f'preds_{name}.pt'), probabilities)
         save_json(os.path.join(args.save_dir, f'accuracies_{name}.json'), accuracies)
-        slda.save_model(args.save_dir, f'slda_model_weights_{name}')   # last: marks the increment finished
         increments.append({'classes_seen': plan[i], 'train_images': len(y), 'test_images': len(test_indices),
                            'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),
                            'fit_seconds': round(fit_seconds, 3), 'eval_seconds': round(eval_seconds, 3)})
         write_summary(summary_path, increments, train_store, test_store, started, finished=False)
+        slda.save_model(args.save_dir, f'slda_model_weights_{name}')   # last: marks the increment finished
         print(f'[{i + 1}/{len(plan)}] {plan[i]:5d} classes seen | +{len(y)} train images | '
               f'top-1 {top1:.4f} top-5 {top5:.4f} | extract {extract_seconds:.1f}s fit {fit_seconds:.2f}s '
               f'eval {eval_seconds:.2f}s', flush=True)

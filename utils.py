@@ -17,8 +17,8 @@ def crash_point(name):
     """Fault injection for the resume tests: SIGKILL this process at a named point when asked to.
 
     SLDA_CRASH_AT is ``PREFIX`` or ``PREFIX:N``: die the N-th time (1-based) a point whose name starts with
-    PREFIX is reached. Points: ``extract_batch``, and ``write/<file name>`` between writing a temporary file
-    and renaming it. Unset in normal use, where this is one dictionary lookup.
+    PREFIX is reached. Points: ``increment_start``, ``extract_batch``, and ``write/<file name>`` between
+    writing a temporary file and renaming it. Unset in normal use, where this is one dictionary lookup.
     """
     target = os.environ.get('SLDA_CRASH_AT')
     if not target:
