@@ -21,6 +21,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_SIZE = 32
 
 
+def class_rows(labels, label):
+    """(start, end) of the rows of ``label`` in a label array sorted by class."""
+    start, end = np.searchsorted(labels, [label, label + 1])
+    return int(start), int(end)
+
+
 class ImageList(Dataset):
     """Images given as file paths; item i is (image tensor, i, ok), ok False when the file cannot be read.
 
@@ -51,7 +57,8 @@ class ImageList(Dataset):
         """Identifies the files of one class: their names relative to the split folder and their sizes."""
         digest = hashlib.sha256()
         root = os.path.dirname(os.path.dirname(self.paths[0]))
-        for path in np.asarray(self.paths, dtype=object)[self.labels == label]:
+        start, end = class_rows(self.labels, label)
+        for path in self.paths[start:end]:
             digest.update(f'{os.path.relpath(path, root)}\0{os.path.getsize(path)}\n'.encode())
         return digest.hexdigest()
 
@@ -74,7 +81,8 @@ class TensorImages(Dataset):
         return f'{self.name} image {index}'
 
     def class_fingerprint(self, label):
-        return hashlib.sha256(self.images[torch.from_numpy(self.labels == label)].numpy().tobytes()).hexdigest()
+        start, end = class_rows(self.labels, label)
+        return hashlib.sha256(self.images[start:end].numpy().tobytes()).hexdigest()
 
 
 class SplitPair:

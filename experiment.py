@@ -29,8 +29,7 @@ from utils import UserError, crash_point, load_json, save_json, save_tensor, top
 DEFAULT_INCREMENT = {'digits': 2, 'imagenet': 100, 'imagefolder': 10}
 IMAGENET_CHECKPOINT = os.path.join('image_files', 'imagenet_100_class_ckpt.pth')
 # Arguments that do not change any number a run produces; everything else must match to --resume.
-ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'feature_cache',
-                       'skip_bad_images'}
+ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images'}
 
 
 def parse_args(argv=None):
@@ -90,7 +89,7 @@ def parse_args(argv=None):
     group.add_argument('--batch_size', type=int, default=256, help='images per network batch (default: %(default)s)')
     group.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default: %(default)s)')
     group.add_argument('--num_workers', type=int, default=None,
-                       help='image-decoding processes (default: 0 for digits, else min(8, CPUs))')
+                       help='image-decoding processes (default: 0 for digits, else one per CPU, at most 32)')
     group.add_argument('--feature_cache', default=None,
                        help='folder to keep pooled features in across runs (default: none)')
     group.add_argument('--cache_dtype', choices=['float16', 'float32'], default='float16',
@@ -126,7 +125,7 @@ def complete_defaults(args):
     if args.dataset == 'imagenet' and args.base_init_ckpt is None and args.weights is None:
         args.base_init_ckpt = IMAGENET_CHECKPOINT
     if args.num_workers is None:
-        args.num_workers = 0 if args.dataset == 'digits' else min(8, os.cpu_count() or 1)
+        args.num_workers = 0 if args.dataset == 'digits' else min(32, os.cpu_count() or 1)
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.batch_size < 1:
@@ -166,7 +165,9 @@ def prepare_save_dir(args):
         if name.startswith('.') and name.endswith('.tmp'):
             os.remove(os.path.join(args.save_dir, name))
     saved = load_json(config_path)['arguments']
-    current = vars(args)
+    current = vars(args).copy()
+    for arguments in (saved, current):   # where the cache lives is free; whether features are cached is not
+        arguments['feature_cache'] = arguments.get('feature_cache') is not None
     differing = sorted(k for k in set(saved) | set(current)
                        if k not in ARGS_FREE_TO_CHANGE and saved.get(k) != current.get(k))
     if differing:

@@ -247,7 +247,7 @@ class FeatureStore:
                     raise UserError(f'cannot read image {self.split.describe(bad[0])} (not a readable image '
                                     f'or truncated); fix or remove it, or pass --skip_bad_images')
                 self.skipped.extend(self.split.describe(i) for i in bad)
-            features = self.extractor(images[ok]).cpu()
+            features = self.extractor(images if ok.all() else images[ok]).cpu()
             if not torch.isfinite(features).all():
                 raise UserError(f'the network produced NaN or infinite features for the batch starting at '
                                 f'image {self.split.describe(int(indices[0]))}')

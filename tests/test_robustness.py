@@ -68,6 +68,8 @@ def test_resume_refuses_different_settings(tmp_path, capsys):
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--shrinkage', 0.01, '--seed', 3], capsys)
     assert code == 2
     assert "--seed: saved 0, now 3" in out.err and "--shrinkage: saved 0.0001, now 0.01" in out.err
+    code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--feature_cache', tmp_path / 'c'], capsys)
+    assert code == 2 and '--feature_cache: saved False, now True' in out.err      # float16 features differ
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--num_workers', 0], capsys)
     assert code == 0, out.err
 
