@@ -35,6 +35,29 @@ def oas_covariance(Z):
     return (1.0 - shrinkage) * S + shrinkage * mu * eye
 
 
+def class_runs(y):
+    """Group labels into runs of one class by a stable sort.
+
+    y: (B,) int64. Returns ``order`` (B,), the permutation that sorts y keeping stream order within a class,
+    and for each run: ``starts`` (R,) its first row in sorted order, ``lengths`` (R,) and ``labels`` (R,).
+    """
+    order = torch.argsort(y, stable=True)
+    y_sorted = y[order]
+    is_start = torch.ones_like(y_sorted, dtype=torch.bool)
+    is_start[1:] = y_sorted[1:] != y_sorted[:-1]
+    starts = torch.nonzero(is_start).squeeze(1)
+    ends = torch.cat([starts[1:], torch.tensor([len(y)], device=y.device)])
+    return order, starts, ends - starts, y_sorted[starts]
+
+
+def prefix_sums(rows):
+    """(B + 1, d) sums of the first i rows, i = 0..B. Differences of it give sums over runs of rows without
+    atomic additions, so results are the same from run to run on any device."""
+    prefix = torch.zeros(rows.shape[0] + 1, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    torch.cumsum(rows, dim=0, out=prefix[1:])
+    return prefix
+
+
 class StreamingLDA(nn.Module):
     """Deep SLDA output layer.
 
@@ -160,17 +183,14 @@ class StreamingLDA(nn.Module):
         # Work in class-sorted order (stable, so each class keeps its stream order) on rows centred on the
         # class mean before the batch, u = z - mu_k, in float64. A row's pre-update class mean is then
         # mu_k + Q / (c_k + n), with Q the sum of the u of the n earlier same-class rows of the batch.
-        order = torch.argsort(y, stable=True)
+        order, starts, lengths, labels = class_runs(y)
         y_sorted = y[order]
         u = X[order].to(torch.float64) - self.muK[y_sorted].to(torch.float64)
-        rows = torch.arange(B, device=X.device)
-        group_start = torch.ones(B, dtype=torch.bool, device=X.device)
-        group_start[1:] = y_sorted[1:] != y_sorted[:-1]
-        first_row = torch.cummax(torch.where(group_start, rows, 0), dim=0)[0]
+        prefix = prefix_sums(u)
         if self.streaming_update_sigma:
-            exclusive = torch.zeros_like(u)
-            torch.cumsum(u[:-1], dim=0, out=exclusive[1:])
-            earlier_sum = exclusive - exclusive[first_row]
+            first_row = starts.repeat_interleave(lengths)
+            rows = torch.arange(B, device=X.device)
+            earlier_sum = prefix[:-1] - prefix[first_row]
             seen_before = self.cK[y_sorted] + (rows - first_row)
             residual = u - earlier_sum / seen_before.clamp(min=1)[:, None]
             steps = (t0 + order).to(torch.float64)       # global step of each row in stream order
@@ -178,15 +198,10 @@ class StreamingLDA(nn.Module):
             residual = residual.to(self.dtype)
             scatter = (residual * weights.to(self.dtype)[:, None]).T @ residual
             self.Sigma.copy_((t0 * self.Sigma + scatter) / (t0 + B))
-        # Means and counts from per-class sums of the centred rows.
-        sums = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
-        sums.index_add_(0, y_sorted, u)
-        added = torch.bincount(y, minlength=self.num_classes)
-        touched = added > 0
-        new_counts = self.cK + added
-        self.muK[touched] = (self.muK[touched].to(torch.float64)
-                             + sums[touched] / new_counts[touched, None]).to(self.dtype)
-        self.cK.copy_(new_counts)
+        new_counts = self.cK[labels] + lengths
+        run_sums = prefix[starts + lengths] - prefix[starts]
+        self.muK[labels] = (self.muK[labels].to(torch.float64) + run_sums / new_counts[:, None]).to(self.dtype)
+        self.cK[labels] = new_counts
         self.num_updates += B
 
     @torch.no_grad()
@@ -199,14 +214,15 @@ class StreamingLDA(nn.Module):
         X, y = self._check_batch(X, y)
         if X.shape[0] == 0:
             raise ValueError('fit_base needs at least one sample, got an empty batch')
-        sums = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
-        sums.index_add_(0, y, X.to(torch.float64))
-        counts = torch.bincount(y, minlength=self.num_classes)
-        means = sums / counts.clamp(min=1)[:, None]
+        order, starts, lengths, labels = class_runs(y)
+        prefix = prefix_sums(X[order].to(torch.float64))
+        means = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
+        means[labels] = (prefix[starts + lengths] - prefix[starts]) / lengths[:, None]
         sigma = oas_covariance(X.to(torch.float64) - means[y])
         self._head = None
         self.muK.copy_(means.to(self.dtype))
-        self.cK.copy_(counts)
+        self.cK.zero_()
+        self.cK[labels] = lengths
         self.Sigma.copy_(sigma.to(self.dtype))
         self.num_updates.fill_(X.shape[0])
 
