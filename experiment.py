@@ -83,6 +83,9 @@ def parse_args(argv=None):
     group.add_argument('--slda_dtype', choices=['float32', 'float64'], default='float32',
                        help='precision of the SLDA state (default: %(default)s)')
     group.add_argument('--shuffle_data', action='store_true', help='shuffle the images within each increment')
+    group.add_argument('--offline_accuracies', default=None,
+                       help='JSON file {"top1": [...], "top5": [...]} with an offline model\'s accuracy (0-1) '
+                            'after each increment; adds Omega_all (mean of ours / offline) to summary.json')
     group.add_argument('--seed', type=int, default=0,
                        help='seed for shuffling and random initialisation (default: %(default)s)')
     group = parser.add_argument_group('running')
@@ -208,6 +211,7 @@ def run(args):
     if not 1 <= stream_classes <= splits.num_classes:
         raise UserError(f'--num_classes {args.num_classes}: the dataset has {splits.num_classes} classes')
     plan = data.plan_increments(stream_classes, args.base_init_classes, args.class_increment)
+    offline = read_offline_accuracies(args.offline_accuracies, len(plan))
     prepare_save_dir(args)
     data.save_class_order(splits, order, args.save_dir)
 
@@ -296,20 +300,48 @@ def run(args):
         increments.append({'classes_seen': plan[i], 'train_images': len(y), 'test_images': len(test_indices),
                            'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),
                            'fit_seconds': round(fit_seconds, 3), 'eval_seconds': round(eval_seconds, 3)})
-        write_summary(summary_path, increments, train_store, test_store, started, finished=False)
+        write_summary(summary_path, increments, offline, train_store, test_store, started, finished=False)
         slda.save_model(args.save_dir, f'slda_model_weights_{name}')   # last: marks the increment finished
         print(f'[{i + 1}/{len(plan)}] {plan[i]:5d} classes seen | +{len(y)} train images | '
               f'top-1 {top1:.4f} top-5 {top5:.4f} | extract {extract_seconds:.1f}s fit {fit_seconds:.2f}s '
               f'eval {eval_seconds:.2f}s', flush=True)
 
     slda.save_model(args.save_dir, 'slda_model_weights_final')
-    summary = write_summary(summary_path, increments, train_store, test_store, started, finished=True)
-    print(f'final top-1 {summary["final_top1"]:.4f}, top-5 {summary["final_top5"]:.4f} on {plan[-1]} classes; '
-          f'results in {args.save_dir}')
+    summary = write_summary(summary_path, increments, offline, train_store, test_store, started,
+                            finished=True)
+    omega_text = ''
+    if summary['omega_all']:
+        omega_text = f'; Omega_all top-1 {summary["omega_all"]["top1"]:.3f}, top-5 {summary["omega_all"]["top5"]:.3f}'
+    print(f'final top-1 {summary["final_top1"]:.4f}, top-5 {summary["final_top5"]:.4f} on {plan[-1]} classes'
+          f'{omega_text}; results in {args.save_dir}')
     return summary
 
 
-def write_summary(path, increments, train_store, test_store, started, finished):
+def read_offline_accuracies(path, num_increments):
+    """{"top1": [...], "top5": [...]}, one accuracy in (0, 1] per increment, or None without a file."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise UserError(f'--offline_accuracies {path} not found')
+    offline = load_json(path)
+    for key in ('top1', 'top5'):
+        values = offline.get(key) if isinstance(offline, dict) else None
+        if not isinstance(values, list) or len(values) != num_increments or \
+                not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in values):
+            raise UserError(f'--offline_accuracies {path}: "{key}" must list {num_increments} accuracies in '
+                            f'(0, 1], one per increment')
+    return offline
+
+
+def omega(increments, offline):
+    """Omega_all of Hayes et al.: the mean over increments so far of our accuracy / the offline model's."""
+    if offline is None or not increments:
+        return None
+    return {key: sum(row[key] / offline[key][i] for i, row in enumerate(increments)) / len(increments)
+            for key in ('top1', 'top5')}
+
+
+def write_summary(path, increments, offline, train_store, test_store, started, finished):
     extract = sum(row['extract_seconds'] for row in increments)
     images = train_store.images_extracted + test_store.images_extracted
     summary = {
@@ -317,6 +349,7 @@ def write_summary(path, increments, train_store, test_store, started, finished):
         'increments': increments,
         'final_top1': increments[-1]['top1'] if increments else None,
         'final_top5': increments[-1]['top5'] if increments else None,
+        'omega_all': omega(increments, offline),
         'seconds': {'extract': round(extract, 3),
                     'fit': round(sum(row['fit_seconds'] for row in increments), 3),
                     'evaluate': round(sum(row['eval_seconds'] for row in increments), 3),

@@ -207,3 +207,46 @@ def test_existing_results_are_not_overwritten_without_resume(tmp_path, capsys):
     code, out = run(argv, capsys)
     assert code == 2 and 'pass --resume' in out.err
     assert (save / 'slda_model_weights_final.pth').read_bytes() == before
+
+
+def test_torchvision_weights_come_only_from_the_local_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    expected = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'
+    argv = ['--num_classes', 4, '--weights', 'IMAGENET1K_V1', '--save_dir', tmp_path / 'out']
+    code, out = run(argv, capsys)
+    assert code == 2 and f'expected {expected}' in out.err and 'never downloads' in out.err
+    expected.parent.mkdir(parents=True)
+    torch.manual_seed(11)
+    model = torchvision.models.resnet18().eval()
+    torch.save(model.state_dict(), expected)
+    extractor = FeatureExtractor('resnet18', 'layer4.1', weights='IMAGENET1K_V1', device='cpu', amp=False,
+                                 input_size=32)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = ModelWrapper(model, ['layer4.1'], return_single=True)(images).mean(dim=(2, 3))
+    torch.testing.assert_close(extractor(images), reference)
+    code, out = run(argv[:-1] + [tmp_path / 'out2', '--weights', 'NOT_A_WEIGHT_SET'], capsys)
+    assert code == 2 and 'NOT_A_WEIGHT_SET is not a weight set of resnet18' in out.err
+
+
+def test_input_feature_size_is_checked_against_the_network(tmp_path, capsys):
+    code, out = run(['--input_feature_size', 256, '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 2 and '--input_feature_size 256 does not match the network: resnet18 layer4.1 gives 512' in out.err
+    code, out = run(['--num_classes', 4, '--input_feature_size', 256, '--extract_layer', 'layer3.1',
+                     '--save_dir', tmp_path / 'layer3'], capsys)
+    assert code == 0, out.err
+    assert torch.load(tmp_path / 'layer3' / 'slda_model_weights_final.pth', weights_only=True)['muK'].shape == (10, 256)
+
+
+def test_omega_all_from_offline_accuracies(tmp_path, capsys):
+    offline = tmp_path / 'offline.json'
+    offline.write_text(json.dumps({'top1': [1.0, 0.8], 'top5': [1.0, 1.0]}))
+    code, out = run(['--num_classes', 4, '--offline_accuracies', offline, '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 0, out.err
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    rows = summary['increments']
+    assert summary['omega_all']['top1'] == pytest.approx((rows[0]['top1'] / 1.0 + rows[1]['top1'] / 0.8) / 2)
+    assert summary['omega_all']['top5'] == pytest.approx((rows[0]['top5'] + rows[1]['top5']) / 2)
+    offline.write_text(json.dumps({'top1': [1.0], 'top5': [1.0]}))
+    code, out = run(['--num_classes', 4, '--offline_accuracies', offline, '--save_dir', tmp_path / 'bad'], capsys)
+    assert code == 2 and '"top1" must list 2 accuracies' in out.err

@@ -13,7 +13,7 @@ from slda_model import StreamingLDA
 from utils import UserError
 
 D, C = 12, 6
-devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+devices = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA'))]
 
 
 def reference_stream(X, y, mu, c, sigma, t, plastic):
