@@ -13,6 +13,7 @@ import torchvision
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from data import imagenet_normalize
 from retrieve_any_layer import ModelWrapper
 from utils import UserError, atomic_write, crash_point, safe_torch_load
 
@@ -123,14 +124,18 @@ class FeatureExtractor:
         self.network.to(memory_format=torch.channels_last)
         for p in self.network.parameters():
             p.requires_grad_(False)
-        self.dim = self(torch.zeros(1, 3, input_size, input_size)).shape[1]
+        self.dim = self(torch.zeros(1, 3, input_size, input_size, dtype=torch.uint8)).shape[1]
         self.identity = json.dumps({'arch': arch, 'layer': layer, 'weights': weights_identity,
                                     'autocast_bfloat16': self.amp, 'pooling': 'spatial mean',
                                     'torchvision': torchvision.__version__}, sort_keys=True)
 
     @torch.inference_mode()
     def __call__(self, images):
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        """images: (B, 3, H, W), uint8 in [0, 255] (normalised here, on the device) or normalised floats."""
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = imagenet_normalize(images)
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             output = self.network(images)
         if output.dim() == 4:

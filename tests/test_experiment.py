@@ -250,3 +250,16 @@ def test_omega_all_from_offline_accuracies(tmp_path, capsys):
     offline.write_text(json.dumps({'top1': [1.0], 'top5': [1.0]}))
     code, out = run(['--num_classes', 4, '--offline_accuracies', offline, '--save_dir', tmp_path / 'bad'], capsys)
     assert code == 2 and '"top1" must list 2 accuracies' in out.err
+
+
+def test_uint8_pipeline_equals_torchvision_to_tensor_and_normalize():
+    from PIL import Image
+    from torchvision import transforms
+
+    import data
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                    transforms.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])(image)
+    as_bytes = data.folder_transform(224)(image)
+    assert as_bytes.dtype == torch.uint8 and as_bytes.shape == (3, 224, 224)
+    assert torch.equal(data.imagenet_normalize(as_bytes.unsqueeze(0))[0], reference)
