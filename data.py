@@ -147,8 +147,13 @@ def folder_transform(image_size):
                                transforms.PILToTensor()])
 
 
-def image_folder_splits(name, images_dir, image_size=224, test_split='val'):
-    """An ImageFolder pair ``images_dir/train`` and ``images_dir/<test_split>`` with the same class folders."""
+def image_folder_splits(name, images_dir, image_size=224, test_split='val', list_class=ImageList,
+                        decoder_description='PIL'):
+    """An ImageFolder pair ``images_dir/train`` and ``images_dir/<test_split>`` with the same class folders.
+
+    ``list_class`` builds each split from (paths, labels, transform, image_size); ``decoder_description``
+    names who decodes the files, which is part of what the feature cache keys on.
+    """
     if not os.path.isdir(images_dir):
         raise UserError(f'--images_dir {images_dir} does not exist or is not a folder; it must hold '
                         f'train/ and {test_split}/ with one sub-folder per class')
@@ -179,9 +184,10 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val'):
             empty = [classes[k] for k in np.flatnonzero(counts == 0)[:5]]
             raise UserError(f'class folder(s) with no images in {root}: {", ".join(empty)} '
                             f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
-        splits[split] = ImageList([path for path, _ in samples], labels, transform, image_size)
+        splits[split] = list_class([path for path, _ in samples], labels, transform, image_size)
     return SplitPair(name, classes, splits['train'], splits[test_split],
-                     f'resize {int(round(image_size / 0.875))}, centre-crop {image_size}, ImageNet normalisation')
+                     f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
+                     f'centre-crop {image_size}, ImageNet normalisation')
 
 
 # ---------------------------------------------------------------------------------------------- class order

@@ -10,7 +10,6 @@ accuracies and model are saved.
         --base_init_ckpt image_files/imagenet_100_class_ckpt.pth --streaming_update_sigma
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ import torch
 import torchvision
 
 import data
+from device_decode import BatchDecoder, EncodedImageList, collate_encoded
 from features import FeatureExtractor, FeatureStore, cache_key, cpu_supports_bfloat16
 from slda_model import StreamingLDA
 from utils import UserError, crash_point, load_json, save_json, save_tensor, topk_accuracy
@@ -52,6 +52,9 @@ def parse_args(argv=None):
                             'sorted order)')
     group.add_argument('--num_classes', type=int, default=None,
                        help='stream only the first N classes of the class order (default: all)')
+    group.add_argument('--decode_on_device', action='store_true',
+                       help='decode JPEG files in batches on the network\'s device (nvJPEG on CUDA) instead of '
+                            'with PIL in the workers, which then only read files; for image folders')
     group.add_argument('--skip_bad_images', action='store_true',
                        help='skip unreadable images (listed in summary.json) instead of stopping')
     group = parser.add_argument_group('network')
@@ -193,7 +196,12 @@ def last_finished_increment(save_dir, plan):
 
 def build_splits(args):
     if args.dataset == 'digits':
+        if args.decode_on_device:
+            raise UserError('--decode_on_device is for image files (--dataset imagenet or imagefolder)')
         return data.digits_splits()
+    if args.decode_on_device:
+        return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split,
+                                        EncodedImageList, f'torchvision on {torch.device(args.device).type}')
     return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split)
 
 
@@ -242,6 +250,8 @@ def run(args):
                          pin_memory=device.type == 'cuda', cache_dir=args.feature_cache, cache_key=key,
                          cache_dtype=getattr(torch, args.cache_dtype), skip_bad_images=args.skip_bad_images,
                          progress=args.progress)
+    if args.decode_on_device:
+        store_options.update(decoder=BatchDecoder(args.image_size, device), collate_fn=collate_encoded)
     train_store = FeatureStore(splits.train, 'train', keep=False, **store_options)
     test_store = FeatureStore(splits.test, args.test_split, keep=True, **store_options)
     slda = StreamingLDA(extractor.dim, splits.num_classes, shrinkage_param=args.shrinkage,

@@ -163,6 +163,7 @@ class IndexSampler(Sampler):
 class FeatureStore:
     """Features of whole classes of one split, each class extracted once.
 
+    ``decoder``, when given, turns each batch from the loader into images (see device_decode.py).
     Without a cache directory, classes are kept in memory when ``keep`` is set (test images are scored at
     every increment). With one, each class is a file ``<cache>/<key>/<split>/class_XXXXX.pt`` written
     atomically as soon as its last image is extracted, holding float16 (or float32) features, the images'
@@ -172,7 +173,8 @@ class FeatureStore:
     """
 
     def __init__(self, split, split_name, extractor, batch_size, num_workers, pin_memory, cache_dir=None,
-                 cache_key='', cache_dtype=torch.float16, keep=False, skip_bad_images=False, progress=True):
+                 cache_key='', cache_dtype=torch.float16, keep=False, skip_bad_images=False, progress=True,
+                 decoder=None, collate_fn=None):
         self.split = split
         self.split_name = split_name
         self.extractor = extractor
@@ -180,6 +182,7 @@ class FeatureStore:
         self.skip_bad_images = skip_bad_images
         self.progress = progress
         self.cache_dtype = cache_dtype
+        self.decoder = decoder
         self.memory = {}
         self.skipped = []
         self.images_extracted = 0
@@ -190,7 +193,7 @@ class FeatureStore:
         self.sampler = IndexSampler()
         self.loader = DataLoader(split, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                                 prefetch_factor=4 if num_workers > 0 else None)
+                                 collate_fn=collate_fn)
 
     def _class_path(self, label):
         return os.path.join(self.cache_dir, f'class_{label:05d}.pt')
@@ -246,6 +249,8 @@ class FeatureStore:
                    disable=None if self.progress else True, file=sys.stderr, leave=False)
         for images, indices, ok in self.loader:
             crash_point('extract_batch')
+            if self.decoder is not None:
+                images, ok = self.decoder(images, ok)
             if not ok.all():
                 bad = indices[~ok].tolist()
                 if not self.skip_bad_images:

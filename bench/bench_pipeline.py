@@ -8,12 +8,13 @@ runs the same class-incremental protocol three ways in one process:
   (b) ours (experiment.py): bfloat16 autocast where supported, batched exact fit, each test image
       extracted once;
   (c) ours again with --feature_cache: a first run fills the cache, a second run (what a rerun, or the
-      other covariance of slda_imagenet.sh, costs) decodes no image.
+      other covariance of slda_imagenet.sh, costs) decodes no image;
+  (d) with --decode_on_device, ours decoding JPEG files in batches on the device (nvJPEG on CUDA).
 
 Prints images/s of extraction, samples/s of streaming, seconds per stage and the ratios.
 
     python bench/bench_pipeline.py                    # CPU, a few minutes on 2 cores
-    python bench/bench_pipeline.py --device cuda --classes 20 --train_per_class 250 --workers 16
+    python bench/bench_pipeline.py --device cuda --classes 20 --train_per_class 250 --workers 16 --decode_on_device
 """
 import argparse
 import json
@@ -92,12 +93,14 @@ def original_way(args, images_dir, device):
     return seconds, images, streamed
 
 
-def ours(args, images_dir, device, save_dir, cache=None):
+def ours(args, images_dir, device, save_dir, cache=None, decode_on_device=False):
     argv = ['--dataset', 'imagefolder', '--images_dir', images_dir, '--class_increment', str(args.increment),
             '--image_size', str(args.image_size), '--batch_size', str(args.batch_size), '--device', str(device),
             '--num_workers', str(args.workers), '--save_dir', save_dir, '--no-progress']
     if cache:
         argv += ['--feature_cache', cache]
+    if decode_on_device:
+        argv += ['--decode_on_device']
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         code = experiment.main(argv)
@@ -119,6 +122,8 @@ def main():
     parser.add_argument('--batch_size', type=int, default=64)
     parser.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--decode_on_device', action='store_true',
+                        help='also time ours with JPEG decoding on the device (nvJPEG on CUDA)')
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,14 +133,17 @@ def main():
         print(f'{args.classes} classes x ({args.train_per_class} train + {args.val_per_class} val) JPEG files '
               f'of 500x375 written in {time.perf_counter() - tick:.1f} s; device={device}, '
               f'workers={args.workers}, threads={torch.get_num_threads()}, batch={args.batch_size}')
-        rows = {}
-        for name, run in (
-                ('(a) original way', lambda: original_way(args, images_dir, device)),
+        cache = os.path.join(tmp, 'cache')
+        runs = [('(a) original way', lambda: original_way(args, images_dir, device)),
                 ('(b) ours, no cache', lambda: ours(args, images_dir, device, os.path.join(tmp, 'b'))),
-                ('(c) ours, filling the cache', lambda: ours(args, images_dir, device, os.path.join(tmp, 'c1'),
-                                                            os.path.join(tmp, 'cache'))),
-                ('(c) ours, rerun from the cache', lambda: ours(args, images_dir, device, os.path.join(tmp, 'c2'),
-                                                               os.path.join(tmp, 'cache')))):
+                ('(c) ours, filling the cache', lambda: ours(args, images_dir, device, os.path.join(tmp, 'c1'), cache)),
+                ('(c) ours, rerun from the cache',
+                 lambda: ours(args, images_dir, device, os.path.join(tmp, 'c2'), cache))]
+        if args.decode_on_device:
+            runs.append(('(d) ours, decoding on the device',
+                         lambda: ours(args, images_dir, device, os.path.join(tmp, 'd'), decode_on_device=True)))
+        rows = {}
+        for name, run in runs:
             tick = time.perf_counter()
             seconds, images, streamed = run()
             rows[name] = (time.perf_counter() - tick, seconds, images, streamed)

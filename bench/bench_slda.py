@@ -108,9 +108,10 @@ def main():
     reference.fit(X_dev, y_dev)
     for name in ('muK', 'Sigma'):
         ref = getattr(reference, name)
-        print(f'{name:5s} max |difference|: loop vs ours {(getattr(loop_model, name) - getattr(ours, name)).abs().max().item():.2e}; '
-              f'vs a float64 run: loop {(getattr(loop_model, name).double() - ref).abs().max().item():.2e}, '
-              f'ours {(getattr(ours, name).double() - ref).abs().max().item():.2e} '
+        loop_value, ours_value = getattr(loop_model, name), getattr(ours, name)
+        print(f'{name:5s} max |difference|: loop vs ours {(loop_value - ours_value).abs().max().item():.2e}; '
+              f'vs a float64 run: loop {(loop_value.double() - ref).abs().max().item():.2e}, '
+              f'ours {(ours_value.double() - ref).abs().max().item():.2e} '
               f'(largest entry {ref.abs().max().item():.2e})')
     print(f'counts identical: {torch.equal(loop_model.cK, ours.cK)}')
 

@@ -16,4 +16,4 @@ echo "== SLDA on the CPU of the same machine, for comparison =="
 timeout 60 "$PYTHON" bench/bench_slda.py --device cpu --samples 20000 --original_samples 2000
 echo "== Pipeline from JPEG on CUDA =="
 timeout 150 "$PYTHON" bench/bench_pipeline.py --device cuda --classes 10 --train_per_class 150 --val_per_class 20 \
-  --increment 2 --batch_size 256 --workers "$(nproc)"
+  --increment 2 --batch_size 256 --workers "$(nproc)" --decode_on_device
