@@ -208,12 +208,19 @@ class FeatureStore:
             return None      # unreadable or unsafe: extract the class again and replace the file
         if not isinstance(entry, dict) or entry.get('fingerprint') != self.split.class_fingerprint(label):
             return None
+        self._report_bad(entry['skipped'].tolist())     # as if the class had just been extracted
         return entry['features'], entry['indices']
 
-    def _finish_class(self, label, features, indices):
+    def _report_bad(self, bad_indices):
+        if bad_indices and not self.skip_bad_images:
+            raise UserError(f'cannot read image {self.split.describe(bad_indices[0])} (not a readable image or '
+                            f'truncated); fix or remove it, or pass --skip_bad_images')
+        self.skipped.extend(self.split.describe(i) for i in bad_indices)
+
+    def _finish_class(self, label, features, indices, skipped):
         if self.cache_dir:
             features = features.to(self.cache_dtype)
-            entry = {'features': features, 'indices': indices,
+            entry = {'features': features, 'indices': indices, 'skipped': skipped,
                      'fingerprint': self.split.class_fingerprint(label)}
             atomic_write(self._class_path(label), lambda f: torch.save(entry, f))
         if self.keep:
@@ -243,7 +250,7 @@ class FeatureStore:
         wanted = np.isin(self.split.labels, labels)
         self.sampler.indices = np.flatnonzero(wanted).tolist()
         per_class_count = np.bincount(self.split.labels[wanted], minlength=self.split.labels.max() + 1)
-        pending = {label: ([], []) for label in labels}
+        pending = {label: ([], [], []) for label in labels}   # features, indices, unreadable images
         done = {}
         bar = tqdm(total=len(self.sampler.indices), desc=f'extracting {self.split_name}', unit='img',
                    disable=None if self.progress else True, file=sys.stderr, leave=False)
@@ -251,12 +258,7 @@ class FeatureStore:
             crash_point('extract_batch')
             if self.decoder is not None:
                 images, ok = self.decoder(images, ok)
-            if not ok.all():
-                bad = indices[~ok].tolist()
-                if not self.skip_bad_images:
-                    raise UserError(f'cannot read image {self.split.describe(bad[0])} (not a readable image '
-                                    f'or truncated); fix or remove it, or pass --skip_bad_images')
-                self.skipped.extend(self.split.describe(i) for i in bad)
+            self._report_bad(indices[~ok].tolist())
             features = self.extractor(images if ok.all() else images[ok]).cpu()
             if not torch.isfinite(features).all():
                 raise UserError(f'the network produced NaN or infinite features for the batch starting at '
@@ -268,14 +270,17 @@ class FeatureStore:
                 rows = batch_labels == label
                 pending[label][0].append(features[rows])
                 pending[label][1].append(good_indices[rows])
-            for index in indices.tolist():   # a class is complete once its last image (good or bad) passed
+            for index, good in zip(indices.tolist(), ok.tolist()):   # a class is complete after its last image
                 label = int(self.split.labels[index])
+                if not good:
+                    pending[label][2].append(index)
                 per_class_count[label] -= 1
                 if per_class_count[label] == 0:
-                    feats, idx = pending.pop(label)
+                    feats, idx, skipped = pending.pop(label)
                     if not feats:
                         raise UserError(f'every image of class {label} in {self.split_name} is unreadable')
-                    done[label] = self._finish_class(label, torch.cat(feats), torch.cat(idx))
+                    done[label] = self._finish_class(label, torch.cat(feats), torch.cat(idx),
+                                                     torch.tensor(skipped, dtype=torch.int64))
             bar.update(len(indices))
         bar.close()
         return done

@@ -191,3 +191,17 @@ def test_bad_protocol_arguments_fail_before_work(tmp_path, capsys, argv, message
     code, out = run(argv + ['--save_dir', tmp_path / 'out'], capsys)
     assert code == 2 and message in out.err
     assert not (tmp_path / 'out').exists()
+
+
+def test_skipped_images_are_reported_again_from_the_cache(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    bad = root / 'train' / 'n01000004' / 'n01000004_0001.JPEG'
+    truncate(bad)
+    cache = tmp_path / 'cache'
+    argv = folder_args(root, tmp_path, '--feature_cache', cache)
+    assert run(argv + ['--save_dir', tmp_path / 'first', '--skip_bad_images'], capsys)[0] == 0
+    assert run(argv + ['--save_dir', tmp_path / 'second', '--skip_bad_images'], capsys)[0] == 0
+    summary = json.loads((tmp_path / 'second' / 'summary.json').read_text())
+    assert summary['images_extracted_this_process'] == 0 and summary['skipped_images'] == [str(bad)]
+    code, out = run(argv + ['--save_dir', tmp_path / 'third'], capsys)
+    assert code == 2 and f'cannot read image {bad}' in out.err
