@@ -250,9 +250,9 @@ def plan_increments(num_classes, base_classes, class_increment):
         raise UserError(f'--class_increment must be at least 1, got {class_increment}')
     if base_classes < 0:
         raise UserError(f'--base_init_classes must be non-negative, got {base_classes}')
-    if class_increment > num_classes or base_classes > num_classes:
-        raise UserError(f'--class_increment {class_increment} / --base_init_classes {base_classes} is larger '
-                        f'than the {num_classes} classes of the dataset')
+    for flag, value in (('--class_increment', class_increment), ('--base_init_classes', base_classes)):
+        if value > num_classes:
+            raise UserError(f'{flag} {value} is larger than the {num_classes} classes streamed')
     seen = [base_classes] if base_classes else []
     while (seen[-1] if seen else 0) < num_classes:
         seen.append(min((seen[-1] if seen else 0) + class_increment, num_classes))

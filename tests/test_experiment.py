@@ -158,7 +158,7 @@ def test_retrieve_any_layer_returns_named_outputs_and_removes_hooks():
     ('empty class', r'class folder\(s\) with no images in .*val: n01000002'),
     ('unreadable image', 'cannot read image .*n01000003_0001.JPEG'),
     ('unknown layer', "unknown layer name 'layer9'"),
-    ('increment too large', '--class_increment 7 .* larger than the 6 classes'),
+    ('increment too large', '--class_increment 7 is larger than the 6 classes streamed'),
     ('bad label file', 'imagenet_train_labels.npy is not a permutation'),
     ('missing checkpoint', '--base_init_ckpt .*nothing.pth not found.*image_files/README.md'),
 ])

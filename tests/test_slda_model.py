@@ -9,6 +9,7 @@ import torch
 from sklearn.covariance import OAS
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+import slda_model
 from slda_model import StreamingLDA
 from utils import UserError
 
@@ -74,6 +75,17 @@ def test_batched_fit_equals_per_sample_rule(device, dtype, rtol, plastic, base_i
     np.testing.assert_allclose(model.muK.double().cpu().numpy(), mu, rtol=rtol, atol=rtol * np.abs(mu).max())
     np.testing.assert_allclose(model.Sigma.double().cpu().numpy(), sigma, rtol=rtol,
                                atol=rtol * np.abs(sigma).max())
+
+
+def test_fit_split_into_internal_chunks_equals_per_sample_rule(monkeypatch):
+    monkeypatch.setattr(slda_model, 'FIT_CHUNK_ROWS', 16)     # 300 rows: 19 chunks, classes span chunks
+    X, y = make_stream(300, seed=17)
+    model = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    model.fit(X, y)
+    mu, c, sigma, t = reference_stream(X, y, np.zeros((C, D)), np.zeros(C), np.eye(D), 0, plastic=True)
+    np.testing.assert_allclose(model.muK.numpy(), mu, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.Sigma.numpy(), sigma, rtol=1e-10, atol=1e-12)
+    assert model.cK.tolist() == c.tolist() and int(model.num_updates) == t
 
 
 def test_single_sample_fit_accepts_vector_and_scalar_label():
