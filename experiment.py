@@ -29,7 +29,8 @@ from utils import UserError, crash_point, load_json, save_json, save_tensor, top
 DEFAULT_INCREMENT = {'digits': 2, 'imagenet': 100, 'imagefolder': 10}
 IMAGENET_CHECKPOINT = os.path.join('image_files', 'imagenet_100_class_ckpt.pth')
 # Arguments that do not change any number a run produces; everything else must match to --resume.
-ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images'}
+ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
+                       'save_preds'}
 
 
 def parse_args(argv=None):
@@ -104,6 +105,9 @@ def parse_args(argv=None):
                        help='output folder (default: streaming_experiments/<expt_name>)')
     group.add_argument('--expt_name', default=None,
                        help='experiment name (default: slda_<dataset>_<plastic|fixed>)')
+    group.add_argument('--save_preds', choices=['every', 'final', 'none'], default='every',
+                       help='write the test probabilities (preds_*.pt) after every increment, after the last '
+                            'only, or never; at ImageNet scale they total 1.1 GB (default: %(default)s)')
     group.add_argument('--resume', action='store_true',
                        help='continue an interrupted run in --save_dir from its last finished increment')
     group.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
@@ -305,7 +309,8 @@ def run(args):
         accuracies['seen_classes_top5'].append(top5)
 
         name = increment_name(plan[i])
-        save_tensor(os.path.join(args.save_dir, f'preds_{name}.pt'), probabilities)
+        if args.save_preds == 'every' or (args.save_preds == 'final' and i == len(plan) - 1):
+            save_tensor(os.path.join(args.save_dir, f'preds_{name}.pt'), probabilities)
         save_json(os.path.join(args.save_dir, f'accuracies_{name}.json'), accuracies)
         increments.append({'classes_seen': plan[i], 'train_images': len(y), 'test_images': len(test_indices),
                            'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),

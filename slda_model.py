@@ -135,9 +135,9 @@ class StreamingLDA(nn.Module):
         if not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.uint8)):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
         X = X.to(device=self.device, dtype=self.dtype)
-        # One float64 sum is far cheaper than an elementwise test and is non-finite whenever an entry is;
-        # only then (or on a float64 overflow) look for the offending row.
-        if not torch.isfinite(X.sum(dtype=torch.float64)):
+        # A sum is far cheaper than an elementwise test and is non-finite whenever an entry is; only then
+        # (or when the sum overflowed) look for the offending row.
+        if not torch.isfinite(X.sum()):
             bad_rows = torch.nonzero(~torch.isfinite(X).all(dim=1))
             if bad_rows.numel():
                 raise ValueError(f'{name} contains NaN or infinite values (first in row {bad_rows[0].item()})')

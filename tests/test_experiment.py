@@ -263,3 +263,14 @@ def test_uint8_pipeline_equals_torchvision_to_tensor_and_normalize():
     as_bytes = data.folder_transform(224)(image)
     assert as_bytes.dtype == torch.uint8 and as_bytes.shape == (3, 224, 224)
     assert torch.equal(data.imagenet_normalize(as_bytes.unsqueeze(0))[0], reference)
+
+
+@pytest.mark.parametrize('save_preds,expected', [('final', {6}), ('none', set())])
+def test_save_preds_and_float64_state(tmp_path, capsys, save_preds, expected):
+    save = tmp_path / 'out'
+    code, out = run(['--num_classes', 6, '--save_preds', save_preds, '--slda_dtype', 'float64', '--save_dir', save],
+                    capsys)
+    assert code == 0, out.err
+    preds = {int(name.split('_')[-1][:-3]) for name in os.listdir(save) if name.startswith('preds_')}
+    assert preds == expected
+    assert torch.load(save / 'slda_model_weights_final.pth', weights_only=True)['Sigma'].dtype == torch.float64
