@@ -51,10 +51,10 @@ def class_runs(y):
 
 
 def prefix_sums(rows):
-    """(B + 1, d) sums of the first i rows, i = 0..B. Differences of it give sums over runs of rows without
-    atomic additions, so results are the same from run to run on any device."""
-    prefix = torch.zeros(rows.shape[0] + 1, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    torch.cumsum(rows, dim=0, out=prefix[1:])
+    """(B + 1, d) float64 sums of the first i rows, i = 0..B. Differences of it give sums over runs of rows
+    without atomic additions, so results are the same from run to run on any device."""
+    prefix = torch.zeros(rows.shape[0] + 1, rows.shape[1], dtype=torch.float64, device=rows.device)
+    torch.cumsum(rows, dim=0, dtype=torch.float64, out=prefix[1:])
     return prefix
 
 
@@ -181,22 +181,21 @@ class StreamingLDA(nn.Module):
         self._head = None
         t0 = int(self.num_updates)
         # Work in class-sorted order (stable, so each class keeps its stream order) on rows centred on the
-        # class mean before the batch, u = z - mu_k, in float64. A row's pre-update class mean is then
-        # mu_k + Q / (c_k + n), with Q the sum of the u of the n earlier same-class rows of the batch.
+        # class mean before the batch, u = z - mu_k. A row's pre-update class mean is then mu_k + Q / (c_k + n),
+        # with Q the sum of the u of the n earlier same-class rows of the batch (prefix sums in float64).
         order, starts, lengths, labels = class_runs(y)
         y_sorted = y[order]
-        u = X[order].to(torch.float64) - self.muK[y_sorted].to(torch.float64)
+        u = X[order] - self.muK[y_sorted]
         prefix = prefix_sums(u)
         if self.streaming_update_sigma:
             first_row = starts.repeat_interleave(lengths)
             rows = torch.arange(B, device=X.device)
-            earlier_sum = prefix[:-1] - prefix[first_row]
             seen_before = self.cK[y_sorted] + (rows - first_row)
-            residual = u - earlier_sum / seen_before.clamp(min=1)[:, None]
+            mean_shift = (prefix[:-1] - prefix[first_row]) / seen_before.clamp(min=1)[:, None]
+            residual = u - mean_shift.to(self.dtype)
             steps = (t0 + order).to(torch.float64)       # global step of each row in stream order
-            weights = steps / (steps + 1)
-            residual = residual.to(self.dtype)
-            scatter = (residual * weights.to(self.dtype)[:, None]).T @ residual
+            weights = (steps / (steps + 1)).to(self.dtype)
+            scatter = (residual * weights[:, None]).T @ residual
             self.Sigma.copy_((t0 * self.Sigma + scatter) / (t0 + B))
         new_counts = self.cK[labels] + lengths
         run_sums = prefix[starts + lengths] - prefix[starts]
@@ -215,7 +214,7 @@ class StreamingLDA(nn.Module):
         if X.shape[0] == 0:
             raise ValueError('fit_base needs at least one sample, got an empty batch')
         order, starts, lengths, labels = class_runs(y)
-        prefix = prefix_sums(X[order].to(torch.float64))
+        prefix = prefix_sums(X[order])
         means = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
         means[labels] = (prefix[starts + lengths] - prefix[starts]) / lengths[:, None]
         sigma = oas_covariance(X.to(torch.float64) - means[y])
