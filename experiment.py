@@ -35,23 +35,23 @@ ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_na
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
     group = parser.add_argument_group('data')
     group.add_argument('--dataset', choices=['digits', 'imagenet', 'imagefolder'], default='digits',
                        help='digits: scikit-learn\'s bundled handwritten digits (no download); imagenet: '
                             'ImageNet-1K as ImageFolder train/ and val/; imagefolder: your own train/ and '
                             'val/ class folders (default: %(default)s)')
-    group.add_argument('--images_dir', help='folder holding train/ and val/ (imagenet, imagefolder)')
-    group.add_argument('--test_split', default='val', help='name of the test folder (default: %(default)s)')
-    group.add_argument('--image_size', type=int, default=224,
+    group.add_argument('--images_dir', metavar='DIR', help='folder holding train/ and val/ (imagenet, imagefolder)')
+    group.add_argument('--test_split', metavar='NAME', default='val',
+                       help='name of the test folder (default: %(default)s)')
+    group.add_argument('--image_size', metavar='N', type=int, default=224,
                        help='centre-crop size; images are first resized to size / 0.875 (default: %(default)s)')
-    group.add_argument('--labels_dir', default=None,
+    group.add_argument('--labels_dir', metavar='DIR', default=None,
                        help='folder with <dataset>_train_labels.npy and <dataset>_val_labels.npy giving the '
                             'class order (default: image_files/ if it holds them)')
-    group.add_argument('--class_order_seed', type=int, default=None,
+    group.add_argument('--class_order_seed', metavar='N', type=int, default=None,
                        help='without label files: shuffle the class order with this seed (default: '
                             'sorted order)')
-    group.add_argument('--num_classes', type=int, default=None,
+    group.add_argument('--num_classes', metavar='N', type=int, default=None,
                        help='stream only the first N classes of the class order (default: all)')
     group.add_argument('--decode_on_device', action='store_true',
                        help='decode JPEG files in batches on the network\'s device (nvJPEG on CUDA) instead of '
@@ -59,51 +59,55 @@ def parse_args(argv=None):
     group.add_argument('--skip_bad_images', action='store_true',
                        help='skip unreadable images (listed in summary.json) instead of stopping')
     group = parser.add_argument_group('network')
-    group.add_argument('--arch', default='resnet18', help='torchvision classification model (default: %(default)s)')
-    group.add_argument('--extract_layer', default='layer4.1',
+    group.add_argument('--arch', metavar='NAME', default='resnet18',
+                       help='torchvision classification model (default: %(default)s)')
+    group.add_argument('--extract_layer', metavar='NAME', default='layer4.1',
                        help='layer whose output, mean-pooled over space, is the feature (default: %(default)s)')
-    group.add_argument('--base_init_ckpt', default=None,
+    group.add_argument('--base_init_ckpt', metavar='PATH', default=None,
                        help='checkpoint of the network trained on the base classes (default for imagenet: '
                             f'{IMAGENET_CHECKPOINT})')
-    group.add_argument('--weights', default=None,
+    group.add_argument('--weights', metavar='NAME', default=None,
                        help='a torchvision weight set already in the local torch cache, e.g. IMAGENET1K_V1')
-    group.add_argument('--input_feature_size', type=int, default=None,
+    group.add_argument('--input_feature_size', metavar='N', type=int, default=None,
                        help='expected feature size; checked against the network (default: found)')
     group.add_argument('--amp', choices=['auto', 'on', 'off'], default='auto',
                        help='bfloat16 autocast for the network: auto uses it on CUDA and on CPUs with '
                             'bfloat16 instructions (default: %(default)s)')
     group = parser.add_argument_group('protocol and model')
-    group.add_argument('--class_increment', type=int, default=None,
+    group.add_argument('--class_increment', metavar='N', type=int, default=None,
                        help='classes per increment (default: 2 for digits, 100 for imagenet, 10 for imagefolder)')
-    group.add_argument('--base_init_classes', type=int, default=None,
+    group.add_argument('--base_init_classes', metavar='N', type=int, default=None,
                        help='classes in the base initialisation (default: one increment)')
     group.add_argument('--no_base_init', action='store_true', help='stream every class, no fit_base')
     group.add_argument('--streaming_update_sigma', action=argparse.BooleanOptionalAction, default=True,
                        help='plastic covariance, updated by every sample; --no-streaming_update_sigma keeps '
                             'the base-initialisation covariance fixed (default: plastic)')
-    group.add_argument('--shrinkage', type=float, default=1e-4, help='covariance shrinkage (default: %(default)s)')
+    group.add_argument('--shrinkage', metavar='EPS', type=float, default=1e-4,
+                       help='covariance shrinkage (default: %(default)s)')
     group.add_argument('--mask_unseen_classes', action='store_true',
                        help='give classes not seen yet a score of -inf (the paper does not)')
     group.add_argument('--slda_dtype', choices=['float32', 'float64'], default='float32',
                        help='precision of the SLDA state (default: %(default)s)')
     group.add_argument('--shuffle_data', action='store_true', help='shuffle the images within each increment')
-    group.add_argument('--offline_accuracies', default=None,
+    group.add_argument('--offline_accuracies', metavar='FILE', default=None,
                        help='JSON file {"top1": [...], "top5": [...]} with an offline model\'s accuracy (0-1) '
                             'after each increment; adds Omega_all (mean of ours / offline) to summary.json')
-    group.add_argument('--seed', type=int, default=0,
+    group.add_argument('--seed', metavar='N', type=int, default=0,
                        help='seed for shuffling and random initialisation (default: %(default)s)')
     group = parser.add_argument_group('running')
-    group.add_argument('--batch_size', type=int, default=256, help='images per network batch (default: %(default)s)')
-    group.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default: %(default)s)')
-    group.add_argument('--num_workers', type=int, default=None,
+    group.add_argument('--batch_size', metavar='N', type=int, default=256,
+                       help='images per network batch (default: %(default)s)')
+    group.add_argument('--device', metavar='DEV', default='auto',
+                       help='auto, cpu, cuda or cuda:N (default: %(default)s)')
+    group.add_argument('--num_workers', metavar='N', type=int, default=None,
                        help='image-decoding processes (default: 0 for digits, else one per CPU, at most 32)')
-    group.add_argument('--feature_cache', default=None,
+    group.add_argument('--feature_cache', metavar='DIR', default=None,
                        help='folder to keep pooled features in across runs (default: none)')
     group.add_argument('--cache_dtype', choices=['float16', 'float32'], default='float16',
                        help='precision of cached features (default: %(default)s)')
-    group.add_argument('--save_dir', default=None,
+    group.add_argument('--save_dir', metavar='DIR', default=None,
                        help='output folder (default: streaming_experiments/<expt_name>)')
-    group.add_argument('--expt_name', default=None,
+    group.add_argument('--expt_name', metavar='NAME', default=None,
                        help='experiment name (default: slda_<dataset>_<plastic|fixed>)')
     group.add_argument('--save_preds', choices=['every', 'final', 'none'], default='every',
                        help='write the test probabilities (preds_*.pt) after every increment, after the last '
@@ -112,7 +116,8 @@ def parse_args(argv=None):
                        help='continue an interrupted run in --save_dir from its last finished increment')
     group.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
                        help='progress bars on standard error when it is a terminal (default: on)')
-    add('--version', action='version', version=f'torch {torch.__version__}, torchvision {torchvision.__version__}')
+    parser.add_argument('--version', action='version',
+                        version=f'torch {torch.__version__}, torchvision {torchvision.__version__}')
     args = parser.parse_args(argv)
     complete_defaults(args)
     return args
