@@ -78,7 +78,7 @@ def test_batched_fit_equals_per_sample_rule(device, dtype, rtol, plastic, base_i
 
 
 def test_fit_split_into_internal_chunks_equals_per_sample_rule(monkeypatch):
-    monkeypatch.setattr(slda_model, 'FIT_CHUNK_ROWS', 16)     # 300 rows: 19 chunks, classes span chunks
+    monkeypatch.setitem(slda_model.FIT_CHUNK_ROWS, 'cpu', 16)     # 300 rows: 19 chunks, classes span chunks
     X, y = make_stream(300, seed=17)
     model = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
     model.fit(X, y)
