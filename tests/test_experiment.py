@@ -274,3 +274,24 @@ def test_save_preds_and_float64_state(tmp_path, capsys, save_preds, expected):
     preds = {int(name.split('_')[-1][:-3]) for name in os.listdir(save) if name.startswith('preds_')}
     assert preds == expected
     assert torch.load(save / 'slda_model_weights_final.pth', weights_only=True)['Sigma'].dtype == torch.float64
+
+
+def test_slda_imagenet_script_runs_both_covariances_sharing_the_cache(tmp_path, image_folder):
+    root, labels = image_folder
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt)
+    env = dict(os.environ, IMAGENET_DIR=str(root), BASE_INIT_CKPT=str(ckpt), LABELS_DIR=str(labels),
+               SAVE_ROOT=str(tmp_path / 'results'), PYTHON=sys.executable)
+    result = subprocess.run(['bash', os.path.join(REPO, 'slda_imagenet.sh'), '--class_increment', '2',
+                             '--image_size', '32', '--num_workers', '0', '--no-progress'],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    plastic = json.loads((tmp_path / 'results' / 'slda_imagenet_plastic' / 'config.json').read_text())
+    fixed_summary = json.loads((tmp_path / 'results' / 'slda_imagenet_fixed' / 'summary.json').read_text())
+    assert plastic['arguments']['streaming_update_sigma'] is True
+    assert plastic['class_order'] == np.argsort(STREAM_POSITION).tolist()
+    assert fixed_summary['finished'] and fixed_summary['images_extracted_this_process'] == 0
+    assert os.listdir(tmp_path / 'results' / 'feature_cache')
+    unset = subprocess.run(['bash', os.path.join(REPO, 'slda_imagenet.sh')], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != 'IMAGENET_DIR'}, timeout=60)
+    assert unset.returncode == 2 and 'IMAGENET_DIR is not set' in unset.stderr and 'usage:' in unset.stderr
