@@ -27,7 +27,8 @@ from slda_model import StreamingLDA
 from utils import UserError, crash_point, load_json, save_json, save_tensor, topk_accuracy
 
 DEFAULT_INCREMENT = {'digits': 2, 'imagenet': 100, 'imagefolder': 10}
-IMAGENET_CHECKPOINT = os.path.join('image_files', 'imagenet_100_class_ckpt.pth')
+IMAGE_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'image_files')
+IMAGENET_CHECKPOINT = os.path.join(IMAGE_FILES, 'imagenet_100_class_ckpt.pth')
 # Arguments that do not change any number a run produces; everything else must match to --resume.
 ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
                        'save_preds'}
@@ -47,7 +48,7 @@ def parse_args(argv=None):
                        help='centre-crop size; images are first resized to size / 0.875 (default: %(default)s)')
     group.add_argument('--labels_dir', metavar='DIR', default=None,
                        help='folder with <dataset>_train_labels.npy and <dataset>_val_labels.npy giving the '
-                            'class order (default: image_files/ if it holds them)')
+                            'class order (default: this project\'s image_files/ if it holds them)')
     group.add_argument('--class_order_seed', metavar='N', type=int, default=None,
                        help='without label files: shuffle the class order with this seed (default: '
                             'sorted order)')
@@ -65,7 +66,7 @@ def parse_args(argv=None):
                        help='layer whose output, mean-pooled over space, is the feature (default: %(default)s)')
     group.add_argument('--base_init_ckpt', metavar='PATH', default=None,
                        help='checkpoint of the network trained on the base classes (default for imagenet: '
-                            f'{IMAGENET_CHECKPOINT})')
+                            'image_files/imagenet_100_class_ckpt.pth in this project)')
     group.add_argument('--weights', metavar='NAME', default=None,
                        help='a torchvision weight set already in the local torch cache, e.g. IMAGENET1K_V1')
     group.add_argument('--input_feature_size', metavar='N', type=int, default=None,
@@ -134,9 +135,9 @@ def complete_defaults(args):
         args.expt_name = f'slda_{args.dataset}_{"plastic" if args.streaming_update_sigma else "fixed"}'
     if args.save_dir is None:
         args.save_dir = os.path.join('streaming_experiments', args.expt_name)
-    if args.labels_dir is None and all(os.path.exists(os.path.join('image_files', name))
+    if args.labels_dir is None and all(os.path.exists(os.path.join(IMAGE_FILES, name))
                                        for name in data.label_file_names(args.dataset)):
-        args.labels_dir = 'image_files'
+        args.labels_dir = IMAGE_FILES
     if args.dataset == 'imagenet' and args.base_init_ckpt is None and args.weights is None:
         args.base_init_ckpt = IMAGENET_CHECKPOINT
     if args.num_workers is None:

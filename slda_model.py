@@ -286,6 +286,7 @@ class StreamingLDA(nn.Module):
         """
         state = {'muK': self.muK.cpu(), 'cK': self.cK.to(self.dtype).cpu(), 'Sigma': self.Sigma.cpu(),
                  'num_updates': int(self.num_updates)}
+        os.makedirs(save_path, exist_ok=True)
         path = os.path.join(save_path, save_name + '.pth')
         atomic_write(path, lambda f: torch.save(state, f))
         return path

@@ -295,3 +295,11 @@ def test_slda_imagenet_script_runs_both_covariances_sharing_the_cache(tmp_path, 
     unset = subprocess.run(['bash', os.path.join(REPO, 'slda_imagenet.sh')], capture_output=True, text=True,
                            env={k: v for k, v in os.environ.items() if k != 'IMAGENET_DIR'}, timeout=60)
     assert unset.returncode == 2 and 'IMAGENET_DIR is not set' in unset.stderr and 'usage:' in unset.stderr
+
+
+def test_imagenet_without_checkpoint_explains_what_is_needed(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    code, out = run(['--dataset', 'imagenet', '--images_dir', root, '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 2
+    assert os.path.join(REPO, 'image_files', 'imagenet_100_class_ckpt.pth') in out.err
+    assert 'image_files/README.md' in out.err and '--weights' in out.err
