@@ -303,3 +303,16 @@ def test_imagenet_without_checkpoint_explains_what_is_needed(tmp_path, image_fol
     assert code == 2
     assert os.path.join(REPO, 'image_files', 'imagenet_100_class_ckpt.pth') in out.err
     assert 'image_files/README.md' in out.err and '--weights' in out.err
+
+
+def test_no_base_init_with_fixed_covariance_keeps_the_identity(tmp_path, capsys):
+    save = tmp_path / 'out'
+    code, out = run(['--num_classes', 4, '--no_base_init', '--no-streaming_update_sigma', '--save_dir', save], capsys)
+    assert code == 0, out.err
+    weights = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
+    assert torch.equal(weights['Sigma'], torch.eye(512))
+    summary = json.loads((save / 'summary.json').read_text())
+    assert [row['classes_seen'] for row in summary['increments']] == [2, 4]
+    assert weights['num_updates'] == sum(row['train_images'] for row in summary['increments'])
+    code, out = run(['--no_base_init', '--base_init_classes', 2, '--save_dir', tmp_path / 'x'], capsys)
+    assert code == 2 and 'contradict' in out.err
