@@ -78,8 +78,9 @@ def original_way(args, images_dir, device):
         if i == 0:
             model.fit_base(X.to(device), y.to(device))
         else:
-            for x, label in zip(X, y):          # one update per sample, each moved to the device
-                original_update(model, x.to(device), label.to(device))
+            t = int(model.num_updates)
+            for j, (x, label) in enumerate(zip(X, y)):   # one call per sample from the CPU, as the original
+                original_update(model, x, label, t + j)
             streamed += len(y)
         synchronize(device)
         seconds['fit'] += time.perf_counter() - tick
