@@ -209,10 +209,11 @@ def build_splits(args):
         if args.decode_on_device:
             raise UserError('--decode_on_device is for image files (--dataset imagenet or imagefolder)')
         return data.digits_splits()
+    list_class, decoder = data.ImageList, 'PIL'
     if args.decode_on_device:
-        return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split,
-                                        EncodedImageList, f'torchvision on {torch.device(args.device).type}')
-    return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split)
+        list_class, decoder = EncodedImageList, f'torchvision on {torch.device(args.device).type}'
+    return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split,
+                                    list_class, decoder)
 
 
 def run(args):

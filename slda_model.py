@@ -176,9 +176,9 @@ class StreamingLDA(nn.Module):
             return
         self._head = None
         t = int(self.num_updates)
-        rows = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
-        for start in range(0, X.shape[0], rows):
-            self._fit_chunk(X[start:start + rows], y[start:start + rows], t + start)
+        chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
+        for start in range(0, X.shape[0], chunk):
+            self._fit_chunk(X[start:start + chunk], y[start:start + chunk], t + start)
 
     def _fit_chunk(self, X, y, t0):
         """One vectorised pass; t0 is the number of updates before the chunk."""
