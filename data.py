@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from utils import UserError, save_npy
 
@@ -53,14 +53,21 @@ class ImageList(Dataset):
     def describe(self, index):
         return self.paths[index]
 
-    def class_fingerprint(self, label):
-        """Identifies the files of one class: their names relative to the split folder and their sizes."""
-        digest = hashlib.sha256()
-        root_length = len(os.path.dirname(os.path.dirname(self.paths[0])))
+    def class_fingerprint(self, label, sizes=True):
+        """Identifies the files of one class by their paths below the dataset folder and, with ``sizes``,
+        their sizes (a stat per file, about 3 us each); without, by the modification times of the folders
+        holding them (a stat per folder), which change when files are added, removed or renamed but not
+        when a file is rewritten in place."""
         start, end = class_rows(self.labels, label)
-        for path in self.paths[start:end]:
-            digest.update(f'{path[root_length:]}\0{os.stat(path).st_size}\n'.encode())
-        return digest.hexdigest()
+        paths = self.paths[start:end]
+        root_length = len(os.path.dirname(os.path.dirname(self.paths[0])))
+        if sizes:
+            stamps = [os.stat(path).st_size for path in paths]
+        else:
+            folders = sorted({path.rpartition(os.sep)[0] for path in paths})     # os.path.dirname, 5x faster
+            stamps = [os.stat(folder).st_mtime_ns for folder in folders]
+        text = '\n'.join(path[root_length:] for path in paths) + '\0' + ' '.join(map(str, stamps))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class TensorImages(Dataset):
@@ -80,7 +87,7 @@ class TensorImages(Dataset):
     def describe(self, index):
         return f'{self.name} image {index}'
 
-    def class_fingerprint(self, label):
+    def class_fingerprint(self, label, sizes=True):
         start, end = class_rows(self.labels, label)
         return hashlib.sha256(self.images[start:end].numpy().tobytes()).hexdigest()
 
@@ -147,6 +154,27 @@ def folder_transform(image_size):
                                transforms.PILToTensor()])
 
 
+def list_image_files(class_folder):
+    """Paths of the image files in ``class_folder`` and its sub-folders (links followed), in torchvision
+    ImageFolder's order: folders sorted by path, files by name within each. Like ``make_dataset``, but a
+    third of its time on ImageNet's 1.28 million files."""
+    folders = []
+    pending = [class_folder]
+    while pending:
+        folder = pending.pop()
+        names = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    pending.append(entry.path)
+                elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                    names.append(entry.name)
+        folders.append((folder, sorted(names)))
+    # folder + separator + name is os.path.join(folder, name) for a plain name, at a sixth of the cost
+    return [prefix + name for folder, names in sorted(folders) for prefix in [os.path.join(folder, '')]
+            for name in names]
+
+
 def image_folder_splits(name, images_dir, image_size=224, test_split='val', list_class=ImageList,
                         decoder_description='PIL'):
     """An ImageFolder pair ``images_dir/train`` and ``images_dir/<test_split>`` with the same class folders.
@@ -166,7 +194,7 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
             raise UserError(f'{root} is missing: --images_dir must hold train/ and {test_split}/ folders '
                             f'with one sub-folder per class')
         try:
-            split_classes, class_to_idx = find_classes(root)
+            split_classes, _ = find_classes(root)
         except FileNotFoundError:
             raise UserError(f'{root} has no class sub-folders; put each class\'s images in a folder of '
                             f'its own') from None
@@ -177,14 +205,13 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
             only_test = sorted(set(split_classes) - set(classes))[:5]
             raise UserError(f'train/ and {split}/ in {images_dir} have different class folders '
                             f'(only in train: {only_train}, only in {split}: {only_test})')
-        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-        labels = np.array([label for _, label in samples], dtype=np.int64)
-        counts = np.bincount(labels, minlength=len(classes))
-        if (counts == 0).any():
-            empty = [classes[k] for k in np.flatnonzero(counts == 0)[:5]]
-            raise UserError(f'class folder(s) with no images in {root}: {", ".join(empty)} '
+        class_files = [list_image_files(os.path.join(root, class_name)) for class_name in classes]
+        empty = [class_name for class_name, files in zip(classes, class_files) if not files]
+        if empty:
+            raise UserError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
                             f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
-        splits[split] = list_class([path for path, _ in samples], labels, transform, image_size)
+        labels = np.repeat(np.arange(len(classes)), [len(files) for files in class_files])
+        splits[split] = list_class([path for files in class_files for path in files], labels, transform, image_size)
     return SplitPair(name, classes, splits['train'], splits[test_split],
                      f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
                      f'centre-crop {image_size}, ImageNet normalisation')

@@ -24,14 +24,14 @@ import data
 from device_decode import BatchDecoder, EncodedImageList, collate_encoded
 from features import FeatureExtractor, FeatureStore, cache_key, cpu_supports_bfloat16
 from slda_model import StreamingLDA
-from utils import UserError, crash_point, load_json, save_json, save_tensor, topk_accuracy
+from utils import BackgroundFiles, UserError, crash_point, load_json, save_json, save_tensor, topk_accuracy
 
 DEFAULT_INCREMENT = {'digits': 2, 'imagenet': 100, 'imagefolder': 10}
 IMAGE_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'image_files')
 IMAGENET_CHECKPOINT = os.path.join(IMAGE_FILES, 'imagenet_100_class_ckpt.pth')
 # Arguments that do not change any number a run produces; everything else must match to --resume.
 ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
-                       'save_preds'}
+                       'save_preds', 'cache_check'}
 
 
 def parse_args(argv=None):
@@ -104,6 +104,11 @@ def parse_args(argv=None):
                        help='image-decoding processes (default: 0 for digits, else one per CPU, at most 32)')
     group.add_argument('--feature_cache', metavar='DIR', default=None,
                        help='folder to keep pooled features in across runs (default: none)')
+    group.add_argument('--cache_check', choices=['sizes', 'listing'], default='sizes',
+                       help='how cached features are matched to image files: sizes checks every file\'s name and '
+                            'size (a stat per file, a few seconds for ImageNet); listing checks names and '
+                            'folder modification times only, which misses files rewritten in place '
+                            '(default: %(default)s)')
     group.add_argument('--cache_dtype', choices=['float16', 'float32'], default='float16',
                        help='precision of cached features (default: %(default)s)')
     group.add_argument('--save_dir', metavar='DIR', default=None,
@@ -216,6 +221,15 @@ def build_splits(args):
                                     list_class, decoder)
 
 
+def build_extractor(args, device):
+    amp = args.amp == 'on' or (args.amp == 'auto' and (device.type == 'cuda' or cpu_supports_bfloat16()))
+    input_size = data.DIGITS_SIZE if args.dataset == 'digits' else args.image_size
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # the random-init warning is printed by run() with the rest
+        return FeatureExtractor(args.arch, args.extract_layer, args.weights, args.base_init_ckpt, device,
+                                amp, input_size, args.seed)
+
+
 def run(args):
     check_inputs(args)
     started = time.perf_counter()
@@ -235,18 +249,13 @@ def run(args):
     data.save_class_order(splits, order, args.save_dir)
 
     device = torch.device(args.device)
-    amp = args.amp == 'on' or (args.amp == 'auto' and (device.type == 'cuda' or cpu_supports_bfloat16()))
-    input_size = data.DIGITS_SIZE if args.dataset == 'digits' else args.image_size
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')   # the random-init warning is printed below with the rest
-        extractor = FeatureExtractor(args.arch, args.extract_layer, args.weights, args.base_init_ckpt, device,
-                                     amp, input_size, args.seed)
+    extractor = build_extractor(args, device)
     if args.input_feature_size is not None and args.input_feature_size != extractor.dim:
         raise UserError(f'--input_feature_size {args.input_feature_size} does not match the network: '
                         f'{args.arch} {args.extract_layer} gives {extractor.dim} features')
     save_json(os.path.join(args.save_dir, 'config.json'), {
         'arguments': vars(args), 'class_order': order.tolist(), 'class_order_source': order_source,
-        'feature_dim': extractor.dim, 'weights': extractor.weights_report, 'autocast_bfloat16': amp,
+        'feature_dim': extractor.dim, 'weights': extractor.weights_report, 'autocast_bfloat16': extractor.amp,
         'versions': {'python': platform.python_version(), 'torch': torch.__version__,
                      'torchvision': torchvision.__version__, 'numpy': np.__version__},
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
@@ -254,13 +263,14 @@ def run(args):
     print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
           f'images; streaming {stream_classes} classes as {plan}; class order {order_source}')
     print(f'{args.arch} {args.extract_layer}: {extractor.dim}-d features on {device} '
-          f'({"bfloat16 autocast" if amp else "float32"}); {extractor.weights_report}')
+          f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
 
     key = cache_key(extractor, splits, getattr(torch, args.cache_dtype))
+    files = BackgroundFiles()
     store_options = dict(extractor=extractor, batch_size=args.batch_size, num_workers=args.num_workers,
                          pin_memory=device.type == 'cuda', cache_dir=args.feature_cache, cache_key=key,
                          cache_dtype=getattr(torch, args.cache_dtype), skip_bad_images=args.skip_bad_images,
-                         progress=args.progress)
+                         progress=args.progress, files=files, cache_check=args.cache_check)
     if args.decode_on_device:
         store_options.update(decoder=BatchDecoder(args.image_size, device), collate_fn=collate_encoded)
     train_store = FeatureStore(splits.train, 'train', keep=False, **store_options)
@@ -269,10 +279,10 @@ def run(args):
                         streaming_update_sigma=args.streaming_update_sigma, device=device,
                         dtype=getattr(torch, args.slda_dtype), mask_unseen_classes=args.mask_unseen_classes)
 
-    summary_path = os.path.join(args.save_dir, 'summary.json')
     first = 0
     increments = []
     accuracies = {'seen_classes_top1': [], 'seen_classes_top5': []}
+    summary_path = os.path.join(args.save_dir, 'summary.json')
     if args.resume:
         done = last_finished_increment(args.save_dir, plan)
         if done >= 0:
@@ -284,53 +294,70 @@ def run(args):
             first = done + 1
             print(f'resuming after increment {done + 1}/{len(plan)} ({plan[done]} classes seen)')
 
-    for i in range(first, len(plan)):
-        crash_point('increment_start')
-        seen_before = plan[i - 1] if i else 0
-        new_classes = order[seen_before:plan[i]].tolist()
-        tick = time.perf_counter()
-        X, indices = train_store.get(new_classes)
-        y = torch.from_numpy(splits.train.labels[indices.numpy()])
-        extract_seconds = time.perf_counter() - tick
-        if args.shuffle_data:
-            permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed * 100_003 + i))
-            X, y = X[permutation], y[permutation]
-        tick = time.perf_counter()
-        X, y = X.to(device), y.to(device)
-        if i == 0 and args.base_init_classes:
-            slda.fit_base(X, y)
-        else:
-            slda.fit(X, y)
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        fit_seconds = time.perf_counter() - tick
+    def prefetch(i):
+        """Read increment i's cached features on the file thread while the previous increment computes."""
+        if i < len(plan):
+            train_store.prefetch(order[plan[i - 1] if i else 0:plan[i]].tolist())
+            test_store.prefetch(order[:plan[i]].tolist())
 
-        tick = time.perf_counter()
-        X_test, test_indices = test_store.get(order[:plan[i]].tolist())
-        extract_seconds += time.perf_counter() - tick
-        tick = time.perf_counter()
-        probabilities = slda.predict(X_test, return_probas=True)
-        top1, top5 = topk_accuracy(probabilities, splits.test.labels[test_indices.numpy()])
-        eval_seconds = time.perf_counter() - tick
-        accuracies['seen_classes_top1'].append(top1)
-        accuracies['seen_classes_top5'].append(top5)
+    prepare_seconds = time.perf_counter() - started
+    try:
+        prefetch(first)
+        for i in range(first, len(plan)):
+            crash_point('increment_start')
+            seen_before = plan[i - 1] if i else 0
+            tick = time.perf_counter()
+            X, indices = train_store.get(order[seen_before:plan[i]].tolist())
+            y = torch.from_numpy(splits.train.labels[indices.numpy()])
+            extract_seconds = time.perf_counter() - tick
+            prefetch(i + 1)
+            if args.shuffle_data:
+                permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed * 100_003 + i))
+                X, y = X[permutation], y[permutation]
+            tick = time.perf_counter()
+            X, y = X.to(device), y.to(device)
+            if i == 0 and args.base_init_classes:
+                slda.fit_base(X, y)
+            else:
+                slda.fit(X, y)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            fit_seconds = time.perf_counter() - tick
 
-        name = increment_name(plan[i])
-        if args.save_preds == 'every' or (args.save_preds == 'final' and i == len(plan) - 1):
-            save_tensor(os.path.join(args.save_dir, f'preds_{name}.pt'), probabilities)
-        save_json(os.path.join(args.save_dir, f'accuracies_{name}.json'), accuracies)
-        increments.append({'classes_seen': plan[i], 'train_images': len(y), 'test_images': len(test_indices),
-                           'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),
-                           'fit_seconds': round(fit_seconds, 3), 'eval_seconds': round(eval_seconds, 3)})
-        write_summary(summary_path, increments, offline, train_store, test_store, started, finished=False)
-        slda.save_model(args.save_dir, f'slda_model_weights_{name}')   # last: marks the increment finished
-        print(f'[{i + 1}/{len(plan)}] {plan[i]:5d} classes seen | +{len(y)} train images | '
-              f'top-1 {top1:.4f} top-5 {top5:.4f} | extract {extract_seconds:.1f}s fit {fit_seconds:.2f}s '
-              f'eval {eval_seconds:.2f}s', flush=True)
+            tick = time.perf_counter()
+            X_test, test_indices = test_store.get(order[:plan[i]].tolist())
+            extract_seconds += time.perf_counter() - tick
+            tick = time.perf_counter()
+            probabilities = slda.predict(X_test, return_probas=True)
+            top1, top5 = topk_accuracy(probabilities, splits.test.labels[test_indices.numpy()])
+            eval_seconds = time.perf_counter() - tick
+            accuracies = {'seen_classes_top1': accuracies['seen_classes_top1'] + [top1],
+                          'seen_classes_top5': accuracies['seen_classes_top5'] + [top5]}
+            increments.append({'classes_seen': plan[i], 'train_images': len(y), 'test_images': len(test_indices),
+                               'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),
+                               'fit_seconds': round(fit_seconds, 3), 'eval_seconds': round(eval_seconds, 3)})
 
-    slda.save_model(args.save_dir, 'slda_model_weights_final')
-    summary = write_summary(summary_path, increments, offline, train_store, test_store, started,
-                            finished=True)
+            # Written on the file thread, in this order, while the next increment computes; the model file
+            # comes last and marks the increment finished (a failed write stops the ones after it).
+            name = increment_name(plan[i])
+            if args.save_preds == 'every' or (args.save_preds == 'final' and i == len(plan) - 1):
+                files.write(save_tensor, os.path.join(args.save_dir, f'preds_{name}.pt'), probabilities)
+            files.write(save_json, os.path.join(args.save_dir, f'accuracies_{name}.json'), accuracies)
+            files.write(save_json, summary_path, make_summary(increments, offline, train_store, test_store,
+                                                               started, prepare_seconds, finished=False))
+            files.write(save_tensor, os.path.join(args.save_dir, f'slda_model_weights_{name}.pth'),
+                        slda.checkpoint())
+            print(f'[{i + 1}/{len(plan)}] {plan[i]:5d} classes seen | +{len(y)} train images | '
+                  f'top-1 {top1:.4f} top-5 {top5:.4f} | extract {extract_seconds:.1f}s fit {fit_seconds:.2f}s '
+                  f'eval {eval_seconds:.2f}s', flush=True)
+
+        files.write(save_tensor, os.path.join(args.save_dir, 'slda_model_weights_final.pth'), slda.checkpoint())
+        summary = make_summary(increments, offline, train_store, test_store, started, prepare_seconds,
+                               finished=True)
+        files.write(save_json, summary_path, summary)
+        files.finish()
+    finally:
+        files.close()
     omega_text = ''
     if summary['omega_all']:
         omega_text = f'; Omega_all top-1 {summary["omega_all"]["top1"]:.3f}, top-5 {summary["omega_all"]["top5"]:.3f}'
@@ -363,16 +390,16 @@ def omega(increments, offline):
             for key in ('top1', 'top5')}
 
 
-def write_summary(path, increments, offline, train_store, test_store, started, finished):
+def make_summary(increments, offline, train_store, test_store, started, prepare_seconds, finished):
     extract = sum(row['extract_seconds'] for row in increments)
     images = train_store.images_extracted + test_store.images_extracted
-    summary = {
+    return {
         'finished': finished,
-        'increments': increments,
+        'increments': list(increments),
         'final_top1': increments[-1]['top1'] if increments else None,
         'final_top5': increments[-1]['top5'] if increments else None,
         'omega_all': omega(increments, offline),
-        'seconds': {'extract': round(extract, 3),
+        'seconds': {'prepare': round(prepare_seconds, 3), 'extract': round(extract, 3),
                     'fit': round(sum(row['fit_seconds'] for row in increments), 3),
                     'evaluate': round(sum(row['eval_seconds'] for row in increments), 3),
                     'total_this_process': round(time.perf_counter() - started, 3)},
@@ -380,8 +407,6 @@ def write_summary(path, increments, offline, train_store, test_store, started, f
         'images_per_second': round(images / extract, 1) if extract > 0 and images else None,
         'skipped_images': train_store.skipped + test_store.skipped,
     }
-    save_json(path, summary)
-    return summary
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from data import imagenet_normalize
 from retrieve_any_layer import ModelWrapper
-from utils import UserError, atomic_write, crash_point, safe_torch_load
+from utils import UserError, crash_point, safe_torch_load, save_tensor
 
 CHECKPOINT_PREFIXES = ('module.', 'model.')
 
@@ -170,11 +170,16 @@ class FeatureStore:
     dataset indices and a fingerprint of the class's files; a file whose fingerprint no longer matches is
     recomputed. Cached features are always returned as stored (rounded to the cache's precision), so a
     run gives the same numbers whether a class was just extracted or read back.
+
+    ``cache_check`` says how a cached class is checked against its files: ``sizes`` (names and sizes) or
+    ``listing`` (names and folder modification times, no stat per file); see ``class_fingerprint``. Each
+    file carries both fingerprints. With ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached
+    classes on its thread while the caller computes, and cache files are written there.
     """
 
     def __init__(self, split, split_name, extractor, batch_size, num_workers, pin_memory, cache_dir=None,
                  cache_key='', cache_dtype=torch.float16, keep=False, skip_bad_images=False, progress=True,
-                 decoder=None, collate_fn=None):
+                 decoder=None, collate_fn=None, files=None, cache_check='sizes'):
         self.split = split
         self.split_name = split_name
         self.extractor = extractor
@@ -183,6 +188,9 @@ class FeatureStore:
         self.progress = progress
         self.cache_dtype = cache_dtype
         self.decoder = decoder
+        self.files = files
+        self.check_sizes = {'sizes': True, 'listing': False}[cache_check]
+        self.reading = {}           # label -> future of _read_cached, from prefetch
         self.memory = {}
         self.skipped = []
         self.images_extracted = 0
@@ -206,10 +214,11 @@ class FeatureStore:
             entry = safe_torch_load(path)
         except UserError:
             return None      # unreadable or unsafe: extract the class again and replace the file
-        if not isinstance(entry, dict) or entry.get('fingerprint') != self.split.class_fingerprint(label):
+        stored = entry.get('fingerprint' if self.check_sizes else 'listing_fingerprint') \
+            if isinstance(entry, dict) else None
+        if stored != self.split.class_fingerprint(label, sizes=self.check_sizes):
             return None
-        self._report_bad(entry['skipped'].tolist())     # as if the class had just been extracted
-        return entry['features'], entry['indices']
+        return entry['features'], entry['indices'], entry['skipped'].tolist()
 
     def _report_bad(self, bad_indices):
         if bad_indices and not self.skip_bad_images:
@@ -221,11 +230,22 @@ class FeatureStore:
         if self.cache_dir:
             features = features.to(self.cache_dtype)
             entry = {'features': features, 'indices': indices, 'skipped': skipped,
-                     'fingerprint': self.split.class_fingerprint(label)}
-            atomic_write(self._class_path(label), lambda f: torch.save(entry, f))
+                     'fingerprint': self.split.class_fingerprint(label, sizes=True),
+                     'listing_fingerprint': self.split.class_fingerprint(label, sizes=False)}
+            if self.files:
+                self.files.write(save_tensor, self._class_path(label), entry)
+            else:
+                save_tensor(self._class_path(label), entry)
         if self.keep:
             self.memory[label] = (features, indices)
         return features, indices
+
+    def prefetch(self, labels):
+        """Start reading the cached files of ``labels`` on the background thread; ``get`` collects them."""
+        if self.cache_dir and self.files:
+            for label in labels:
+                if label not in self.memory and label not in self.reading:
+                    self.reading[label] = self.files.read(self._read_cached, label)
 
     def get(self, labels):
         """Features (n, d) float32 on the CPU and dataset indices (n,) of all images of ``labels``, in
@@ -234,10 +254,17 @@ class FeatureStore:
         for label in labels:
             if label in self.memory:
                 found[label] = self.memory[label]
-            elif self.cache_dir and (entry := self._read_cached(label)) is not None:
-                found[label] = entry
+                continue
+            if label in self.reading:
+                entry = self.reading.pop(label).result()
+            else:
+                entry = self._read_cached(label) if self.cache_dir else None
+            if entry is not None:
+                features, indices, skipped = entry
+                self._report_bad(skipped)     # as if the class had just been extracted
+                found[label] = (features, indices)
                 if self.keep:
-                    self.memory[label] = entry
+                    self.memory[label] = found[label]
         missing = sorted(set(labels) - set(found))
         if missing:
             found.update(self._extract(missing))
@@ -247,6 +274,8 @@ class FeatureStore:
         return features, indices
 
     def _extract(self, labels):
+        if self.files:
+            self.files.wait()    # no file work in flight while the DataLoader forks its workers
         wanted = np.isin(self.split.labels, labels)
         self.sampler.indices = np.flatnonzero(wanted).tolist()
         per_class_count = np.bincount(self.split.labels[wanted], minlength=self.split.labels.max() + 1)

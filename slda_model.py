@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import atomic_write, safe_torch_load
+from utils import safe_torch_load, save_tensor
 
 # Rows per vectorised pass inside ``fit``. On the CPU, 2048 rows keep the float64 prefix sums (8 MB at
 # d = 512) in cache and were fastest here; a GPU wants large passes to amortise kernel launches.
@@ -278,17 +278,20 @@ class StreamingLDA(nn.Module):
         self._head = None
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def save_model(self, save_path, save_name):
-        """Write ``save_path/save_name.pth`` in the original's format, atomically.
+    def checkpoint(self):
+        """A CPU copy of the state in the original's file format, unaffected by later updates.
 
         A dict with ``muK`` (C, d), ``cK`` (C,) as floats, ``Sigma`` (d, d) and ``num_updates`` (int), so the
         original implementation loads it too.
         """
-        state = {'muK': self.muK.cpu(), 'cK': self.cK.to(self.dtype).cpu(), 'Sigma': self.Sigma.cpu(),
-                 'num_updates': int(self.num_updates)}
+        return {'muK': self.muK.to('cpu', copy=True), 'cK': self.cK.to('cpu', self.dtype, copy=True),
+                'Sigma': self.Sigma.to('cpu', copy=True), 'num_updates': int(self.num_updates)}
+
+    def save_model(self, save_path, save_name):
+        """Write ``checkpoint()`` to ``save_path/save_name.pth``, atomically; returns the path."""
         os.makedirs(save_path, exist_ok=True)
         path = os.path.join(save_path, save_name + '.pth')
-        atomic_write(path, lambda f: torch.save(state, f))
+        save_tensor(path, self.checkpoint())
         return path
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ import os
 import pickle
 import signal
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -51,6 +52,49 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+class BackgroundFiles:
+    """One thread that reads and writes files in the order they are submitted, while the caller computes.
+
+    ``read`` returns a future. ``write`` returns nothing: a write that fails stops every write submitted
+    after it (so a file that marks an increment finished is never written after a lost one), and its
+    error is raised by every later ``write`` and by ``finish``. ``wait`` blocks until the thread is idle,
+    as before a DataLoader forks its workers; ``finish`` waits, then raises a failed write's error.
+    """
+
+    def __init__(self):
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='slda-files')
+        self._error = None
+
+    def read(self, function, *args):
+        return self._thread.submit(function, *args)
+
+    def write(self, function, *args):
+        self._raise_error()
+        self._thread.submit(self._write, function, args)
+
+    def _write(self, function, args):
+        if self._error is None:
+            try:
+                function(*args)
+            except BaseException as e:
+                self._error = e
+
+    def _raise_error(self):
+        if self._error is not None:
+            raise self._error
+
+    def wait(self):
+        self._thread.submit(lambda: None).result()
+
+    def finish(self):
+        self.wait()
+        self._raise_error()
+
+    def close(self):
+        """Wait for everything submitted, then stop the thread; a failed write's error is left to ``finish``."""
+        self._thread.shutdown(wait=True)
 
 
 def save_json(path, obj):

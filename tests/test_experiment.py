@@ -316,3 +316,24 @@ def test_no_base_init_with_fixed_covariance_keeps_the_identity(tmp_path, capsys)
     assert weights['num_updates'] == sum(row['train_images'] for row in summary['increments'])
     code, out = run(['--no_base_init', '--base_init_classes', 2, '--save_dir', tmp_path / 'x'], capsys)
     assert code == 2 and 'contradict' in out.err
+
+
+def test_listing_matches_torchvision_image_folder_order(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    import data
+    root = tmp_path / 'split'
+    layout = {'cat': ['b.JPEG', 'a.png', 'notes.txt', 'D.JPG', 'sub/z.jpeg', 'sub-x/y.jpeg', 'sub/deeper/w.jpeg',
+                      'sub.d/v.JPEG'],
+              'dog': ['only.webp'],
+              'elsewhere': ['linked.jpg']}
+    for folder, names in layout.items():
+        for name in names:
+            (root / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / folder / name).write_bytes(b'')
+    os.symlink(root / 'elsewhere', root / 'cat' / 'link')           # ImageFolder follows linked folders
+    classes, class_to_idx = find_classes(root)
+    expected = [path for path, _ in make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)]
+    ours = [path for name in classes for path in data.list_image_files(os.path.join(root, name))]
+    assert ours == expected
+    assert os.path.join(root, 'cat', 'link', 'linked.jpg') in ours and not any(p.endswith('.txt') for p in ours)

@@ -97,3 +97,24 @@ def test_interrupted_cache_write_is_not_reused(tmp_path):
     for name in ('accuracies_min_trained_0_max_trained_4.json', 'slda_model_weights_final.pth'):
         assert (tmp_path / 'after' / name).read_bytes() == (tmp_path / 'reference' / name).read_bytes()
     assert np.load(tmp_path / 'after' / 'digits_train_labels.npy').shape == (1343,)
+
+
+def test_cache_check_listing_skips_sizes_but_notices_renamed_files(tmp_path, image_folder):
+    root, _ = image_folder
+    cache = tmp_path / 'cache'
+    argv = ['--dataset', 'imagefolder', '--images_dir', root, '--class_increment', 3, '--image_size', 32,
+            '--num_workers', 0, '--feature_cache', cache]
+    run(argv + ['--save_dir', tmp_path / 'fill'])                            # filled checking sizes
+    run(argv + ['--save_dir', tmp_path / 'listing', '--cache_check', 'listing'])
+    assert summary(tmp_path / 'listing')['images_extracted_this_process'] == 0
+    # rewritten in place with another size: only the size check notices
+    write_jpeg(root / 'train' / 'n01000002' / 'n01000002_0000.JPEG', seed=999, size=(50, 20))
+    run(argv + ['--save_dir', tmp_path / 'in_place', '--cache_check', 'listing'])
+    assert summary(tmp_path / 'in_place')['images_extracted_this_process'] == 0
+    run(argv + ['--save_dir', tmp_path / 'sizes'])
+    assert summary(tmp_path / 'sizes')['images_extracted_this_process'] == 4       # that class, 4 images
+    # replaced by a rename: the folder's modification time changes, both checks notice
+    write_jpeg(tmp_path / 'new.jpg', seed=1234)
+    os.replace(tmp_path / 'new.jpg', root / 'train' / 'n01000004' / 'n01000004_0000.JPEG')
+    run(argv + ['--save_dir', tmp_path / 'renamed', '--cache_check', 'listing'])
+    assert summary(tmp_path / 'renamed')['images_extracted_this_process'] == 3     # class n01000004, 3 images

@@ -163,10 +163,11 @@ def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
     calls = []
     real_save = experiment.save_tensor
 
-    def failing_save(path, obj):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, 'No space left on device', path)
+    def failing_save(path, obj):     # the disk fills up while the second increment's probabilities are written
+        if os.path.basename(path).startswith('preds_'):
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, 'No space left on device', path)
         real_save(path, obj)
 
     monkeypatch.setattr(experiment, 'save_tensor', failing_save)
@@ -176,6 +177,8 @@ def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
     assert 'No space left on device' in out.err and 'preds_min_trained_0_max_trained_4.pt' in out.err
     assert '--resume' in out.err
     assert torch.load(save / 'slda_model_weights_min_trained_0_max_trained_2.pth', weights_only=True)['num_updates']
+    assert not (save / 'slda_model_weights_min_trained_0_max_trained_4.pth').exists()   # writes stop at the failure
+    assert not (save / 'slda_model_weights_min_trained_0_max_trained_6.pth').exists()
     assert not [name for name in os.listdir(save) if name.endswith('.tmp')]
     monkeypatch.setattr(experiment, 'save_tensor', real_save)
     code, out = run(['--num_classes', 6, '--save_dir', save, '--resume'], capsys)
@@ -205,3 +208,28 @@ def test_skipped_images_are_reported_again_from_the_cache(tmp_path, image_folder
     assert summary['images_extracted_this_process'] == 0 and summary['skipped_images'] == [str(bad)]
     code, out = run(argv + ['--save_dir', tmp_path / 'third'], capsys)
     assert code == 2 and f'cannot read image {bad}' in out.err
+
+
+def test_background_writes_run_in_order_and_stop_at_the_first_failure(tmp_path):
+    from utils import BackgroundFiles
+    files = BackgroundFiles()
+    done = []
+
+    def write(name):
+        if name == 'bad':
+            raise OSError(errno.ENOSPC, 'No space left on device', name)
+        done.append(name)
+
+    try:
+        assert files.read(lambda: 'read back').result() == 'read back'
+        for name in ('a', 'b', 'bad', 'model'):
+            files.write(write, name)
+        files.wait()
+        assert done == ['a', 'b']                     # nothing after the failed write, the model file included
+        with pytest.raises(OSError, match='No space left'):
+            files.write(write, 'later')
+        with pytest.raises(OSError, match='No space left'):
+            files.finish()
+        assert done == ['a', 'b']
+    finally:
+        files.close()

@@ -1,0 +1,129 @@
+"""Where the time of a rerun from the feature cache goes, at ImageNet's scale.
+
+A rerun with --feature_cache (the second experiment of slda_imagenet.sh, or any rerun with other SLDA
+settings) decodes no image, so its time should be SLDA fitting and evaluation. This script builds what
+such a rerun sees without needing ImageNet: a folder tree with ImageNet's counts of (empty) image files
+and a feature cache filled with synthetic 512-d float16 features for them, keyed exactly as experiment.py
+keys it. It then runs experiment.py on it in a fresh process, as a user would, and prints the wall time
+split into fitting, evaluation and everything else.
+
+    python bench/bench_cached_rerun.py                          # ImageNet's counts; about 2 minutes here
+    python bench/bench_cached_rerun.py --train_per_class 320    # a quarter of the training images
+    python bench/bench_cached_rerun.py --device cuda
+
+Building the tree writes 1.33 million empty files (about 30 s here, once per --work_dir); the cache holds
+1.3 GB.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import experiment  # noqa: E402
+from features import FeatureStore, cache_key  # noqa: E402
+
+
+def make_empty_tree(images_dir, classes, per_split):
+    """``images_dir/<split>/nXXXXXXXX/*.JPEG``: empty files, enough for listing and fingerprints."""
+    for split, count in per_split.items():
+        for k in range(classes):
+            folder = os.path.join(images_dir, split, f'n{k:08d}')
+            os.makedirs(folder, exist_ok=True)
+            for j in range(count):
+                os.close(os.open(os.path.join(folder, f'n{k:08d}_{j}.JPEG'), os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def fill_cache(argv, dim, seed=0):
+    """Write every class of both splits into the cache experiment.py would read for ``argv``.
+
+    Features are Gaussian clusters: class means N(0, 1), within-class noise N(0, 0.5^2) per dimension.
+    """
+    args = experiment.parse_args(argv)
+    splits = experiment.build_splits(args)
+    extractor = experiment.build_extractor(args, torch.device('cpu'))
+    if extractor.dim != dim:
+        raise SystemExit(f'{args.arch} {args.extract_layer} gives {extractor.dim}-d features, not {dim}')
+    dtype = getattr(torch, args.cache_dtype)
+    key = cache_key(extractor, splits, dtype)
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.randn(splits.num_classes, dim, generator=generator)
+    for split, name in ((splits.train, 'train'), (splits.test, args.test_split)):
+        store = FeatureStore(split, name, extractor, batch_size=1, num_workers=0, pin_memory=False,
+                             cache_dir=args.feature_cache, cache_key=key, cache_dtype=dtype, progress=False)
+        for label in range(splits.num_classes):
+            indices = torch.from_numpy(np.flatnonzero(split.labels == label))
+            features = means[label] + 0.5 * torch.randn(len(indices), dim, generator=generator)
+            store._finish_class(label, features, indices, torch.zeros(0, dtype=torch.int64))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--classes', type=int, default=1000)
+    parser.add_argument('--train_per_class', type=int, default=1281, help='ImageNet: 1,281,167 / 1000')
+    parser.add_argument('--val_per_class', type=int, default=50)
+    parser.add_argument('--increment', type=int, default=100, help='classes per increment and in the base')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--work_dir', default=None,
+                        help='keep the tree and cache here and reuse them on later runs (default: a temporary '
+                             'folder, removed afterwards)')
+    parser.add_argument('--runs', nargs='+', default=['every', 'none'], choices=['every', 'final', 'none'],
+                        help='--save_preds of each timed rerun (default: every none)')
+    parser.add_argument('--cache_check', choices=['sizes', 'listing'], default='sizes',
+                        help='experiment.py\'s --cache_check (default: %(default)s)')
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work_dir or tmp
+        images_dir, cache = os.path.join(work, 'images'), os.path.join(work, 'cache')
+        argv = ['--dataset', 'imagefolder', '--images_dir', images_dir, '--feature_cache', cache,
+                '--class_increment', str(args.increment), '--device', args.device, '--no-progress',
+                '--cache_check', args.cache_check]
+        tree_marker = os.path.join(work, f'tree_{args.classes}_{args.train_per_class}_{args.val_per_class}')
+        if not os.path.exists(tree_marker):
+            subprocess.run(['rm', '-rf', images_dir, cache], check=True)
+            tick = time.perf_counter()
+            make_empty_tree(images_dir, args.classes, {'train': args.train_per_class, 'val': args.val_per_class})
+            print(f'tree of {args.classes} x ({args.train_per_class} + {args.val_per_class}) empty files: '
+                  f'{time.perf_counter() - tick:.1f} s', flush=True)
+            open(tree_marker, 'w').close()
+        if not os.path.isdir(cache):
+            tick = time.perf_counter()
+            fill_cache(argv, dim=512)
+            print(f'cache filled with synthetic features: {time.perf_counter() - tick:.1f} s', flush=True)
+        tick = time.perf_counter()
+        subprocess.run([sys.executable, '-c', 'import experiment'], cwd=ROOT, check=True)
+        startup = time.perf_counter() - tick
+        print(f'{"--save_preds":>12s} {"wall s":>7s} {"fit s":>6s} {"eval s":>6s} {"start s":>7s} '
+              f'{"prepare s":>9s} {"load s":>6s} {"rest s":>6s} {"non-SLDA share":>14s} {"after start-up":>14s}')
+        for save_preds in args.runs:
+            save_dir = os.path.join(work, f'rerun_{save_preds}')
+            subprocess.run(['rm', '-rf', save_dir], check=True)
+            tick = time.perf_counter()
+            subprocess.run([sys.executable, os.path.join(ROOT, 'experiment.py'), *argv, '--save_dir', save_dir,
+                            '--save_preds', save_preds], check=True, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - tick
+            with open(os.path.join(save_dir, 'summary.json')) as f:
+                summary = json.load(f)
+            if summary['images_extracted_this_process']:
+                raise SystemExit('the rerun decoded images: the cache was not used')
+            seconds = summary['seconds']
+            slda = seconds['fit'] + seconds['evaluate']
+            rest = wall - startup - slda - seconds['prepare'] - seconds['extract']
+            print(f'{save_preds:>12s} {wall:7.2f} {seconds["fit"]:6.2f} {seconds["evaluate"]:6.2f} {startup:7.2f} '
+                  f'{seconds["prepare"]:9.2f} {seconds["extract"]:6.2f} {rest:6.2f} {1 - slda / wall:13.1%} '
+                  f'{1 - slda / (wall - startup):13.1%}', flush=True)
+    print('wall: the whole command; start: starting Python and importing torch and torchvision (timed alone); '
+          'prepare: listing files, building the network, checking arguments; load: time the loop waited for '
+          'cached features; rest: waiting for results to be written, shutting down; non-SLDA share: 1 - (fit + '
+          'eval) / wall, and the same without start-up.')
+
+
+if __name__ == '__main__':
+    main()
