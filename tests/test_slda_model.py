@@ -10,7 +10,7 @@ from sklearn.covariance import OAS
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 import slda_model
-from slda_model import StreamingLDA
+from slda_model import StreamingLDA, prefix_sums
 from utils import UserError
 
 D, C = 12, 6
@@ -351,3 +351,10 @@ def test_constructor_validates_arguments(kwargs, message):
     args = {'input_shape': D, 'num_classes': C, **kwargs}
     with pytest.raises(ValueError, match=message):
         StreamingLDA(**args)
+
+
+@pytest.mark.parametrize('n', [0, 1, 31, 32, 33, 64, 100, 2048])
+def test_prefix_sums_equal_a_float64_running_sum(n):
+    rows = torch.randn(n, 5, generator=torch.Generator().manual_seed(n)) * 1e3
+    expected = np.concatenate([np.zeros((1, 5)), np.cumsum(rows.numpy().astype(np.float64), axis=0)])
+    np.testing.assert_allclose(prefix_sums(rows).numpy(), expected, rtol=1e-13, atol=1e-9)
