@@ -248,8 +248,10 @@ class FeatureStore:
                     self.reading[label] = self.files.read(self._read_cached, label)
 
     def get(self, labels):
-        """Features (n, d) float32 on the CPU and dataset indices (n,) of all images of ``labels``, in
-        dataset order."""
+        """Features (n, d) on the CPU and dataset indices (n,) of all images of ``labels``, in dataset order.
+
+        Features are float32, or the cache's precision when there is a cache (StreamingLDA converts them a
+        pass at a time)."""
         found = {}
         for label in labels:
             if label in self.memory:
@@ -269,7 +271,7 @@ class FeatureStore:
         if missing:
             found.update(self._extract(missing))
         ordered = [found[label] for label in sorted(labels)]
-        features = torch.cat([f for f, _ in ordered]).float()
+        features = torch.cat([f for f, _ in ordered])
         indices = torch.cat([i for _, i in ordered])
         return features, indices
 

@@ -141,7 +141,8 @@ class StreamingLDA(nn.Module):
                 f'shrinkage_param={self.shrinkage_param}, streaming_update_sigma={self.streaming_update_sigma}')
 
     # ------------------------------------------------------------------ input validation
-    def _check_features(self, X, name='X'):
+    def _check_features(self, X, name='X', convert=True):
+        """X (n, d) or (d,) as (n, d), converted to the model's device and dtype unless ``convert`` is False."""
         X = torch.as_tensor(X)
         if X.dim() == 1:
             X = X.unsqueeze(0)
@@ -150,17 +151,18 @@ class StreamingLDA(nn.Module):
                              f'got {tuple(X.shape)}')
         if not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.uint8)):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
-        X = X.to(device=self.device, dtype=self.dtype)
+        if convert:
+            X = X.to(device=self.device, dtype=self.dtype)
         # A sum is far cheaper than an elementwise test and is non-finite whenever an entry is; only then
         # (or when the sum overflowed) look for the offending row.
-        if not torch.isfinite(X.sum()):
+        if not torch.isfinite(X.sum(dtype=torch.float32)):
             bad_rows = torch.nonzero(~torch.isfinite(X).all(dim=1))
             if bad_rows.numel():
                 raise ValueError(f'{name} contains NaN or infinite values (first in row {bad_rows[0].item()})')
         return X
 
-    def _check_batch(self, X, y):
-        X = self._check_features(X)
+    def _check_batch(self, X, y, convert=True):
+        X = self._check_features(X, convert=convert)
         y = torch.as_tensor(y)
         if y.dim() == 0:
             y = y.unsqueeze(0)
@@ -184,16 +186,18 @@ class StreamingLDA(nn.Module):
         The result equals applying the paper's per-sample rule to the rows in order, in one vectorised pass:
         with S = t Sigma, each sample adds (t / (t + 1)) r r^T to S, where t is the global update count
         before the sample and r = z - (its class mean before the sample). An empty batch is a no-op; an
-        invalid batch raises before anything changes.
+        invalid batch raises before anything changes. X may be float16 or on another device: each pass
+        converts only its rows.
         """
-        X, y = self._check_batch(x, y)
+        X, y = self._check_batch(x, y, convert=False)
         if X.shape[0] == 0:
             return
         self._head = None
         t = int(self.num_updates)
         chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
         for start in range(0, X.shape[0], chunk):
-            self._fit_chunk(X[start:start + chunk], y[start:start + chunk], t + start)
+            rows = X[start:start + chunk].to(device=self.device, dtype=self.dtype)
+            self._fit_chunk(rows, y[start:start + chunk], t + start)
 
     def _fit_chunk(self, X, y, t0):
         """One vectorised pass; t0 is the number of updates before the chunk."""

@@ -358,3 +358,19 @@ def test_prefix_sums_equal_a_float64_running_sum(n):
     rows = torch.randn(n, 5, generator=torch.Generator().manual_seed(n)) * 1e3
     expected = np.concatenate([np.zeros((1, 5)), np.cumsum(rows.numpy().astype(np.float64), axis=0)])
     np.testing.assert_allclose(prefix_sums(rows).numpy(), expected, rtol=1e-13, atol=1e-9)
+
+
+def test_float16_features_give_the_model_of_their_float32_values():
+    generator = torch.Generator().manual_seed(3)
+    X = (torch.randn(5000, 16, generator=generator) * 3).half()
+    y = torch.randint(0, 4, (5000,), generator=generator)
+    from_half, from_float = StreamingLDA(16, 4, device='cpu'), StreamingLDA(16, 4, device='cpu')
+    from_half.fit_base(X[:500], y[:500])
+    from_float.fit_base(X[:500].float(), y[:500])
+    from_half.fit(X[500:], y[500:])
+    from_float.fit(X[500:].float(), y[500:])
+    for name in ('muK', 'cK', 'Sigma', 'num_updates'):
+        assert torch.equal(getattr(from_half, name), getattr(from_float, name))
+    assert torch.equal(from_half.predict(X[:100]), from_float.predict(X[:100].float()))
+    with pytest.raises(ValueError, match='NaN or infinite'):
+        from_half.fit(torch.full((3, 16), float('inf'), dtype=torch.float16), torch.zeros(3, dtype=torch.int64))
