@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for an NVIDIA H100 machine, at most about 5 minutes: the SLDA benchmark (including an
-# ImageNet-sized 1.28M-sample stream) and the pipeline benchmark on CUDA, with the machine's description.
+# ImageNet-sized 1.28M-sample stream), a cached rerun at a tenth of ImageNet's training images, and the
+# pipeline benchmark from JPEG on CUDA, with the machine's description.
 # Usage: bash bench/gpu_check.sh   (after bash setup.sh, or with PYTHON pointing at an interpreter with
 # the requirements installed)
 set -euo pipefail
@@ -11,9 +12,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 echo "CPU cores: $(nproc)"
 "$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
 echo "== SLDA: batched fit vs per-sample loops on CUDA =="
-timeout 150 "$PYTHON" bench/bench_slda.py --device cuda --samples 50000 --original_samples 5000 --ours_samples 1281167
+timeout 100 "$PYTHON" bench/bench_slda.py --device cuda --samples 50000 --original_samples 5000 --ours_samples 1281167
 echo "== SLDA on the CPU of the same machine, for comparison =="
-timeout 60 "$PYTHON" bench/bench_slda.py --device cpu --samples 20000 --original_samples 2000
+timeout 40 "$PYTHON" bench/bench_slda.py --device cpu --samples 20000 --original_samples 2000 --repeats 1
+echo "== Rerun from the feature cache on CUDA: 1000 classes x (128 + 50) files =="
+timeout 60 "$PYTHON" bench/bench_cached_rerun.py --device cuda --train_per_class 128 --cache_check listing --repeats 1
 echo "== Pipeline from JPEG on CUDA =="
-timeout 150 "$PYTHON" bench/bench_pipeline.py --device cuda --classes 10 --train_per_class 150 --val_per_class 20 \
+timeout 100 "$PYTHON" bench/bench_pipeline.py --device cuda --classes 10 --train_per_class 150 --val_per_class 20 \
   --increment 2 --batch_size 256 --workers "$(nproc)" --decode_on_device
