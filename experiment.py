@@ -294,10 +294,13 @@ def run(args):
             first = done + 1
             print(f'resuming after increment {done + 1}/{len(plan)} ({plan[done]} classes seen)')
 
+    def new_classes(i):
+        return order[plan[i - 1] if i else 0:plan[i]].tolist()
+
     def prefetch(i):
         """Read increment i's cached features on the file thread while the previous increment computes."""
         if i < len(plan):
-            train_store.prefetch(order[plan[i - 1] if i else 0:plan[i]].tolist())
+            train_store.prefetch(new_classes(i))
             test_store.prefetch(order[:plan[i]].tolist())
 
     prepare_seconds = time.perf_counter() - started
@@ -305,9 +308,8 @@ def run(args):
         prefetch(first)
         for i in range(first, len(plan)):
             crash_point('increment_start')
-            seen_before = plan[i - 1] if i else 0
             tick = time.perf_counter()
-            X, indices = train_store.get(order[seen_before:plan[i]].tolist())
+            X, indices = train_store.get(new_classes(i))
             y = torch.from_numpy(splits.train.labels[indices.numpy()])
             extract_seconds = time.perf_counter() - tick
             prefetch(i + 1)
