@@ -2,8 +2,9 @@
 # GPU check for an NVIDIA H100 machine, at most about 5 minutes: the SLDA benchmark (including an
 # ImageNet-sized 1.28M-sample stream), a cached rerun at a tenth of ImageNet's training images, and the
 # pipeline benchmark from JPEG on CUDA, with the machine's description.
-# Usage: bash bench/gpu_check.sh   (after bash setup.sh, or with PYTHON pointing at an interpreter with
-# the requirements installed)
+# Usage: bash bench/gpu_check.sh   (uses .venv after bash setup.sh, else python3: on a GPU machine without
+# internet access whose python3 already has torch, torchvision, scikit-learn, pillow and tqdm, no setup is
+# needed; PYTHON=... picks another interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
