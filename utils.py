@@ -34,6 +34,17 @@ def crash_point(name):
 crash_point.hits = 0
 
 
+def _umask():
+    mask = os.umask(0o022)     # reading the umask means setting it; done once, at import, before any thread
+    os.umask(mask)
+    return mask
+
+
+# Permissions of a newly created file (0644 under the usual umask 022); mkstemp alone would give 0600, and
+# results or a feature cache shared with a group would be unreadable to it.
+NEW_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
@@ -42,6 +53,7 @@ def atomic_write(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
+        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()

@@ -233,3 +233,11 @@ def test_background_writes_run_in_order_and_stop_at_the_first_failure(tmp_path):
         assert done == ['a', 'b']
     finally:
         files.close()
+
+
+def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(uninterrupted):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    expected = 0o666 & ~umask            # 0644 under umask 022; mkstemp alone leaves 0600
+    for name in RESULT_FILES + ['summary.json', 'config.json']:
+        assert os.stat(uninterrupted / name).st_mode & 0o777 == expected, name
