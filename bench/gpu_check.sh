@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
 # GPU check for an NVIDIA H100 machine, at most about 5 minutes: the SLDA benchmark (including an
 # ImageNet-sized 1.28M-sample stream), a cached rerun at a tenth of ImageNet's training images, and the
-# pipeline benchmark from JPEG on CUDA, with the machine's description.
+# pipeline benchmark from JPEG on CUDA, with the machine's description. A step that fails or runs out of
+# time is reported and the next one still runs.
 # Usage: bash bench/gpu_check.sh   (uses .venv after bash setup.sh, else python3: on a GPU machine without
 # internet access whose python3 already has torch, torchvision, scikit-learn, pillow and tqdm, no setup is
 # needed; PYTHON=... picks another interpreter)
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONUNBUFFERED=1
+
+step() {   # step TITLE SECONDS COMMAND...
+  local title=$1 seconds=$2
+  shift 2
+  echo "== $title =="
+  timeout "$seconds" "$@"
+  local code=$?
+  if [ "$code" = 124 ]; then echo "== $title: out of time after $seconds s =="
+  elif [ "$code" != 0 ]; then echo "== $title: failed with exit code $code =="; fi
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "CPU cores: $(nproc)"
-"$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
-echo "== SLDA: batched fit vs per-sample loops on CUDA =="
-timeout 100 "$PYTHON" bench/bench_slda.py --device cuda --samples 50000 --original_samples 5000 --ours_samples 1281167
-echo "== SLDA on the CPU of the same machine, for comparison =="
-timeout 40 "$PYTHON" bench/bench_slda.py --device cpu --samples 20000 --original_samples 2000 --repeats 1
-echo "== Rerun from the feature cache on CUDA: 1000 classes x (128 + 50) files =="
-timeout 60 "$PYTHON" bench/bench_cached_rerun.py --device cuda --train_per_class 128 --cache_check listing --repeats 1
-echo "== Pipeline from JPEG on CUDA =="
-timeout 100 "$PYTHON" bench/bench_pipeline.py --device cuda --classes 10 --train_per_class 150 --val_per_class 20 \
+"$PYTHON" -c 'import torch, torchvision; print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
+step "SLDA: batched fit vs per-sample loops on CUDA" 100 \
+  "$PYTHON" bench/bench_slda.py --device cuda --samples 50000 --original_samples 5000 --ours_samples 1281167
+step "SLDA on the CPU of the same machine, for comparison" 40 \
+  "$PYTHON" bench/bench_slda.py --device cpu --samples 20000 --original_samples 2000 --repeats 1
+step "Rerun from the feature cache on CUDA: 1000 classes x (128 + 50) files" 80 \
+  "$PYTHON" bench/bench_cached_rerun.py --device cuda --train_per_class 128 --cache_check listing --repeats 1
+step "Pipeline from JPEG on CUDA" 100 \
+  "$PYTHON" bench/bench_pipeline.py --device cuda --classes 10 --train_per_class 150 --val_per_class 20 \
   --increment 2 --batch_size 256 --workers "$(nproc)" --decode_on_device
