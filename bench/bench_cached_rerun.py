@@ -45,39 +45,38 @@ def make_empty_tree(images_dir, classes, per_split):
                 os.close(os.open(os.path.join(folder, f'n{k:08d}_{j}.JPEG'), os.O_CREAT | os.O_WRONLY, 0o644))
 
 
-def fill_cache(argv, dim, seed=0):
-    """Write every class of both splits into the cache experiment.py would read for ``argv``.
-
-    Features are Gaussian clusters: class means N(0, 1), within-class noise N(0, 0.5^2) per dimension.
-    """
-    args = experiment.parse_args(argv)
-    splits = experiment.build_splits(args)
-    extractor = experiment.build_extractor(args, torch.device(args.device))
-    if extractor.dim != dim:
-        raise SystemExit(f'{args.arch} {args.extract_layer} gives {extractor.dim}-d features, not {dim}')
-    dtype = getattr(torch, args.cache_dtype)
-    key = cache_key(extractor, splits, dtype)
-    generator = torch.Generator().manual_seed(seed)
-    means = torch.randn(splits.num_classes, dim, generator=generator)
-    for split, name in ((splits.train, 'train'), (splits.test, args.test_split)):
-        store = FeatureStore(split, name, extractor, batch_size=1, num_workers=0, pin_memory=False,
-                             cache_dir=args.feature_cache, cache_key=key, cache_dtype=dtype, progress=False)
-        for label in range(splits.num_classes):
-            indices = torch.from_numpy(np.flatnonzero(split.labels == label))
-            features = means[label] + 0.5 * torch.randn(len(indices), dim, generator=generator)
-            store._finish_class(label, features, indices, torch.zeros(0, dtype=torch.int64))
-
-
-def slda_alone(argv):
-    """Seconds the rerun's SLDA work takes by itself: the same features and calls, all already in memory."""
+def cache_stores(argv):
+    """What experiment.py builds for ``argv``: its arguments, splits, network and the two feature stores."""
     args = experiment.parse_args(argv)
     splits = experiment.build_splits(args)
     extractor = experiment.build_extractor(args, torch.device(args.device))
     dtype = getattr(torch, args.cache_dtype)
     options = dict(extractor=extractor, batch_size=1, num_workers=0, pin_memory=False, progress=False,
                    cache_dir=args.feature_cache, cache_key=cache_key(extractor, splits, dtype), cache_dtype=dtype)
-    train = FeatureStore(splits.train, 'train', **options)
-    test = FeatureStore(splits.test, args.test_split, **options)
+    stores = FeatureStore(splits.train, 'train', **options), FeatureStore(splits.test, args.test_split, **options)
+    return args, splits, extractor, stores
+
+
+def fill_cache(argv, dim, seed=0):
+    """Write every class of both splits into the cache experiment.py would read for ``argv``.
+
+    Features are Gaussian clusters: class means N(0, 1), within-class noise N(0, 0.5^2) per dimension.
+    """
+    args, splits, extractor, stores = cache_stores(argv)
+    if extractor.dim != dim:
+        raise SystemExit(f'{args.arch} {args.extract_layer} gives {extractor.dim}-d features, not {dim}')
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.randn(splits.num_classes, dim, generator=generator)
+    for store in stores:
+        for label in range(splits.num_classes):
+            indices = torch.from_numpy(np.flatnonzero(store.split.labels == label))
+            features = means[label] + 0.5 * torch.randn(len(indices), dim, generator=generator)
+            store._finish_class(label, features, indices, torch.zeros(0, dtype=torch.int64))
+
+
+def slda_alone(argv):
+    """Seconds the rerun's SLDA work takes by itself: the same features and calls, all already in memory."""
+    args, splits, extractor, (train, test) = cache_stores(argv)
     plan = data.plan_increments(splits.num_classes, args.class_increment, args.class_increment)
     increments = []
     for i, seen in enumerate(plan):
@@ -90,7 +89,10 @@ def slda_alone(argv):
     tick = time.perf_counter()
     for i, (X, y, X_test, y_test) in enumerate(increments):
         X, y = X.to(device), y.to(device)
-        model.fit_base(X, y) if i == 0 else model.fit(X, y)
+        if i == 0:
+            model.fit_base(X, y)
+        else:
+            model.fit(X, y)
         topk_accuracy(model.predict(X_test, return_probas=True), y_test)
     return time.perf_counter() - tick
 
