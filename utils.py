@@ -53,7 +53,7 @@ def atomic_write(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
-        os.fchmod(fd, NEW_FILE_MODE)
+        os.chmod(tmp, NEW_FILE_MODE)     # os.fchmod is missing on Windows before Python 3.13
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()
