@@ -167,13 +167,12 @@ class FeatureStore:
     Without a cache directory, classes are kept in memory when ``keep`` is set (test images are scored at
     every increment). With one, each class is a file ``<cache>/<key>/<split>/class_XXXXX.pt`` written
     atomically as soon as its last image is extracted, holding float16 (or float32) features, the images'
-    dataset indices and a fingerprint of the class's files; a file whose fingerprint no longer matches is
+    dataset indices and fingerprints of the class's files; a file whose fingerprint no longer matches is
     recomputed. Cached features are always returned as stored (rounded to the cache's precision), so a
     run gives the same numbers whether a class was just extracted or read back.
 
     ``cache_check`` says how a cached class is checked against its files: ``sizes`` (names and sizes) or
-    ``listing`` (names and folder modification times, no stat per file); see ``class_fingerprint``. Each
-    file carries both fingerprints. With ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached
+    ``listing`` (names and folder modification times, no stat per file); see ``class_fingerprint``. With ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached
     classes on its thread while the caller computes, and cache files are written there.
     """
 
