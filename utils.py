@@ -53,8 +53,8 @@ def atomic_write(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
-        os.chmod(tmp, NEW_FILE_MODE)     # os.fchmod is missing on Windows before Python 3.13
-        with os.fdopen(fd, 'wb') as f:
+        with os.fdopen(fd, 'wb') as f:      # owns fd from here: closed whatever happens next
+            os.chmod(tmp, NEW_FILE_MODE)     # os.fchmod is missing on Windows before Python 3.13
             write(f)
             f.flush()
             os.fsync(f.fileno())
