@@ -172,8 +172,9 @@ class FeatureStore:
     run gives the same numbers whether a class was just extracted or read back.
 
     ``cache_check`` says how a cached class is checked against its files: ``sizes`` (names and sizes) or
-    ``listing`` (names and folder modification times, no stat per file); see ``class_fingerprint``. With ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached
-    classes on its thread while the caller computes, and cache files are written there.
+    ``listing`` (names and folder modification times, no stat per file); see ``class_fingerprint``. With
+    ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached classes on its thread while the caller
+    computes, and cache files are written there.
     """
 
     def __init__(self, split, split_name, extractor, batch_size, num_workers, pin_memory, cache_dir=None,
