@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from utils import UserError, save_npy
+
+# torchvision's ImageFolder extensions, here so that listing files does not import torchvision (1.5 s), which a
+# rerun from the feature cache never needs
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,16 +36,19 @@ class ImageList(Dataset):
     set, decides what to do, and so that the error names the file even from a DataLoader worker.
     """
 
-    def __init__(self, paths, labels, transform, image_size):
+    def __init__(self, paths, labels, image_size):
         self.paths = paths
         self.labels = labels
-        self.transform = transform
         self.image_size = image_size
+        self.transform = None      # folder_transform, made when the first image is read
+
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
+        if self.transform is None:
+            self.transform = folder_transform(self.image_size)
         try:
             with Image.open(self.paths[index]) as image:
                 return self.transform(image.convert('RGB')), index, True
@@ -149,9 +154,16 @@ def folder_transform(image_size):
     Normalisation happens on the network's device (``imagenet_normalize``): decoding workers then hand over
     a quarter of the bytes, which matters when they feed a GPU.
     """
+    from torchvision import transforms
     resize = int(round(image_size / 0.875))
     return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
                                transforms.PILToTensor()])
+
+
+def list_classes(split_folder):
+    """ImageFolder's classes: the names of the sub-folders (links followed), sorted."""
+    with os.scandir(split_folder) as entries:
+        return sorted(entry.name for entry in entries if entry.is_dir())
 
 
 def list_image_files(class_folder):
@@ -179,13 +191,12 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
                         decoder_description='PIL'):
     """An ImageFolder pair ``images_dir/train`` and ``images_dir/<test_split>`` with the same class folders.
 
-    ``list_class`` builds each split from (paths, labels, transform, image_size); ``decoder_description``
+    ``list_class`` builds each split from (paths, labels, image_size); ``decoder_description``
     names who decodes the files, which is part of what the feature cache keys on.
     """
     if not os.path.isdir(images_dir):
         raise UserError(f'--images_dir {images_dir} does not exist or is not a folder; it must hold '
                         f'train/ and {test_split}/ with one sub-folder per class')
-    transform = folder_transform(image_size)
     splits = {}
     classes = None
     for split in ('train', test_split):
@@ -193,11 +204,9 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
         if not os.path.isdir(root):
             raise UserError(f'{root} is missing: --images_dir must hold train/ and {test_split}/ folders '
                             f'with one sub-folder per class')
-        try:
-            split_classes, _ = find_classes(root)
-        except FileNotFoundError:
-            raise UserError(f'{root} has no class sub-folders; put each class\'s images in a folder of '
-                            f'its own') from None
+        split_classes = list_classes(root)
+        if not split_classes:
+            raise UserError(f'{root} has no class sub-folders; put each class\'s images in a folder of its own')
         if classes is None:
             classes = split_classes
         elif split_classes != classes:
@@ -211,7 +220,7 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
             raise UserError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
                             f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
         labels = np.repeat(np.arange(len(classes)), [len(files) for files in class_files])
-        splits[split] = list_class([path for files in class_files for path in files], labels, transform, image_size)
+        splits[split] = list_class([path for files in class_files for path in files], labels, image_size)
     return SplitPair(name, classes, splits['train'], splits[test_split],
                      f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
                      f'centre-crop {image_size}, ImageNet normalisation')

@@ -15,13 +15,12 @@ import platform
 import sys
 import time
 import warnings
+from importlib.metadata import version
 
 import numpy as np
 import torch
-import torchvision
 
 import data
-from device_decode import BatchDecoder, EncodedImageList, collate_encoded
 from features import FeatureExtractor, FeatureStore, cache_key, cpu_supports_bfloat16
 from slda_model import StreamingLDA
 from utils import BackgroundFiles, UserError, crash_point, load_json, save_json, save_tensor, topk_accuracy
@@ -123,7 +122,7 @@ def parse_args(argv=None):
     group.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
                        help='progress bars on standard error when it is a terminal (default: on)')
     parser.add_argument('--version', action='version',
-                        version=f'torch {torch.__version__}, torchvision {torchvision.__version__}')
+                        version=f'torch {torch.__version__}, torchvision {version("torchvision")}')
     args = parser.parse_args(argv)
     complete_defaults(args)
     return args
@@ -216,6 +215,7 @@ def build_splits(args):
         return data.digits_splits()
     list_class, decoder = data.ImageList, 'PIL'
     if args.decode_on_device:
+        from device_decode import EncodedImageList    # here: it imports torchvision, which cached reruns skip
         list_class, decoder = EncodedImageList, f'torchvision on {torch.device(args.device).type}'
     return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split,
                                     list_class, decoder)
@@ -250,21 +250,6 @@ def run(args):
 
     device = torch.device(args.device)
     extractor = build_extractor(args, device)
-    if args.input_feature_size is not None and args.input_feature_size != extractor.dim:
-        raise UserError(f'--input_feature_size {args.input_feature_size} does not match the network: '
-                        f'{args.arch} {args.extract_layer} gives {extractor.dim} features')
-    save_json(os.path.join(args.save_dir, 'config.json'), {
-        'arguments': vars(args), 'class_order': order.tolist(), 'class_order_source': order_source,
-        'feature_dim': extractor.dim, 'weights': extractor.weights_report, 'autocast_bfloat16': extractor.amp,
-        'versions': {'python': platform.python_version(), 'torch': torch.__version__,
-                     'torchvision': torchvision.__version__, 'numpy': np.__version__},
-        'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
-    })
-    print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
-          f'images; streaming {stream_classes} classes as {plan}; class order {order_source}')
-    print(f'{args.arch} {args.extract_layer}: {extractor.dim}-d features on {device} '
-          f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
-
     key = cache_key(extractor, splits, getattr(torch, args.cache_dtype))
     files = BackgroundFiles()
     store_options = dict(extractor=extractor, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -272,10 +257,30 @@ def run(args):
                          cache_dtype=getattr(torch, args.cache_dtype), skip_bad_images=args.skip_bad_images,
                          progress=args.progress, files=files, cache_check=args.cache_check)
     if args.decode_on_device:
+        from device_decode import BatchDecoder, collate_encoded
         store_options.update(decoder=BatchDecoder(args.image_size, device), collate_fn=collate_encoded)
     train_store = FeatureStore(splits.train, 'train', keep=False, **store_options)
     test_store = FeatureStore(splits.test, args.test_split, keep=True, **store_options)
-    slda = StreamingLDA(extractor.dim, splits.num_classes, shrinkage_param=args.shrinkage,
+    # With every class in the cache the network is never needed; otherwise it is loaded now, so that a bad
+    # --arch, --extract_layer or checkpoint is reported before any work.
+    streamed = order[:plan[-1]].tolist()
+    cached_dims = {store.cached_feature_dim(streamed) for store in (train_store, test_store)}
+    feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
+    if args.input_feature_size is not None and args.input_feature_size != feature_dim:
+        raise UserError(f'--input_feature_size {args.input_feature_size} does not match the network: '
+                        f'{args.arch} {args.extract_layer} gives {feature_dim} features')
+    save_json(os.path.join(args.save_dir, 'config.json'), {
+        'arguments': vars(args), 'class_order': order.tolist(), 'class_order_source': order_source,
+        'feature_dim': feature_dim, 'weights': extractor.weights_report, 'autocast_bfloat16': extractor.amp,
+        'versions': {'python': platform.python_version(), 'torch': torch.__version__,
+                     'torchvision': version('torchvision'), 'numpy': np.__version__},
+        'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
+    })
+    print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
+          f'images; streaming {stream_classes} classes as {plan}; class order {order_source}')
+    print(f'{args.arch} {args.extract_layer}: {feature_dim}-d features on {device} '
+          f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
+    slda = StreamingLDA(feature_dim, splits.num_classes, shrinkage_param=args.shrinkage,
                         streaming_update_sigma=args.streaming_update_sigma, device=device,
                         dtype=getattr(torch, args.slda_dtype), mask_unseen_classes=args.mask_unseen_classes)
 

@@ -6,10 +6,10 @@ import json
 import os
 import sys
 import warnings
+from importlib.metadata import version
 
 import numpy as np
 import torch
-import torchvision
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -73,6 +73,7 @@ def load_checkpoint_into(model, path):
 
 def cached_torchvision_weights(arch, weights_name):
     """Path of a torchvision weight file in the local torch cache; never downloads."""
+    import torchvision
     try:
         weight_enum = torchvision.models.get_model_weights(arch)
         weights = weight_enum[weights_name] if weights_name != 'DEFAULT' else weight_enum.DEFAULT
@@ -92,46 +93,65 @@ class FeatureExtractor:
     """A frozen network in eval() mode returning the spatially mean-pooled output of one layer.
 
     Call it on a float image batch (B, 3, H, W) on any device; returns float32 features (B, d) on
-    ``device``. ``identity`` is a string that changes whenever the features would.
+    ``device``. ``identity`` is a string that changes whenever the features would. It is known before the
+    network is built: ``load()`` builds it (importing torchvision, about 1.5 s by itself) and sets ``dim``, and
+    happens on the first call at the latest, so a rerun that finds every feature in the cache skips both.
     """
 
     def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
                  amp=True, input_size=224, seed=0):
-        if arch not in torchvision.models.list_models(module=torchvision.models):
-            raise UserError(f'--arch {arch} is not a torchvision classification model '
-                            f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
         if weights and checkpoint:
             raise UserError('give either --weights or --base_init_ckpt, not both')
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = torchvision.models.get_model(arch, weights=None)
+        self.arch, self.layer, self.weights, self.checkpoint = arch, layer, weights, checkpoint
+        self.input_size, self.seed = input_size, seed
+        self.device = torch.device(device)
+        self.amp = bool(amp)
+        self.network = None
+        self.dim = None
         if checkpoint:
-            self.weights_report = load_checkpoint_into(model, checkpoint)
+            self.weights_report = f'{checkpoint}, not loaded (every feature needed was in the cache)'
             weights_identity = 'checkpoint sha256 ' + file_sha256(checkpoint)
         elif weights:
-            path = cached_torchvision_weights(arch, weights)
-            model.load_state_dict(safe_torch_load(path))
-            self.weights_report = f'loaded torchvision weights {weights} from {path}'
-            weights_identity = 'torchvision sha256 ' + file_sha256(path)
+            self.weights_path = cached_torchvision_weights(arch, weights)
+            self.weights_report = f'torchvision weights {weights}, not loaded (every feature needed was in the cache)'
+            weights_identity = 'torchvision sha256 ' + file_sha256(self.weights_path)
         else:
             self.weights_report = (f'no --base_init_ckpt or --weights: {arch} is randomly initialised '
                                    f'(seed {seed}); features will be far weaker than a trained network\'s')
             warnings.warn(self.weights_report, stacklevel=2)
             weights_identity = f'random init seed {seed} torch {torch.__version__}'
-        self.device = torch.device(device)
-        self.amp = bool(amp)
-        self.network = ModelWrapper(model, [layer], return_single=True).eval().to(self.device)
-        self.network.to(memory_format=torch.channels_last)
-        for p in self.network.parameters():
-            p.requires_grad_(False)
-        self.dim = self(torch.zeros(1, 3, input_size, input_size, dtype=torch.uint8)).shape[1]
         self.identity = json.dumps({'arch': arch, 'layer': layer, 'weights': weights_identity,
                                     'autocast_bfloat16': self.amp, 'pooling': 'spatial mean',
-                                    'torchvision': torchvision.__version__}, sort_keys=True)
+                                    'torchvision': version('torchvision')}, sort_keys=True)
+
+    def load(self):
+        """Build the network and load its weights, once; returns self."""
+        if self.network is not None:
+            return self
+        import torchvision
+        if self.arch not in torchvision.models.list_models(module=torchvision.models):
+            raise UserError(f'--arch {self.arch} is not a torchvision classification model '
+                            f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = torchvision.models.get_model(self.arch, weights=None)
+        if self.checkpoint:
+            self.weights_report = load_checkpoint_into(model, self.checkpoint)
+        elif self.weights:
+            model.load_state_dict(safe_torch_load(self.weights_path))
+            self.weights_report = f'loaded torchvision weights {self.weights} from {self.weights_path}'
+        network = ModelWrapper(model, [self.layer], return_single=True).eval().to(self.device)
+        network.to(memory_format=torch.channels_last)
+        for p in network.parameters():
+            p.requires_grad_(False)
+        self.network = network
+        self.dim = self(torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8)).shape[1]
+        return self
 
     @torch.inference_mode()
     def __call__(self, images):
         """images: (B, 3, H, W), uint8 in [0, 255] (normalised here, on the device) or normalised floats."""
+        self.load()
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = imagenet_normalize(images)
@@ -275,9 +295,25 @@ class FeatureStore:
         indices = torch.cat([i for _, i in ordered])
         return features, indices
 
+    def cached_feature_dim(self, labels):
+        """The cache's feature size when it holds a file for each of ``labels`` (not yet checked against the
+        image files), else None."""
+        if not self.cache_dir:
+            return None
+        present = set(os.listdir(self.cache_dir))
+        if not all(os.path.basename(self._class_path(label)) in present for label in labels):
+            return None
+        try:
+            entry = safe_torch_load(self._class_path(labels[0]))
+        except UserError:
+            return None
+        features = entry.get('features') if isinstance(entry, dict) else None
+        return features.shape[1] if torch.is_tensor(features) and features.dim() == 2 else None
+
     def _extract(self, labels):
         if self.files:
             self.files.wait()    # no file work in flight while the DataLoader forks its workers
+        self.extractor.load()    # before the workers fork, so that they inherit torchvision
         wanted = np.isin(self.split.labels, labels)
         self.sampler.indices = np.flatnonzero(wanted).tolist()
         per_class_count = np.bincount(self.split.labels[wanted], minlength=self.split.labels.max() + 1)

@@ -61,7 +61,7 @@ def original_way(args, images_dir, device):
     splits = data.image_folder_splits('imagefolder', images_dir, args.image_size)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        extractor = FeatureExtractor(device=device, amp=False, input_size=args.image_size)
+        extractor = FeatureExtractor(device=device, amp=False, input_size=args.image_size).load()
     options = dict(extractor=extractor, batch_size=args.batch_size, num_workers=args.workers,
                    pin_memory=device.type == 'cuda', keep=False, progress=False)
     train, test = FeatureStore(splits.train, 'train', **options), FeatureStore(splits.test, 'val', **options)

@@ -42,8 +42,8 @@ def test_batch_decoder_matches_pil_pipeline(tmp_path):
         (tmp_path / name).write_bytes(content)
         paths.append(str(tmp_path / name))
     labels = np.zeros(len(paths), dtype=np.int64)
-    encoded = EncodedImageList(paths, labels, None, 64)
-    pil = data.ImageList(paths, labels, data.folder_transform(64), 64)
+    encoded = EncodedImageList(paths, labels, 64)
+    pil = data.ImageList(paths, labels, 64)
     batch, indices, ok = collate_encoded([encoded[i] for i in range(len(paths))])
     assert ok.tolist() == [True, True, True, True, False]        # the truncated JPEG is caught on reading
     images, ok = BatchDecoder(64, 'cpu')(batch, ok)

@@ -129,7 +129,7 @@ def test_checkpoint_with_prefixed_keys_gives_the_checkpoint_network(tmp_path):
     ckpt = tmp_path / 'prefixed.pth'
     reference = make_checkpoint(ckpt, prefix='module.model.', wrap='model_state', num_classes=100).eval()
     extractor = FeatureExtractor('resnet18', 'layer4.1', checkpoint=str(ckpt), device='cpu', amp=False,
-                                 input_size=32)
+                                 input_size=32).load()
     assert extractor.weights_report.startswith(f'loaded {len(reference.state_dict()) - 2} of ')
     images = torch.randn(2, 3, 32, 32)
     wrapper = ModelWrapper(reference, ['layer4.1'], return_single=True)
@@ -332,7 +332,11 @@ def test_listing_matches_torchvision_image_folder_order(tmp_path):
             (root / folder / name).parent.mkdir(parents=True, exist_ok=True)
             (root / folder / name).write_bytes(b'')
     os.symlink(root / 'elsewhere', root / 'cat' / 'link')           # ImageFolder follows linked folders
+    os.symlink(root / 'dog', root / 'cow')
+    (root / 'stray.jpg').write_bytes(b'')
     classes, class_to_idx = find_classes(root)
+    assert data.list_classes(root) == classes == ['cat', 'cow', 'dog', 'elsewhere']
+    assert data.IMG_EXTENSIONS == IMG_EXTENSIONS
     expected = [path for path, _ in make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)]
     ours = [path for name in classes for path in data.list_image_files(os.path.join(root, name))]
     assert ours == expected

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
+import data
 import experiment
 from conftest import write_jpeg
 from test_experiment import REPO, make_checkpoint
@@ -51,6 +52,31 @@ def test_cached_and_uncached_runs_agree_and_rerun_decodes_nothing(tmp_path):
         assert (tmp_path / 'first' / name).read_bytes() == (tmp_path / 'third' / name).read_bytes()
     assert len(cache_dirs(cache)) == 1
     assert sorted(os.listdir(cache / cache_dirs(cache)[0] / 'val')) == [f'class_{k:05d}.pt' for k in range(6)]
+
+
+def test_rerun_with_every_class_cached_neither_imports_torchvision_nor_builds_the_network(tmp_path):
+    cache = tmp_path / 'cache'
+    argv = ['--num_classes', 4, '--feature_cache', cache, '--no-progress']
+    run(argv + ['--save_dir', tmp_path / 'fill'])
+    script = ('import sys, experiment; code = experiment.main(sys.argv[1:]); '
+              'print("exit", code, "torchvision imported:", "torchvision" in sys.modules)')
+
+    def rerun(save_dir):
+        done = subprocess.run([sys.executable, '-c', script, *map(str, argv), '--save_dir', str(save_dir)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert rerun(tmp_path / 'cached') == 'exit 0 torchvision imported: False'
+    config = json.loads((tmp_path / 'cached' / 'config.json').read_text())
+    assert config['feature_dim'] == 512
+    for name in ('preds_min_trained_0_max_trained_4.pt', 'slda_model_weights_final.pth'):
+        assert (tmp_path / 'fill' / name).read_bytes() == (tmp_path / 'cached' / name).read_bytes()
+    # one class missing from the cache: the network is built and extracts just that class
+    os.remove(cache / cache_dirs(cache)[0] / 'train' / 'class_00003.pt')
+    assert rerun(tmp_path / 'one_missing') == 'exit 0 torchvision imported: True'
+    class_3_train_images = (data.digits_splits().train.labels == 3).sum()
+    assert summary(tmp_path / 'one_missing')['images_extracted_this_process'] == class_3_train_images
+    assert os.path.exists(cache / cache_dirs(cache)[0] / 'train' / 'class_00003.pt')
 
 
 def test_changed_layer_or_weights_file_invalidates_cache(tmp_path, image_folder):
