@@ -93,9 +93,9 @@ class FeatureExtractor:
     """A frozen network in eval() mode returning the spatially mean-pooled output of one layer.
 
     Call it on a float image batch (B, 3, H, W) on any device; returns float32 features (B, d) on
-    ``device``. ``identity`` is a string that changes whenever the features would. It is known before the
-    network is built: ``load()`` builds it (importing torchvision, about 1.5 s by itself) and sets ``dim``, and
-    happens on the first call at the latest, so a rerun that finds every feature in the cache skips both.
+    ``device``. ``identity`` is a string that changes whenever the features would, known without building the
+    network. ``load()`` builds the network (importing torchvision, about 1.5 s by itself) and sets ``dim``;
+    the first call loads at the latest, so a rerun that finds every feature in the cache never does.
     """
 
     def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
