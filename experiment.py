@@ -217,8 +217,11 @@ def build_splits(args):
     if args.decode_on_device:
         from device_decode import EncodedImageList    # here: it imports torchvision, which cached reruns skip
         list_class, decoder = EncodedImageList, f'torchvision on {torch.device(args.device).type}'
+    listing_dir = None       # --cache_check listing trusts folder times for the listing as well
+    if args.feature_cache and args.cache_check == 'listing':
+        listing_dir = os.path.join(args.feature_cache, 'listings')
     return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split,
-                                    list_class, decoder)
+                                    list_class, decoder, listing_dir)
 
 
 def build_extractor(args, device):

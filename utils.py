@@ -109,8 +109,8 @@ class BackgroundFiles:
         self._thread.shutdown(wait=True)
 
 
-def save_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + '\n').encode()))
+def save_json(path, obj, indent=2):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=indent) + '\n').encode()))
 
 
 def save_tensor(path, obj):

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -338,6 +339,71 @@ def test_listing_matches_torchvision_image_folder_order(tmp_path):
     assert data.list_classes(root) == classes == ['cat', 'cow', 'dog', 'elsewhere']
     assert data.IMG_EXTENSIONS == IMG_EXTENSIONS
     expected = [path for path, _ in make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)]
-    ours = [path for name in classes for path in data.list_image_files(os.path.join(root, name))]
+    ours = [path for name in classes for path in data.list_image_files(os.path.join(root, name))[0]]
     assert ours == expected
     assert os.path.join(root, 'cat', 'link', 'linked.jpg') in ours and not any(p.endswith('.txt') for p in ours)
+
+
+def age_folders(root, seconds=3600):
+    """Give every folder below ``root`` a modification time ``seconds`` in the past."""
+    past = time.time() - seconds
+    for folder, _, _ in os.walk(root):
+        os.utime(folder, (past, past))
+
+
+def test_saved_listing_is_reused_only_while_every_folder_of_a_class_is_unchanged(tmp_path, monkeypatch):
+    import data
+    root = tmp_path / 'train'
+    for relative in ('a/1.jpg', 'a/2.jpg', 'a/sub/3.jpg', 'b/4.jpg', 'b/5.jpg'):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b'')
+    age_folders(root)
+    classes = ['a', 'b']
+    listed = []
+    list_image_files = data.list_image_files
+    monkeypatch.setattr(data, 'list_image_files', lambda folder: listed.append(os.path.basename(folder)) or
+                        list_image_files(folder))
+
+    def fresh():
+        return [list_image_files(os.path.join(root, name))[0] for name in classes]
+
+    files, listing = data.list_split(str(root), classes, {})
+    assert files == fresh() and listed == ['a', 'b'] and sorted(listing) == classes
+    listed.clear()
+    again, listing = data.list_split(str(root), classes, listing)
+    assert again == files and listed == []                                   # nothing listed again
+    (root / 'a' / 'sub' / '6.jpg').write_bytes(b'')                         # a file added in a sub-folder
+    (root / 'b' / '4.jpg').unlink()                                          # a file removed
+    files, listing = data.list_split(str(root), classes, listing)
+    assert listed == ['a', 'b'] and files == fresh()
+    assert os.path.join(root, 'a', 'sub', '6.jpg') in files[0] and len(files[1]) == 1
+    assert listing == {}                       # both changed just now: not kept, listed again next time
+    listed.clear()
+    data.list_split(str(root), classes, listing)
+    assert listed == ['a', 'b']
+    age_folders(root)
+    _, listing = data.list_split(str(root), classes, {})
+    (root / 'b' / 'new_folder').mkdir()                                      # a new sub-folder, empty
+    (root / 'b' / 'new_folder' / '7.jpg').write_bytes(b'')
+    listed.clear()
+    files, _ = data.list_split(str(root), classes, listing)
+    assert listed == ['b'] and files == fresh()
+
+
+def test_listing_file_of_image_folder_splits_is_reused_and_a_damaged_one_ignored(tmp_path, image_folder):
+    import data
+    root, _ = image_folder
+    age_folders(root)
+    listings = tmp_path / 'listings'
+    first = data.image_folder_splits('imagenet', str(root), listing_dir=str(listings))
+    [name] = os.listdir(listings)
+    saved = json.loads((listings / name).read_text())
+    assert sorted(saved) == ['train', 'val'] and len(saved['train']) == len(SYNSETS)
+    modified = (listings / name).stat().st_mtime_ns
+    again = data.image_folder_splits('imagenet', str(root), listing_dir=str(listings))
+    assert again.train.paths == first.train.paths and again.test.paths == first.test.paths
+    assert (listings / name).stat().st_mtime_ns == modified                 # unchanged, so not rewritten
+    for damage in ('{"train": {"n01000001": [{}, 3]}}', 'not json', '[1, 2]'):
+        (listings / name).write_text(damage)
+        again = data.image_folder_splits('imagenet', str(root), listing_dir=str(listings))
+        assert again.train.paths == first.train.paths and json.loads((listings / name).read_text()) == saved

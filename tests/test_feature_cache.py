@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 import data
 import experiment
 from conftest import write_jpeg
-from test_experiment import REPO, make_checkpoint
+from test_experiment import REPO, age_folders, make_checkpoint
 
 
 def run(argv):
@@ -127,12 +127,14 @@ def test_interrupted_cache_write_is_not_reused(tmp_path):
 
 def test_cache_check_listing_skips_sizes_but_notices_renamed_files(tmp_path, image_folder):
     root, _ = image_folder
+    age_folders(root)          # old enough for the saved listing to be trusted, as a real dataset's would be
     cache = tmp_path / 'cache'
     argv = ['--dataset', 'imagefolder', '--images_dir', root, '--class_increment', 3, '--image_size', 32,
             '--num_workers', 0, '--feature_cache', cache]
     run(argv + ['--save_dir', tmp_path / 'fill'])                            # filled checking sizes
     run(argv + ['--save_dir', tmp_path / 'listing', '--cache_check', 'listing'])
     assert summary(tmp_path / 'listing')['images_extracted_this_process'] == 0
+    assert len(os.listdir(cache / 'listings')) == 1
     # rewritten in place with another size: only the size check notices
     write_jpeg(root / 'train' / 'n01000002' / 'n01000002_0000.JPEG', seed=999, size=(50, 20))
     run(argv + ['--save_dir', tmp_path / 'in_place', '--cache_check', 'listing'])
