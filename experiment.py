@@ -105,9 +105,9 @@ def parse_args(argv=None):
                        help='folder to keep pooled features in across runs (default: none)')
     group.add_argument('--cache_check', choices=['sizes', 'listing'], default='sizes',
                        help='how cached features are matched to image files: sizes checks every file\'s name and '
-                            'size (a stat per file, a few seconds for ImageNet); listing checks names and '
-                            'folder modification times only, which misses files rewritten in place '
-                            '(default: %(default)s)')
+                            'size (a stat per file, a few seconds for ImageNet); listing trusts folder '
+                            'modification times, for the names and for a file listing kept in the cache, and '
+                            'misses files rewritten in place (default: %(default)s)')
     group.add_argument('--cache_dtype', choices=['float16', 'float32'], default='float16',
                        help='precision of cached features (default: %(default)s)')
     group.add_argument('--save_dir', metavar='DIR', default=None,
