@@ -43,7 +43,6 @@ class ImageList(Dataset):
         self.image_size = image_size
         self.transform = None      # folder_transform, made when the first image is read
 
-
     def __len__(self):
         return len(self.paths)
 
