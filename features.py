@@ -108,13 +108,14 @@ class FeatureExtractor:
         self.amp = bool(amp)
         self.network = None
         self.dim = None
+        not_loaded = 'loaded only when a feature is missing from the cache'
         if checkpoint:
-            self.weights_report = f'{checkpoint}, not loaded (every feature needed was in the cache)'
             weights_identity = 'checkpoint sha256 ' + file_sha256(checkpoint)
+            self.weights_report = f'checkpoint {checkpoint}, {not_loaded}'
         elif weights:
             self.weights_path = cached_torchvision_weights(arch, weights)
-            self.weights_report = f'torchvision weights {weights}, not loaded (every feature needed was in the cache)'
             weights_identity = 'torchvision sha256 ' + file_sha256(self.weights_path)
+            self.weights_report = f'torchvision weights {weights} ({self.weights_path}), {not_loaded}'
         else:
             self.weights_report = (f'no --base_init_ckpt or --weights: {arch} is randomly initialised '
                                    f'(seed {seed}); features will be far weaker than a trained network\'s')
