@@ -92,7 +92,8 @@ def test_changed_layer_or_weights_file_invalidates_cache(tmp_path, image_folder)
     run(argv + ['--save_dir', tmp_path / 'a_again'])
     assert summary(tmp_path / 'a_again')['images_extracted_this_process'] == 0
     first, again = (json.loads((tmp_path / name / 'config.json').read_text())['weights'] for name in ('a', 'a_again'))
-    assert first.startswith('loaded ') and again == f'checkpoint {ckpt}, loaded only when a feature is missing from the cache'
+    assert first.startswith('loaded ')
+    assert again == f'checkpoint {ckpt}, loaded only when a feature is missing from the cache'
     run(argv + ['--save_dir', tmp_path / 'b', '--extract_layer', 'layer4.0'])
     assert summary(tmp_path / 'b')['images_extracted_this_process'] == total_images
     make_checkpoint(ckpt, seed=2)                                     # same path, new weights
