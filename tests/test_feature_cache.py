@@ -64,6 +64,7 @@ def test_rerun_with_every_class_cached_neither_imports_torchvision_nor_builds_th
     def rerun(save_dir):
         done = subprocess.run([sys.executable, '-c', script, *map(str, argv), '--save_dir', str(save_dir)],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 
     assert rerun(tmp_path / 'cached') == 'exit 0 torchvision imported: False'
