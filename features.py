@@ -194,8 +194,8 @@ class FeatureStore:
 
     ``cache_check`` says how a cached class is checked against its files: ``sizes`` (names and sizes) or
     ``listing`` (names and folder modification times, no stat per file); see ``class_fingerprint``. With
-    ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached classes on its thread while the caller
-    computes, and cache files are written there.
+    ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached classes and joins them into what ``get``
+    returns on its thread while the caller computes, and cache files are written there.
     """
 
     def __init__(self, split, split_name, extractor, batch_size, num_workers, pin_memory, cache_dir=None,
@@ -211,7 +211,7 @@ class FeatureStore:
         self.decoder = decoder
         self.files = files
         self.check_sizes = {'sizes': True, 'listing': False}[cache_check]
-        self.reading = {}           # label -> future of _read_cached, from prefetch
+        self.reading = None         # (labels, future of _read_and_join) from prefetch
         self.memory = {}
         self.skipped = []
         self.images_extracted = 0
@@ -262,24 +262,41 @@ class FeatureStore:
         return features, indices
 
     def prefetch(self, labels):
-        """Start reading the cached files of ``labels`` on the background thread; ``get`` collects them."""
+        """Start reading the cached classes of ``labels`` and joining them with those kept in memory, on the
+        file thread while the caller computes; ``get(labels)`` collects the result. A prefetch not yet
+        collected is dropped by the next one."""
         if self.cache_dir and self.files:
-            for label in labels:
-                if label not in self.memory and label not in self.reading:
-                    self.reading[label] = self.files.read(self._read_cached, label)
+            labels = sorted(labels)
+            kept = {label: self.memory[label] for label in labels if label in self.memory}
+            self.reading = (labels, self.files.read(self._read_and_join, labels, kept))
+
+    def _read_and_join(self, labels, kept):
+        """({label: _read_cached(label)} for the ``labels`` not in ``kept``, joined): joined is what ``get``
+        returns, or None when the cache lacks one of the classes."""
+        read = {label: self._read_cached(label) for label in labels if label not in kept}
+        if None in read.values():
+            return read, None
+        parts = [kept[label] if label in kept else read[label][:2] for label in labels]
+        return read, (torch.cat([f for f, _ in parts]), torch.cat([i for _, i in parts]))
 
     def get(self, labels):
         """Features (n, d) on the CPU and dataset indices (n,) of all images of ``labels``, in dataset order.
 
         Features are float32, or the cache's precision when there is a cache (StreamingLDA converts them a
         pass at a time)."""
+        labels = sorted(labels)
+        read, joined = {}, None
+        if self.reading is not None:
+            (prefetched, future), self.reading = self.reading, None
+            if prefetched == labels:
+                read, joined = future.result()
         found = {}
         for label in labels:
             if label in self.memory:
                 found[label] = self.memory[label]
                 continue
-            if label in self.reading:
-                entry = self.reading.pop(label).result()
+            if label in read:
+                entry = read[label]
             else:
                 entry = self._read_cached(label) if self.cache_dir else None
             if entry is not None:
@@ -288,12 +305,13 @@ class FeatureStore:
                 found[label] = (features, indices)
                 if self.keep:
                     self.memory[label] = found[label]
-        missing = sorted(set(labels) - set(found))
+        if joined is not None:
+            return joined
+        missing = [label for label in labels if label not in found]
         if missing:
             found.update(self._extract(missing))
-        ordered = [found[label] for label in sorted(labels)]
-        features = torch.cat([f for f, _ in ordered])
-        indices = torch.cat([i for _, i in ordered])
+        features = torch.cat([found[label][0] for label in labels])
+        indices = torch.cat([found[label][1] for label in labels])
         return features, indices
 
     def cached_feature_dim(self, labels):
