@@ -31,47 +31,66 @@ def class_rows(labels, label):
 
 
 class ImageList(Dataset):
-    """Images given as file paths; item i is (uint8 image (3, S, S), i, ok), ok False when the file cannot be read.
+    """The image files of a split folder, class by class; item i is (uint8 image (3, S, S), i, ok), ok False
+    when the file cannot be read.
+
+    ``class_files[k]`` names the files of class k (folder ``root/classes[k]``), relative to that folder and
+    joined by newlines. Paths are split out of it only for a class being read: a rerun from the feature
+    cache, which reads no image, then never builds ImageNet's 1.33 million path strings.
 
     A bad image is not an exception here so that the caller, which knows whether ``--skip_bad_images`` is
     set, decides what to do, and so that the error names the file even from a DataLoader worker.
     """
 
-    def __init__(self, paths, labels, image_size):
-        self.paths = paths
-        self.labels = labels
+    def __init__(self, root, classes, class_files, image_size):
+        self.root = root
+        self.classes = classes
+        self.class_files = class_files
+        counts = [names.count('\n') + 1 if names else 0 for names in class_files]
+        self.labels = np.repeat(np.arange(len(classes)), counts)
+        self.class_starts = np.concatenate([[0], np.cumsum(counts)])
         self.image_size = image_size
         self.transform = None      # folder_transform, made when the first image is read
+        self.last_class = (-1, [])     # (label, its file names) of the last path asked for
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.labels)
+
+    def path(self, index):
+        label = int(self.labels[index])
+        last = self.last_class      # one tuple, read and replaced whole, as two threads may ask at once
+        if last[0] != label:
+            last = self.last_class = (label, self.class_files[label].split('\n'))
+        return os.path.join(self.root, self.classes[label], last[1][index - self.class_starts[label]])
 
     def __getitem__(self, index):
         if self.transform is None:
             self.transform = folder_transform(self.image_size)
         try:
-            with Image.open(self.paths[index]) as image:
+            with Image.open(self.path(index)) as image:
                 return self.transform(image.convert('RGB')), index, True
         except (OSError, ValueError, SyntaxError):
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), index, False
 
     def describe(self, index):
-        return self.paths[index]
+        return self.path(index)
 
     def class_fingerprint(self, label, sizes=True):
-        """Identifies the files of one class by their paths below the dataset folder and, with ``sizes``,
+        """Identifies the files of one class by their paths below the split folder and, with ``sizes``,
         their sizes (a stat per file, about 3 us each); without, by the modification times of the folders
         holding them (a stat per folder), which change when files are added, removed or renamed but not
         when a file is rewritten in place."""
-        start, end = class_rows(self.labels, label)
-        paths = self.paths[start:end]
-        root_length = len(os.path.dirname(os.path.dirname(self.paths[0])))
+        names = self.class_files[label]
+        class_folder = os.path.join(self.root, self.classes[label])
+        prefix = class_folder + os.sep       # prefix + name is os.path.join(class_folder, name), 5x faster
         if sizes:
-            stamps = [os.stat(path).st_size for path in paths]
+            stamps = [os.stat(prefix + name).st_size for name in names.split('\n')]
         else:
-            folders = sorted({path.rpartition(os.sep)[0] for path in paths})     # os.path.dirname, 5x faster
+            folders = sorted({(prefix + name).rpartition(os.sep)[0] for name in names.split('\n')}) \
+                if os.sep in names else [class_folder]
             stamps = [os.stat(folder).st_mtime_ns for folder in folders]
-        text = '\n'.join(path[root_length:] for path in paths) + '\0' + ' '.join(map(str, stamps))
+        relative_prefix = os.sep + self.classes[label] + os.sep
+        text = relative_prefix + names.replace('\n', '\n' + relative_prefix) + '\0' + ' '.join(map(str, stamps))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -171,8 +190,9 @@ def list_image_files(class_folder):
     order: folders sorted by path, files by name within each. Like ``make_dataset``, but a third of its time
     on ImageNet's 1.28 million files.
 
-    Returns (paths, folder_times): folder_times maps each folder scanned, relative to ``class_folder`` (''
-    for itself), to its modification time in ns, read before the folder was.
+    Returns (names, folder_times): names are relative to ``class_folder``; folder_times maps each folder
+    scanned, relative to ``class_folder`` ('' for itself), to its modification time in ns, read before the
+    folder was.
     """
     folders = []
     folder_times = {}
@@ -190,9 +210,9 @@ def list_image_files(class_folder):
                     names.append(entry.name)
         folders.append((folder, sorted(names)))
     # folder + separator + name is os.path.join(folder, name) for a plain name, at a sixth of the cost
-    paths = [prefix + name for folder, names in sorted(folders) for prefix in [os.path.join(folder, '')]
-             for name in names]
-    return paths, folder_times
+    relative_names = [prefix + name for folder, names in sorted(folders)
+                      for prefix in [os.path.join(folder, '')[prefix_length:]] for name in names]
+    return relative_names, folder_times
 
 
 def folders_unchanged(class_folder, folder_times):
@@ -210,9 +230,9 @@ RECENTLY_CHANGED_NS = 3_000_000_000
 
 
 def list_split(root, classes, saved):
-    """The image files of each class folder of the split folder ``root`` (a list of paths per class), and a
-    listing of them to give as ``saved`` next time: {class: [folder_times, files relative to the class
-    folder]}.
+    """The image files of each class folder of the split folder ``root``, as ``ImageList`` takes them (names
+    relative to the class folder, joined by newlines), and a listing of them to give as ``saved`` next time:
+    {class: [folder_times, names]}.
 
     A class in ``saved`` whose folders all still have the modification times they had when it was listed
     is not listed again: adding, removing or renaming a file changes its folder's time. A class with a
@@ -222,21 +242,22 @@ def list_split(root, classes, saved):
     class_files, listing = [], {}
     for name in classes:
         class_folder = os.path.join(root, name)
-        prefix = os.path.join(class_folder, '')
         entry = saved.get(name)
-        if entry is not None and folders_unchanged(class_folder, entry[0]):
-            files = [prefix + relative for relative in entry[1]]
-        else:
-            files, folder_times = list_image_files(class_folder)
-            entry = [folder_times, [path[len(prefix):] for path in files]]
-        class_files.append(files)
+        if entry is None or not folders_unchanged(class_folder, entry[0]):
+            names, folder_times = list_image_files(class_folder)
+            if '\n' in ''.join(names):
+                bad = next(file_name for file_name in names if '\n' in file_name)
+                raise UserError(f'{os.path.join(class_folder, bad)!r}: file names with a line break are not '
+                                f'supported; rename the file')
+            entry = [folder_times, '\n'.join(names)]
+        class_files.append(entry[1])
         if now - max(entry[0].values()) > RECENTLY_CHANGED_NS:
             listing[name] = entry
     return class_files, listing
 
 
 def read_listing(path):
-    """A listing saved by ``image_folder_splits``, {split: {class: [folder_times, files]}}, or {} when the
+    """A listing saved by ``image_folder_splits``, {split: {class: [folder_times, names]}}, or {} when the
     file is missing or not one."""
     try:
         listing = load_json(path)
@@ -245,8 +266,7 @@ def read_listing(path):
 
     def valid(entry):
         return (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], dict) and entry[0]
-                and all(isinstance(t, int) for t in entry[0].values()) and isinstance(entry[1], list)
-                and all(isinstance(f, str) for f in entry[1]))
+                and all(isinstance(t, int) for t in entry[0].values()) and isinstance(entry[1], str))
     if not isinstance(listing, dict) or not all(isinstance(split, dict) and all(map(valid, split.values()))
                                                 for split in listing.values()):
         return {}
@@ -257,7 +277,8 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
                         decoder_description='PIL', listing_dir=None):
     """An ImageFolder pair ``images_dir/train`` and ``images_dir/<test_split>`` with the same class folders.
 
-    ``list_class`` builds each split from (paths, labels, image_size); ``decoder_description``
+    ``list_class`` builds each split from (split folder, classes, class_files, image_size), like
+    ``ImageList``; ``decoder_description``
     names who decodes the files, which is part of what the feature cache keys on. With ``listing_dir``, the
     file listing is kept there (a file per ``images_dir``) and classes whose folders are unchanged are not
     listed again (see ``list_split``).
@@ -289,12 +310,11 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
             raise UserError(f'train/ and {split}/ in {images_dir} have different class folders '
                             f'(only in train: {only_train}, only in {split}: {only_test})')
         class_files, listing[split] = list_split(root, classes, saved.get(split, {}))
-        empty = [class_name for class_name, files in zip(classes, class_files) if not files]
+        empty = [class_name for class_name, names in zip(classes, class_files) if not names]
         if empty:
             raise UserError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
                             f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
-        labels = np.repeat(np.arange(len(classes)), [len(files) for files in class_files])
-        splits[split] = list_class([path for files in class_files for path in files], labels, image_size)
+        splits[split] = list_class(root, classes, class_files, image_size)
     if listing_file and listing != saved:
         os.makedirs(listing_dir, exist_ok=True)
         save_json(listing_file, listing, indent=None)     # compact: a quarter smaller, twice as fast

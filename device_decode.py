@@ -34,7 +34,7 @@ class EncodedImageList(ImageList):
 
     def __getitem__(self, index):
         try:
-            with open(self.paths[index], 'rb') as f:
+            with open(self.path(index), 'rb') as f:
                 encoded = f.read()
         except OSError:
             encoded = b''

@@ -37,13 +37,15 @@ def test_batch_decoder_matches_pil_pipeline(tmp_path):
     files = {'a.JPEG': encode(photo(3), 'JPEG', quality=95), 'b.png': encode(photo(4, (300, 420)), 'PNG'),
              'c.JPEG': encode(photo(5).convert('L'), 'JPEG', quality=95), 'd.JPEG': b'not an image',
              'e.JPEG': encode(photo(6), 'JPEG')[:3000]}
+    (tmp_path / 'images').mkdir()
     paths = []
     for name, content in files.items():
-        (tmp_path / name).write_bytes(content)
-        paths.append(str(tmp_path / name))
-    labels = np.zeros(len(paths), dtype=np.int64)
-    encoded = EncodedImageList(paths, labels, 64)
-    pil = data.ImageList(paths, labels, 64)
+        (tmp_path / 'images' / name).write_bytes(content)
+        paths.append(str(tmp_path / 'images' / name))
+    split = (str(tmp_path), ['images'], ['\n'.join(files)], 64)
+    encoded = EncodedImageList(*split)
+    pil = data.ImageList(*split)
+    assert [pil.describe(i) for i in range(len(paths))] == paths
     batch, indices, ok = collate_encoded([encoded[i] for i in range(len(paths))])
     assert ok.tolist() == [True, True, True, True, False]        # the truncated JPEG is caught on reading
     images, ok = BatchDecoder(64, 'cpu')(batch, ok)

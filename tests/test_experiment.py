@@ -338,10 +338,15 @@ def test_listing_matches_torchvision_image_folder_order(tmp_path):
     classes, class_to_idx = find_classes(root)
     assert data.list_classes(root) == classes == ['cat', 'cow', 'dog', 'elsewhere']
     assert data.IMG_EXTENSIONS == IMG_EXTENSIONS
-    expected = [path for path, _ in make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)]
-    ours = [path for name in classes for path in data.list_image_files(os.path.join(root, name))[0]]
-    assert ours == expected
+    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+    class_files, _ = data.list_split(str(root), classes, {})
+    images = data.ImageList(str(root), classes, class_files, 32)
+    ours = [images.describe(i) for i in range(len(images))]
+    assert ours == [path for path, _ in samples] and images.labels.tolist() == [label for _, label in samples]
     assert os.path.join(root, 'cat', 'link', 'linked.jpg') in ours and not any(p.endswith('.txt') for p in ours)
+    (root / 'dog' / 'two\nlines.jpg').write_bytes(b'')
+    with pytest.raises(data.UserError, match=r"two\\nlines.jpg'.*line break.*rename"):
+        data.list_split(str(root), classes, {})
 
 
 def age_folders(root, seconds=3600):
@@ -365,7 +370,7 @@ def test_saved_listing_is_reused_only_while_every_folder_of_a_class_is_unchanged
                         list_image_files(folder))
 
     def fresh():
-        return [list_image_files(os.path.join(root, name))[0] for name in classes]
+        return ['\n'.join(list_image_files(os.path.join(root, name))[0]) for name in classes]
 
     files, listing = data.list_split(str(root), classes, {})
     assert files == fresh() and listed == ['a', 'b'] and sorted(listing) == classes
@@ -376,7 +381,7 @@ def test_saved_listing_is_reused_only_while_every_folder_of_a_class_is_unchanged
     (root / 'b' / '4.jpg').unlink()                                          # a file removed
     files, listing = data.list_split(str(root), classes, listing)
     assert listed == ['a', 'b'] and files == fresh()
-    assert os.path.join(root, 'a', 'sub', '6.jpg') in files[0] and len(files[1]) == 1
+    assert os.path.join('sub', '6.jpg') in files[0].split('\n') and files[1] == '5.jpg'
     assert listing == {}                       # both changed just now: not kept, listed again next time
     listed.clear()
     data.list_split(str(root), classes, listing)
@@ -401,9 +406,9 @@ def test_listing_file_of_image_folder_splits_is_reused_and_a_damaged_one_ignored
     assert sorted(saved) == ['train', 'val'] and len(saved['train']) == len(SYNSETS)
     modified = (listings / name).stat().st_mtime_ns
     again = data.image_folder_splits('imagenet', str(root), listing_dir=str(listings))
-    assert again.train.paths == first.train.paths and again.test.paths == first.test.paths
+    assert again.train.class_files == first.train.class_files and again.test.class_files == first.test.class_files
     assert (listings / name).stat().st_mtime_ns == modified                 # unchanged, so not rewritten
     for damage in ('{"train": {"n01000001": [{}, 3]}}', 'not json', '[1, 2]'):
         (listings / name).write_text(damage)
         again = data.image_folder_splits('imagenet', str(root), listing_dir=str(listings))
-        assert again.train.paths == first.train.paths and json.loads((listings / name).read_text()) == saved
+        assert again.train.class_files == first.train.class_files and json.loads((listings / name).read_text()) == saved
