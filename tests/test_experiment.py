@@ -288,6 +288,8 @@ def test_slda_imagenet_script_runs_both_covariances_sharing_the_cache(tmp_path, 
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     plastic = json.loads((tmp_path / 'results' / 'slda_imagenet_plastic' / 'config.json').read_text())
+    fixed = json.loads((tmp_path / 'results' / 'slda_imagenet_fixed' / 'config.json').read_text())
+    assert (plastic['arguments']['cache_check'], fixed['arguments']['cache_check']) == ('sizes', 'listing')
     fixed_summary = json.loads((tmp_path / 'results' / 'slda_imagenet_fixed' / 'summary.json').read_text())
     assert plastic['arguments']['streaming_update_sigma'] is True
     assert plastic['class_order'] == np.argsort(STREAM_POSITION).tolist()
