@@ -232,7 +232,7 @@ class FeatureStore:
         if not os.path.exists(path):
             return None
         try:
-            entry = safe_torch_load(path)
+            entry = safe_torch_load(path, mmap=True)    # cache files are written by renaming a finished file
         except UserError:
             return None      # unreadable or unsafe: extract the class again and replace the file
         stored = entry.get('fingerprint' if self.check_sizes else 'listing_fingerprint') \

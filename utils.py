@@ -129,12 +129,15 @@ def load_json(path):
         raise UserError(f'{path} is not valid JSON ({e})') from None
 
 
-def safe_torch_load(path):
-    """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code."""
+def safe_torch_load(path, mmap=False):
+    """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code.
+
+    With ``mmap``, tensors map the file instead of being read into memory (a third of the time for a 1 MB
+    file); only for files that are replaced by renaming, never rewritten in place."""
     if not os.path.isfile(path):
         raise UserError(f'file not found: {path}')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise UserError(f'refusing to load {path}: it holds objects other than tensors and plain data, and '
