@@ -132,30 +132,30 @@ def main():
             tick = time.perf_counter()
             fill_cache(argv, dim=512)
             print(f'cache filled with synthetic features: {time.perf_counter() - tick:.1f} s', flush=True)
-        tick = time.perf_counter()
-        subprocess.run([sys.executable, '-c', 'import experiment'], cwd=ROOT, check=True)
-        startup = time.perf_counter() - tick
-        alone = []
+        # Interleaved, so that the machine's speed drifting over minutes touches every kind of run alike.
+        startup, alone, runs = [], [], {save_preds: [] for save_preds in args.runs}
         for _ in range(args.repeats):
+            tick = time.perf_counter()
+            subprocess.run([sys.executable, '-c', 'import experiment'], cwd=ROOT, check=True)
+            startup.append(time.perf_counter() - tick)
             with multiprocessing.get_context('spawn').Pool(1) as pool:     # a fresh process, like the reruns
                 alone.append(pool.apply(slda_alone, (argv,)))
-        alone = min(alone)
+            for save_preds in args.runs:
+                save_dir = os.path.join(work, f'rerun_{save_preds}')
+                subprocess.run(['rm', '-rf', save_dir], check=True)
+                tick = time.perf_counter()
+                subprocess.run([sys.executable, os.path.join(ROOT, 'experiment.py'), *argv, '--save_dir', save_dir,
+                                '--save_preds', save_preds], check=True, stdout=subprocess.DEVNULL)
+                with open(os.path.join(save_dir, 'summary.json')) as f:
+                    runs[save_preds].append((time.perf_counter() - tick, json.load(f)))
+        startup, alone = min(startup), min(alone)
         print(f'start-up (Python, importing experiment.py and torch): {startup:.2f} s; SLDA alone (fit and '
               f'evaluate every increment, features already in memory): {alone:.2f} s; fastest of {args.repeats} '
               f'runs each')
         print(f'{"--save_preds":>12s} {"wall s":>7s} {"fit s":>6s} {"eval s":>6s} {"prepare s":>9s} {"load s":>6s} '
               f'{"not fit/eval":>12s} {"after start-up":>14s} {"vs SLDA alone":>13s}')
         for save_preds in args.runs:
-            save_dir = os.path.join(work, f'rerun_{save_preds}')
-            runs = []
-            for _ in range(args.repeats):
-                subprocess.run(['rm', '-rf', save_dir], check=True)
-                tick = time.perf_counter()
-                subprocess.run([sys.executable, os.path.join(ROOT, 'experiment.py'), *argv, '--save_dir', save_dir,
-                                '--save_preds', save_preds], check=True, stdout=subprocess.DEVNULL)
-                with open(os.path.join(save_dir, 'summary.json')) as f:
-                    runs.append((time.perf_counter() - tick, json.load(f)))
-            wall, summary = min(runs, key=lambda run: run[0])
+            wall, summary = min(runs[save_preds], key=lambda run: run[0])
             if summary['images_extracted_this_process']:
                 raise SystemExit('the rerun decoded images: the cache was not used')
             seconds = summary['seconds']
