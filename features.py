@@ -181,6 +181,11 @@ class IndexSampler(Sampler):
         return len(self.indices)
 
 
+def join_classes(classes):
+    """[(features, indices) of one class, ...] -> (all features, all indices), in that order."""
+    return torch.cat([features for features, _ in classes]), torch.cat([indices for _, indices in classes])
+
+
 class FeatureStore:
     """Features of whole classes of one split, each class extracted once.
 
@@ -276,8 +281,7 @@ class FeatureStore:
         read = {label: self._read_cached(label) for label in labels if label not in kept}
         if None in read.values():
             return read, None
-        parts = [kept[label] if label in kept else read[label][:2] for label in labels]
-        return read, (torch.cat([f for f, _ in parts]), torch.cat([i for _, i in parts]))
+        return read, join_classes([kept[label] if label in kept else read[label][:2] for label in labels])
 
     def get(self, labels):
         """Features (n, d) on the CPU and dataset indices (n,) of all images of ``labels``, in dataset order.
@@ -310,9 +314,7 @@ class FeatureStore:
         missing = [label for label in labels if label not in found]
         if missing:
             found.update(self._extract(missing))
-        features = torch.cat([found[label][0] for label in labels])
-        indices = torch.cat([found[label][1] for label in labels])
-        return features, indices
+        return join_classes([found[label] for label in labels])
 
     def cached_feature_dim(self, labels):
         """The cache's feature size when it holds a file for each of ``labels`` (not yet checked against the
@@ -323,7 +325,7 @@ class FeatureStore:
         if not all(os.path.basename(self._class_path(label)) in present for label in labels):
             return None
         try:
-            entry = safe_torch_load(self._class_path(labels[0]))
+            entry = safe_torch_load(self._class_path(labels[0]), mmap=True)
         except UserError:
             return None
         features = entry.get('features') if isinstance(entry, dict) else None
