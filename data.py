@@ -48,7 +48,6 @@ class ImageList(Dataset):
         self.class_files = class_files
         counts = [names.count('\n') + 1 if names else 0 for names in class_files]
         self.labels = np.repeat(np.arange(len(classes)), counts)
-        self.class_starts = np.concatenate([[0], np.cumsum(counts)])
         self.image_size = image_size
         self.transform = None      # folder_transform, made when the first image is read
         self.last_class = (-1, [])     # (label, its file names) of the last path asked for
@@ -61,7 +60,8 @@ class ImageList(Dataset):
         last = self.last_class      # one tuple, read and replaced whole, as two threads may ask at once
         if last[0] != label:
             last = self.last_class = (label, self.class_files[label].split('\n'))
-        return os.path.join(self.root, self.classes[label], last[1][index - self.class_starts[label]])
+        start, _ = class_rows(self.labels, label)
+        return os.path.join(self.root, self.classes[label], last[1][index - start])
 
     def __getitem__(self, index):
         if self.transform is None:

@@ -308,20 +308,23 @@ def run(args):
     def seen_classes(i):
         return order[:plan[i]].tolist()
 
-    # Each store reads increment i + 1's cached features on the file thread once increment i has taken its own.
+    def prefetch(store, classes, i):
+        """Read increment i's cached features of ``store`` on the file thread; each store starts on increment
+        i + 1 once increment i has taken its own."""
+        if i < len(plan):
+            store.prefetch(classes(i))
+
     prepare_seconds = time.perf_counter() - started
     try:
-        if first < len(plan):
-            train_store.prefetch(new_classes(first))
-            test_store.prefetch(seen_classes(first))
+        prefetch(train_store, new_classes, first)
+        prefetch(test_store, seen_classes, first)
         for i in range(first, len(plan)):
             crash_point('increment_start')
             tick = time.perf_counter()
             X, indices = train_store.get(new_classes(i))
             y = torch.from_numpy(splits.train.labels[indices.numpy()])
             extract_seconds = time.perf_counter() - tick
-            if i + 1 < len(plan):
-                train_store.prefetch(new_classes(i + 1))
+            prefetch(train_store, new_classes, i + 1)
             if args.shuffle_data:
                 permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed * 100_003 + i))
                 X, y = X[permutation], y[permutation]
@@ -338,8 +341,7 @@ def run(args):
             tick = time.perf_counter()
             X_test, test_indices = test_store.get(seen_classes(i))
             extract_seconds += time.perf_counter() - tick
-            if i + 1 < len(plan):
-                test_store.prefetch(seen_classes(i + 1))
+            prefetch(test_store, seen_classes, i + 1)
             tick = time.perf_counter()
             probabilities = slda.predict(X_test, return_probas=True)
             top1, top5 = topk_accuracy(probabilities, splits.test.labels[test_indices.numpy()])
