@@ -1,9 +1,15 @@
+"""Helpers shared by the test modules: a tiny ImageNet-shaped folder, checkpoints, running experiment.py."""
 import os
+import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNSETS = ['n01000001', 'n01000002', 'n01000003', 'n01000004', 'n01000005', 'n01000006']
 TRAIN_PER_CLASS = [3, 4, 2, 3, 3, 2]
 VAL_PER_CLASS = [2, 1, 2, 2, 1, 2]
@@ -18,11 +24,10 @@ def write_jpeg(path, seed, size=(40, 30)):
     Image.fromarray(pixels).save(path, quality=90)
 
 
-@pytest.fixture
-def image_folder(tmp_path):
-    """A tiny ImageNet-like folder: train/ and val/ with synset-named class folders of JPEG files, plus label
-    files in the original's format under labels/."""
-    root = tmp_path / 'images'
+def build_image_folder(directory):
+    """A tiny ImageNet-like folder ``directory/images``: train/ and val/ with synset-named class folders of JPEG
+    files, plus label files in the original's format under ``directory/labels``. Returns (images, labels)."""
+    root = directory / 'images'
     seed = 0
     for split, per_class in (('train', TRAIN_PER_CLASS), ('val', VAL_PER_CLASS)):
         for k, (synset, count) in enumerate(zip(SYNSETS, per_class)):
@@ -30,9 +35,37 @@ def image_folder(tmp_path):
             for j in range(count):
                 seed += 1
                 write_jpeg(root / split / synset / f'{synset}_{j:04d}.JPEG', seed=seed * 7 + k)
-    labels = tmp_path / 'labels'
+    labels = directory / 'labels'
     labels.mkdir()
     for split, per_class in (('train', TRAIN_PER_CLASS), ('val', VAL_PER_CLASS)):
         values = np.repeat(np.array(STREAM_POSITION, dtype=np.int64), per_class)
         np.save(labels / f'imagenet_{split}_labels.npy', values)
     return root, labels
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return build_image_folder(tmp_path)
+
+
+def make_checkpoint(path, prefix='module.', wrap='state_dict', num_classes=100, seed=3):
+    """A randomly initialised ResNet-18 saved as the original's base-init checkpoints are; returns the model."""
+    import torchvision
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    state = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({wrap: state, 'epoch': 7}, path)
+    return model
+
+
+def run(argv, capsys=None):
+    """experiment.main on ``argv`` (any values, made strings) without progress bars; (exit code, captured)."""
+    code = experiment.main([str(a) for a in argv] + ['--no-progress'])
+    return code, (capsys.readouterr() if capsys else None)
+
+
+def age_folders(root, seconds=3600):
+    """Give every folder below ``root`` a modification time ``seconds`` in the past."""
+    past = time.time() - seconds
+    for folder, _, _ in os.walk(root):
+        os.utime(folder, (past, past))
