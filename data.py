@@ -1,19 +1,21 @@
-"""Image datasets and the class-incremental protocol: which images belong to which increment.
+"""Image datasets: splits whose images are listed class by class, and the listers of the datasets here.
 
-Every dataset here is a pair of splits (train, test) whose images are listed class by class, classes in
-the order of their label index (ImageFolder's order: sorted folder names, sorted files), so that the
-images of a class are contiguous and "dataset order" is the order of this list.
+Every dataset is a pair of splits (train, test) whose images are listed class by class, classes in the order
+of their label index (ImageFolder's order: sorted folder names, sorted files), so that the images of a class
+are contiguous and "dataset order" is the order of this list. ``Split`` writes down what the rest of the
+project relies on; ``SplitPair`` checks it.
 """
 import hashlib
 import os
 import time
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils import UserError, load_json, save_json, save_npy
+from utils import load_json, save_json
 
 # torchvision's ImageFolder extensions, here so that listing files does not import torchvision (1.5 s), which a
 # rerun from the feature cache never needs
@@ -28,6 +30,38 @@ def class_rows(labels, label):
     """(start, end) of the rows of ``label`` in a label array sorted by class."""
     start, end = np.searchsorted(labels, [label, label + 1])
     return int(start), int(end)
+
+
+@runtime_checkable
+class Split(Protocol):
+    """What a split must offer. ``labels`` is an int64 array (n,) sorted by class, so that each class's images
+    are contiguous; item i is (image, i, ok): the image as a uint8 (3, H, W) tensor or a normalised float
+    one, ok False when it could not be read (a placeholder image then). ``describe(i)`` names image i for a
+    person (a path); ``class_fingerprint(label, sizes)`` is a string that changes when the images of class
+    ``label`` change (``sizes`` False may trust cheaper evidence such as folder times)."""
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index): ...
+
+    def describe(self, index) -> str: ...
+
+    def class_fingerprint(self, label, sizes=True) -> str: ...
+
+
+def check_split(split, num_classes, name):
+    """Raise TypeError or ValueError, naming the split ``name``, where ``split`` breaks the ``Split`` contract."""
+    if not isinstance(split, Split):
+        raise TypeError(f'{name} split ({type(split).__name__}) lacks what a Split needs: labels, __len__, '
+                        f'__getitem__, describe, class_fingerprint')
+    labels = split.labels
+    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype != np.int64:
+        raise TypeError(f'{name} split: labels must be a 1-D int64 numpy array')
+    if len(labels) != len(split):
+        raise ValueError(f'{name} split has {len(split)} images but {len(labels)} labels')
+    if len(labels) and (labels[0] < 0 or labels[-1] >= num_classes or (np.diff(labels) < 0).any()):
+        raise ValueError(f'{name} split: labels must be sorted by class and lie in [0, {num_classes})')
 
 
 class ImageList(Dataset):
@@ -120,6 +154,8 @@ class SplitPair:
     """The train and test splits of one dataset plus what the protocol needs to know about them."""
 
     def __init__(self, name, classes, train, test, transform_description):
+        check_split(train, len(classes), 'train')
+        check_split(test, len(classes), 'test')
         self.name = name
         self.classes = classes
         self.train = train
@@ -229,16 +265,16 @@ def folders_unchanged(class_folder, folder_times):
 RECENTLY_CHANGED_NS = 3_000_000_000
 
 
-def list_split(root, classes, saved):
+def list_split(root, classes, saved, now_ns=None):
     """The image files of each class folder of the split folder ``root``, as ``ImageList`` takes them (names
     relative to the class folder, joined by newlines), and a listing of them to give as ``saved`` next time:
     {class: [folder_times, names]}.
 
     A class in ``saved`` whose folders all still have the modification times they had when it was listed
     is not listed again: adding, removing or renaming a file changes its folder's time. A class with a
-    folder changed in the last few seconds is left out of the new listing.
+    folder changed in the last few seconds before ``now_ns`` (default: now) is left out of the new listing.
     """
-    now = time.time_ns()
+    now = time.time_ns() if now_ns is None else now_ns
     class_files, listing = [], {}
     for name in classes:
         class_folder = os.path.join(root, name)
@@ -247,8 +283,8 @@ def list_split(root, classes, saved):
             names, folder_times = list_image_files(class_folder)
             if '\n' in ''.join(names):
                 bad = next(file_name for file_name in names if '\n' in file_name)
-                raise UserError(f'{os.path.join(class_folder, bad)!r}: file names with a line break are not '
-                                f'supported; rename the file')
+                raise ValueError(f'{os.path.join(class_folder, bad)!r}: file names with a line break are not '
+                                 f'supported; rename the file')
             entry = [folder_times, '\n'.join(names)]
         class_files.append(entry[1])
         if now - max(entry[0].values()) > RECENTLY_CHANGED_NS:
@@ -261,7 +297,7 @@ def read_listing(path):
     file is missing or not one."""
     try:
         listing = load_json(path)
-    except (OSError, UserError, ValueError):
+    except (OSError, ValueError):
         return {}
 
     def valid(entry):
@@ -284,8 +320,8 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
     listed again (see ``list_split``).
     """
     if not os.path.isdir(images_dir):
-        raise UserError(f'--images_dir {images_dir} does not exist or is not a folder; it must hold '
-                        f'train/ and {test_split}/ with one sub-folder per class')
+        raise FileNotFoundError(f'images_dir {images_dir} does not exist or is not a folder; it must hold '
+                                f'train/ and {test_split}/ with one sub-folder per class')
     listing_file = None
     if listing_dir:
         folder_hash = hashlib.sha256(os.path.abspath(images_dir).encode()).hexdigest()[:16]
@@ -297,23 +333,23 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
     for split in ('train', test_split):
         root = os.path.join(images_dir, split)
         if not os.path.isdir(root):
-            raise UserError(f'{root} is missing: --images_dir must hold train/ and {test_split}/ folders '
-                            f'with one sub-folder per class')
+            raise FileNotFoundError(f'{root} is missing: images_dir must hold train/ and {test_split}/ '
+                                    f'folders with one sub-folder per class')
         split_classes = list_classes(root)
         if not split_classes:
-            raise UserError(f'{root} has no class sub-folders; put each class\'s images in a folder of its own')
+            raise ValueError(f'{root} has no class sub-folders; put each class\'s images in a folder of its own')
         if classes is None:
             classes = split_classes
         elif split_classes != classes:
             only_train = sorted(set(classes) - set(split_classes))[:5]
             only_test = sorted(set(split_classes) - set(classes))[:5]
-            raise UserError(f'train/ and {split}/ in {images_dir} have different class folders '
-                            f'(only in train: {only_train}, only in {split}: {only_test})')
+            raise ValueError(f'train/ and {split}/ in {images_dir} have different class folders '
+                             f'(only in train: {only_train}, only in {split}: {only_test})')
         class_files, listing[split] = list_split(root, classes, saved.get(split, {}))
         empty = [class_name for class_name, names in zip(classes, class_files) if not names]
         if empty:
-            raise UserError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
-                            f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
+            raise ValueError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
+                             f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
         splits[split] = list_class(root, classes, class_files, image_size)
     if listing_file and listing != saved:
         os.makedirs(listing_dir, exist_ok=True)
@@ -321,72 +357,3 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
     return SplitPair(name, classes, splits['train'], splits[test_split],
                      f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
                      f'centre-crop {image_size}, ImageNet normalisation')
-
-
-# ---------------------------------------------------------------------------------------------- class order
-def label_file_names(dataset_name):
-    """The original's names: ``imagenet_train_labels.npy`` and ``imagenet_val_labels.npy``."""
-    return f'{dataset_name}_train_labels.npy', f'{dataset_name}_val_labels.npy'
-
-
-def class_order_from_label_files(splits, labels_dir):
-    """Class order (ImageFolder class indices in stream order) from the original's label files.
-
-    Each file holds one int64 per image, in dataset order: the stream position of the image's class.
-    """
-    order = None
-    for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
-        path = os.path.join(labels_dir, file_name)
-        try:
-            positions = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f'cannot read class order file {path}: {e}') from None
-        if positions.ndim != 1 or positions.shape[0] != len(split.labels):
-            raise UserError(f'{path} holds {positions.shape} values but its split has {len(split.labels)} '
-                            f'images: one label per image, in ImageFolder order, is needed')
-        if not np.issubdtype(positions.dtype, np.integer):
-            raise UserError(f'{path} must hold integers, found {positions.dtype}')
-        per_class = np.full(splits.num_classes, -1, dtype=np.int64)
-        per_class[split.labels] = positions
-        mismatch = per_class[split.labels] != positions
-        if mismatch.any():
-            first = int(np.flatnonzero(mismatch)[0])
-            raise UserError(f'{path}: images of class {splits.classes[split.labels[first]]} have different '
-                            f'stream positions (first disagreeing image: {split.describe(first)})')
-        if not np.array_equal(np.sort(per_class), np.arange(splits.num_classes)):
-            raise UserError(f'{path} is not a permutation of 0..{splits.num_classes - 1} over the classes')
-        split_order = np.argsort(per_class)
-        if order is not None and not np.array_equal(order, split_order):
-            raise UserError(f'{path} gives a different class order from the train labels file')
-        order = split_order
-    return order
-
-
-def generated_class_order(num_classes, seed):
-    """Sorted order when seed is None, else a permutation drawn from a generator seeded with ``seed``."""
-    if seed is None:
-        return np.arange(num_classes)
-    return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).numpy()
-
-
-def save_class_order(splits, order, directory):
-    """Write the order as label files in the original's format, so a run can be repeated with them."""
-    position = np.empty(splits.num_classes, dtype=np.int64)
-    position[order] = np.arange(splits.num_classes)
-    for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
-        save_npy(os.path.join(directory, file_name), position[split.labels])
-
-
-def plan_increments(num_classes, base_classes, class_increment):
-    """Numbers of classes seen after each increment, e.g. (10, 2, 2) -> [2, 4, 6, 8, 10]."""
-    if class_increment < 1:
-        raise UserError(f'--class_increment must be at least 1, got {class_increment}')
-    if base_classes < 0:
-        raise UserError(f'--base_init_classes must be non-negative, got {base_classes}')
-    for flag, value in (('--class_increment', class_increment), ('--base_init_classes', base_classes)):
-        if value > num_classes:
-            raise UserError(f'{flag} {value} is larger than the {num_classes} classes streamed')
-    seen = [base_classes] if base_classes else []
-    while (seen[-1] if seen else 0) < num_classes:
-        seen.append(min((seen[-1] if seen else 0) + class_increment, num_classes))
-    return seen

@@ -1,4 +1,4 @@
-"""Deep SLDA class-incremental streaming experiment.
+"""Deep SLDA streaming experiment.
 
 A frozen CNN turns images into pooled features; StreamingLDA is initialised on the first classes
 (fit_base) and then learns the remaining classes a few at a time, one pass over each image. After every
@@ -10,6 +10,7 @@ accuracies and model are saved.
         --base_init_ckpt image_files/imagenet_100_class_ckpt.pth --streaming_update_sigma
 """
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -20,26 +21,23 @@ from importlib.metadata import version
 import numpy as np
 import torch
 
-import data
-from features import FeatureExtractor, FeatureStore, cache_key, cpu_supports_bfloat16
+import protocol
+from datasets import DATASETS, ListingOptions
+from feature_cache import FeatureCache, cache_key, listings_folder
+from features import BadImageError, Extraction, FeatureExtractor, FeatureReader, cpu_supports_bfloat16
+from results import ResultsFolder, make_summary, read_offline_accuracies
 from slda_model import StreamingLDA
-from utils import BackgroundFiles, UserError, crash_point, load_json, save_json, save_tensor, topk_accuracy
+from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
 
-DEFAULT_INCREMENT = {'digits': 2, 'imagenet': 100, 'imagefolder': 10}
 IMAGE_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'image_files')
-IMAGENET_CHECKPOINT = os.path.join(IMAGE_FILES, 'imagenet_100_class_ckpt.pth')
-# Arguments that do not change any number a run produces; everything else must match to --resume.
-ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
-                       'save_preds', 'cache_check'}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group('data')
-    group.add_argument('--dataset', choices=['digits', 'imagenet', 'imagefolder'], default='digits',
-                       help='digits: scikit-learn\'s bundled handwritten digits (no download); imagenet: '
-                            'ImageNet-1K as ImageFolder train/ and val/; imagefolder: your own train/ and '
-                            'val/ class folders (default: %(default)s)')
+    group.add_argument('--dataset', choices=list(DATASETS), default='digits',
+                       help='; '.join(f'{entry.name}: {entry.help}' for entry in DATASETS.values()) +
+                            ' (default: %(default)s)')
     group.add_argument('--images_dir', metavar='DIR', help='folder holding train/ and val/ (imagenet, imagefolder)')
     group.add_argument('--test_split', metavar='NAME', default='val',
                        help='name of the test folder (default: %(default)s)')
@@ -75,7 +73,8 @@ def parse_args(argv=None):
                             'bfloat16 instructions (default: %(default)s)')
     group = parser.add_argument_group('protocol and model')
     group.add_argument('--class_increment', metavar='N', type=int, default=None,
-                       help='classes per increment (default: 2 for digits, 100 for imagenet, 10 for imagefolder)')
+                       help='classes per increment (default: ' +
+                            ', '.join(f'{e.class_increment} for {e.name}' for e in DATASETS.values()) + ')')
     group.add_argument('--base_init_classes', metavar='N', type=int, default=None,
                        help='classes in the base initialisation (default: one increment)')
     group.add_argument('--no_base_init', action='store_true', help='stream every class, no fit_base')
@@ -129,8 +128,9 @@ def parse_args(argv=None):
 
 
 def complete_defaults(args):
+    dataset = DATASETS[args.dataset]
     if args.class_increment is None:
-        args.class_increment = DEFAULT_INCREMENT[args.dataset]
+        args.class_increment = dataset.class_increment
     if args.base_init_classes is None:
         args.base_init_classes = 0 if args.no_base_init else args.class_increment
     elif args.no_base_init:
@@ -140,23 +140,31 @@ def complete_defaults(args):
     if args.save_dir is None:
         args.save_dir = os.path.join('streaming_experiments', args.expt_name)
     if args.labels_dir is None and all(os.path.exists(os.path.join(IMAGE_FILES, name))
-                                       for name in data.label_file_names(args.dataset)):
+                                       for name in protocol.label_file_names(args.dataset)):
         args.labels_dir = IMAGE_FILES
-    if args.dataset == 'imagenet' and args.base_init_ckpt is None and args.weights is None:
-        args.base_init_ckpt = IMAGENET_CHECKPOINT
+    if dataset.default_checkpoint and args.base_init_ckpt is None and args.weights is None:
+        args.base_init_ckpt = os.path.join(IMAGE_FILES, dataset.default_checkpoint)
     if args.num_workers is None:
-        args.num_workers = 0 if args.dataset == 'digits' else min(32, os.cpu_count() or 1)
+        args.num_workers = min(32, os.cpu_count() or 1) if dataset.image_files else 0
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if args.batch_size < 1:
-        raise UserError(f'--batch_size must be at least 1, got {args.batch_size}')
+    for flag, value, least in (('--batch_size', args.batch_size, 1), ('--class_increment', args.class_increment, 1),
+                               ('--base_init_classes', args.base_init_classes, 0)):
+        if value < least:
+            raise UserError(f'{flag} must be at least {least}, got {value}')
     if not 0 <= args.shrinkage <= 1:
         raise UserError(f'--shrinkage must be in [0, 1], got {args.shrinkage}')
 
 
 def check_inputs(args):
-    if args.dataset != 'digits' and not args.images_dir:
+    dataset = DATASETS[args.dataset]
+    if dataset.image_files and not args.images_dir:
         raise UserError(f'--dataset {args.dataset} needs --images_dir, the folder holding train/ and val/')
+    if dataset.image_files and not os.path.isdir(args.images_dir):
+        raise UserError(f'--images_dir {args.images_dir} does not exist or is not a folder; it must hold train/ '
+                        f'and {args.test_split}/ with one sub-folder per class')
+    if args.decode_on_device and not dataset.image_files:
+        raise UserError('--decode_on_device is for image files (--dataset imagenet or imagefolder)')
     if args.base_init_ckpt and not os.path.isfile(args.base_init_ckpt):
         raise UserError(f'--base_init_ckpt {args.base_init_ckpt} not found. For ImageNet this is the ResNet-18 '
                         f'trained on the 100 base classes; image_files/README.md says what belongs there. '
@@ -165,263 +173,163 @@ def check_inputs(args):
         raise UserError(f'--device {args.device}: CUDA is not available here; use --device cpu')
 
 
-def prepare_save_dir(args):
-    """Create the output folder and prove it writable before any work; check a resume is consistent."""
-    try:
-        os.makedirs(args.save_dir, exist_ok=True)
-        probe = os.path.join(args.save_dir, '.write_test')
-        with open(probe, 'w') as f:
-            f.write('ok')
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f'cannot write to --save_dir {args.save_dir}: {e.strerror}') from None
-    config_path = os.path.join(args.save_dir, 'config.json')
-    if not os.path.exists(config_path):
-        return
-    if not args.resume:
-        raise UserError(f'{args.save_dir} already holds a run (config.json); pass --resume to continue it, '
-                        f'or choose another --save_dir / --expt_name')
-    for name in os.listdir(args.save_dir):          # temporary files of writes that a crash interrupted
-        if name.startswith('.') and name.endswith('.tmp'):
-            os.remove(os.path.join(args.save_dir, name))
-    saved = load_json(config_path)['arguments']
-    current = vars(args).copy()
-    for arguments in (saved, current):   # where the cache lives is free; whether features are cached is not
-        arguments['feature_cache'] = arguments.get('feature_cache') is not None
-    differing = sorted(k for k in set(saved) | set(current)
-                       if k not in ARGS_FREE_TO_CHANGE and saved.get(k) != current.get(k))
-    if differing:
-        details = '; '.join(f'--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in differing)
-        raise UserError(f'cannot --resume {args.save_dir} with different settings ({details})')
+def list_splits(args):
+    """The dataset's splits; with --cache_check listing, the file listing is kept in the feature cache."""
+    keep_listing = args.feature_cache and args.cache_check == 'listing'
+    options = ListingOptions(args.images_dir, args.image_size, args.test_split, args.decode_on_device,
+                             torch.device(args.device).type, listings_folder(args.feature_cache) if keep_listing else None)
+    return DATASETS[args.dataset].list_splits(options)
 
 
-def increment_name(seen):
-    return f'min_trained_0_max_trained_{seen}'
+def class_order(args, splits):
+    """(class indices in stream order, where the order came from)."""
+    if args.labels_dir:
+        return protocol.class_order_from_label_files(splits, args.labels_dir), f'label files in {args.labels_dir}'
+    source = 'sorted' if args.class_order_seed is None else f'permutation, seed {args.class_order_seed}'
+    return protocol.generated_class_order(splits.num_classes, args.class_order_seed), source
 
 
-def last_finished_increment(save_dir, plan):
-    """Index in ``plan`` of the last increment whose model file exists (it is written last), or -1."""
-    finished = -1
-    for i, seen in enumerate(plan):
-        if os.path.exists(os.path.join(save_dir, f'slda_model_weights_{increment_name(seen)}.pth')):
-            finished = i
-    return finished
-
-
-def build_splits(args):
-    if args.dataset == 'digits':
-        if args.decode_on_device:
-            raise UserError('--decode_on_device is for image files (--dataset imagenet or imagefolder)')
-        return data.digits_splits()
-    list_class, decoder = data.ImageList, 'PIL'
-    if args.decode_on_device:
-        from device_decode import EncodedImageList    # here: it imports torchvision, which cached reruns skip
-        list_class, decoder = EncodedImageList, f'torchvision on {torch.device(args.device).type}'
-    listing_dir = None       # --cache_check listing trusts folder times for the listing as well
-    if args.feature_cache and args.cache_check == 'listing':
-        listing_dir = os.path.join(args.feature_cache, 'listings')
-    return data.image_folder_splits(args.dataset, args.images_dir, args.image_size, args.test_split,
-                                    list_class, decoder, listing_dir)
+def make_plan(args, splits, order):
+    streamed = splits.num_classes if args.num_classes is None else args.num_classes
+    if not 1 <= streamed <= splits.num_classes:
+        raise UserError(f'--num_classes {args.num_classes}: the dataset has {splits.num_classes} classes')
+    for flag, value in (('--class_increment', args.class_increment), ('--base_init_classes', args.base_init_classes)):
+        if value > streamed:
+            raise UserError(f'{flag} {value} is larger than the {streamed} classes streamed')
+    return protocol.class_incremental(splits.train.labels, splits.test.labels, order, streamed,
+                                      args.base_init_classes, args.class_increment,
+                                      shuffle_seed=args.seed if args.shuffle_data else None)
 
 
 def build_extractor(args, device):
     amp = args.amp == 'on' or (args.amp == 'auto' and (device.type == 'cuda' or cpu_supports_bfloat16()))
-    input_size = data.DIGITS_SIZE if args.dataset == 'digits' else args.image_size
+    input_size = DATASETS[args.dataset].input_size or args.image_size
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')   # the random-init warning is printed by run() with the rest
         return FeatureExtractor(args.arch, args.extract_layer, args.weights, args.base_init_ckpt, device,
                                 amp, input_size, args.seed)
 
 
-def run(args):
-    check_inputs(args)
-    started = time.perf_counter()
-    splits = build_splits(args)
-    if args.labels_dir:
-        order = data.class_order_from_label_files(splits, args.labels_dir)
-        order_source = f'label files in {args.labels_dir}'
-    else:
-        order = data.generated_class_order(splits.num_classes, args.class_order_seed)
-        order_source = 'sorted' if args.class_order_seed is None else f'permutation, seed {args.class_order_seed}'
-    stream_classes = splits.num_classes if args.num_classes is None else args.num_classes
-    if not 1 <= stream_classes <= splits.num_classes:
-        raise UserError(f'--num_classes {args.num_classes}: the dataset has {splits.num_classes} classes')
-    plan = data.plan_increments(stream_classes, args.base_init_classes, args.class_increment)
-    offline = read_offline_accuracies(args.offline_accuracies, len(plan))
-    prepare_save_dir(args)
-    data.save_class_order(splits, order, args.save_dir)
+def build_readers(args, splits, plan, device, files):
+    """The train and test FeatureReaders, the extractor and the feature size.
 
-    device = torch.device(args.device)
+    With every class of the plan in the cache the network is never needed; otherwise it is loaded now, so that
+    a bad --arch, --extract_layer or checkpoint is reported before any work."""
     extractor = build_extractor(args, device)
-    key = cache_key(extractor, splits, getattr(torch, args.cache_dtype))
-    files = BackgroundFiles()
-    store_options = dict(extractor=extractor, batch_size=args.batch_size, num_workers=args.num_workers,
-                         pin_memory=device.type == 'cuda', cache_dir=args.feature_cache, cache_key=key,
-                         cache_dtype=getattr(torch, args.cache_dtype), skip_bad_images=args.skip_bad_images,
-                         progress=args.progress, files=files, cache_check=args.cache_check)
+    cache = None
+    if args.feature_cache:
+        dtype = getattr(torch, args.cache_dtype)
+        key = cache_key(extractor.identity, splits.name, splits.transform_description, dtype)
+        cache = FeatureCache(args.feature_cache, key, dtype, check_sizes=args.cache_check == 'sizes')
+    decoding = {}
     if args.decode_on_device:
         from device_decode import BatchDecoder, collate_encoded
-        store_options.update(decoder=BatchDecoder(args.image_size, device), collate_fn=collate_encoded)
-    train_store = FeatureStore(splits.train, 'train', keep=False, **store_options)
-    test_store = FeatureStore(splits.test, args.test_split, keep=True, **store_options)
-    # With every class in the cache the network is never needed; otherwise it is loaded now, so that a bad
-    # --arch, --extract_layer or checkpoint is reported before any work.
-    streamed = order[:plan[-1]].tolist()
-    cached_dims = {store.cached_feature_dim(streamed) for store in (train_store, test_store)}
+        decoding = dict(decoder=BatchDecoder(args.image_size, device), collate_fn=collate_encoded)
+    extraction = Extraction(extractor, args.batch_size, args.num_workers, pin_memory=device.type == 'cuda',
+                            progress=args.progress, **decoding)
+    train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,
+                                 skip_bad_images=args.skip_bad_images)
+                   for split, name, keep in ((splits.train, 'train', False), (splits.test, args.test_split, True)))
+    cached_dims = {reader.feature_dim(reader.classes_of(np.concatenate([getattr(batch, field) for batch in plan])))
+                   for reader, field in ((train, 'train_indices'), (test, 'test_indices'))}
     feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
     if args.input_feature_size is not None and args.input_feature_size != feature_dim:
         raise UserError(f'--input_feature_size {args.input_feature_size} does not match the network: '
                         f'{args.arch} {args.extract_layer} gives {feature_dim} features')
-    save_json(os.path.join(args.save_dir, 'config.json'), {
+    return train, test, extractor, feature_dim
+
+
+def describe_run(args, order, order_source, extractor, feature_dim, device):
+    """config.json: every argument, the class order, the network and the platform."""
+    return {
         'arguments': vars(args), 'class_order': order.tolist(), 'class_order_source': order_source,
         'feature_dim': feature_dim, 'weights': extractor.weights_report, 'autocast_bfloat16': extractor.amp,
         'versions': {'python': platform.python_version(), 'torch': torch.__version__,
                      'torchvision': version('torchvision'), 'numpy': np.__version__},
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
-    })
-    print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
-          f'images; streaming {stream_classes} classes as {plan}; class order {order_source}')
-    print(f'{args.arch} {args.extract_layer}: {feature_dim}-d features on {device} '
-          f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
-    slda = StreamingLDA(feature_dim, splits.num_classes, shrinkage_param=args.shrinkage,
-                        streaming_update_sigma=args.streaming_update_sigma, device=device,
-                        dtype=getattr(torch, args.slda_dtype), mask_unseen_classes=args.mask_unseen_classes)
+    }
 
-    first = 0
-    increments = []
-    accuracies = {'seen_classes_top1': [], 'seen_classes_top5': []}
-    summary_path = os.path.join(args.save_dir, 'summary.json')
-    if args.resume:
-        done = last_finished_increment(args.save_dir, plan)
-        if done >= 0:
-            name = increment_name(plan[done])
-            slda.load_model(args.save_dir, f'slda_model_weights_{name}')
-            accuracies = load_json(os.path.join(args.save_dir, f'accuracies_{name}.json'))
-            if os.path.exists(summary_path):
-                increments = load_json(summary_path)['increments'][:done + 1]
-            first = done + 1
-            print(f'resuming after increment {done + 1}/{len(plan)} ({plan[done]} classes seen)')
 
-    def new_classes(i):
-        return order[plan[i - 1] if i else 0:plan[i]].tolist()
+def fit_and_evaluate(slda, batch, following, train, test, device):
+    """Fit one batch of the plan, evaluate on its test images and start reading the following batch's cached
+    features; returns (the batch's summary row, test probabilities)."""
+    tick = time.perf_counter()
+    X, y = train.take(batch.train_indices)
+    extract_seconds = time.perf_counter() - tick
+    if following:
+        train.prefetch(following.train_indices)
+    tick = time.perf_counter()
+    X, y = X.to(device), y.to(device)
+    if batch.base_init:
+        slda.fit_base(X, y)
+    else:
+        slda.fit(X, y)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    fit_seconds = time.perf_counter() - tick
 
-    def seen_classes(i):
-        return order[:plan[i]].tolist()
+    tick = time.perf_counter()
+    X_test, y_test = test.take(batch.test_indices)
+    extract_seconds += time.perf_counter() - tick
+    if following:
+        test.prefetch(following.test_indices)
+    tick = time.perf_counter()
+    probabilities = slda.predict(X_test, return_probas=True)
+    top1, top5 = topk_accuracy(probabilities, y_test)
+    eval_seconds = time.perf_counter() - tick
+    row = {'classes_seen': batch.classes_seen, 'train_images': len(y), 'test_images': len(y_test),
+           'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),
+           'fit_seconds': round(fit_seconds, 3), 'eval_seconds': round(eval_seconds, 3)}
+    return row, probabilities
 
-    def prefetch(store, classes, i):
-        """Read increment i's cached features of ``store`` on the file thread; each store starts on increment
-        i + 1 once increment i has taken its own."""
-        if i < len(plan):
-            store.prefetch(classes(i))
 
-    prepare_seconds = time.perf_counter() - started
+def run(args):
+    started = time.perf_counter()
+    check_inputs(args)
+    splits = list_splits(args)
+    order, order_source = class_order(args, splits)
+    plan = make_plan(args, splits, order)
+    offline = read_offline_accuracies(args.offline_accuracies, len(plan))
+    files = BackgroundFiles()
+    folder = ResultsFolder(args.save_dir, files)
+    folder.claim(vars(args), args.resume)
+    device = torch.device(args.device)
     try:
-        prefetch(train_store, new_classes, first)
-        prefetch(test_store, seen_classes, first)
-        for i in range(first, len(plan)):
+        train, test, extractor, feature_dim = build_readers(args, splits, plan, device, files)
+        folder.save_config(describe_run(args, order, order_source, extractor, feature_dim, device), splits, order)
+        print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
+              f'images; streaming {plan[-1].classes_seen} classes as {[b.classes_seen for b in plan]}; class order '
+              f'{order_source}')
+        print(f'{args.arch} {args.extract_layer}: {feature_dim}-d features on {device} '
+              f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
+        slda = StreamingLDA(feature_dim, splits.num_classes, shrinkage_param=args.shrinkage,
+                            streaming_update_sigma=args.streaming_update_sigma, device=device,
+                            dtype=getattr(torch, args.slda_dtype), mask_unseen_classes=args.mask_unseen_classes)
+        first = folder.resume(plan, slda) if args.resume else 0
+        if first:
+            print(f'resuming after increment {first}/{len(plan)} ({plan[first - 1].classes_seen} classes seen)')
+        summary = functools.partial(make_summary, offline=offline, readers=(train, test), started=started,
+                                    prepare_seconds=time.perf_counter() - started)
+        if first < len(plan):
+            train.prefetch(plan[first].train_indices)
+            test.prefetch(plan[first].test_indices)
+        for batch, following in zip(plan[first:], plan[first + 1:] + [None]):
             crash_point('increment_start')
-            tick = time.perf_counter()
-            X, indices = train_store.get(new_classes(i))
-            y = torch.from_numpy(splits.train.labels[indices.numpy()])
-            extract_seconds = time.perf_counter() - tick
-            prefetch(train_store, new_classes, i + 1)
-            if args.shuffle_data:
-                permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed * 100_003 + i))
-                X, y = X[permutation], y[permutation]
-            tick = time.perf_counter()
-            X, y = X.to(device), y.to(device)
-            if i == 0 and args.base_init_classes:
-                slda.fit_base(X, y)
-            else:
-                slda.fit(X, y)
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-            fit_seconds = time.perf_counter() - tick
-
-            tick = time.perf_counter()
-            X_test, test_indices = test_store.get(seen_classes(i))
-            extract_seconds += time.perf_counter() - tick
-            prefetch(test_store, seen_classes, i + 1)
-            tick = time.perf_counter()
-            probabilities = slda.predict(X_test, return_probas=True)
-            top1, top5 = topk_accuracy(probabilities, splits.test.labels[test_indices.numpy()])
-            eval_seconds = time.perf_counter() - tick
-            accuracies = {'seen_classes_top1': accuracies['seen_classes_top1'] + [top1],
-                          'seen_classes_top5': accuracies['seen_classes_top5'] + [top5]}
-            increments.append({'classes_seen': plan[i], 'train_images': len(y), 'test_images': len(test_indices),
-                               'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),
-                               'fit_seconds': round(fit_seconds, 3), 'eval_seconds': round(eval_seconds, 3)})
-
-            # Written on the file thread, in this order, while the next increment computes; the model file
-            # comes last and marks the increment finished (a failed write stops the ones after it).
-            name = increment_name(plan[i])
-            if args.save_preds == 'every' or (args.save_preds == 'final' and i == len(plan) - 1):
-                files.write(save_tensor, os.path.join(args.save_dir, f'preds_{name}.pt'), probabilities)
-            files.write(save_json, os.path.join(args.save_dir, f'accuracies_{name}.json'), accuracies)
-            files.write(save_json, summary_path, make_summary(increments, offline, train_store, test_store,
-                                                               started, prepare_seconds, finished=False))
-            files.write(save_tensor, os.path.join(args.save_dir, f'slda_model_weights_{name}.pth'),
-                        slda.checkpoint())
-            print(f'[{i + 1}/{len(plan)}] {plan[i]:5d} classes seen | +{len(y)} train images | '
-                  f'top-1 {top1:.4f} top-5 {top5:.4f} | extract {extract_seconds:.1f}s fit {fit_seconds:.2f}s '
-                  f'eval {eval_seconds:.2f}s', flush=True)
-
-        files.write(save_tensor, os.path.join(args.save_dir, 'slda_model_weights_final.pth'), slda.checkpoint())
-        summary = make_summary(increments, offline, train_store, test_store, started, prepare_seconds,
-                               finished=True)
-        files.write(save_json, summary_path, summary)
-        files.finish()
+            row, probabilities = fit_and_evaluate(slda, batch, following, train, test, device)
+            save_preds = args.save_preds == 'every' or (args.save_preds == 'final' and following is None)
+            folder.record(batch, row, probabilities, slda.checkpoint(), save_preds, summary)
+            print(f'[{batch.number}/{len(plan)}] {batch.classes_seen:5d} classes seen | +{row["train_images"]} train '
+                  f'images | top-1 {row["top1"]:.4f} top-5 {row["top5"]:.4f} | extract {row["extract_seconds"]:.1f}s '
+                  f'fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s', flush=True)
+        summary = folder.finish(slda.checkpoint(), summary)
     finally:
         files.close()
     omega_text = ''
     if summary['omega_all']:
         omega_text = f'; Omega_all top-1 {summary["omega_all"]["top1"]:.3f}, top-5 {summary["omega_all"]["top5"]:.3f}'
-    print(f'final top-1 {summary["final_top1"]:.4f}, top-5 {summary["final_top5"]:.4f} on {plan[-1]} classes'
-          f'{omega_text}; results in {args.save_dir}')
+    print(f'final top-1 {summary["final_top1"]:.4f}, top-5 {summary["final_top5"]:.4f} on {plan[-1].classes_seen} '
+          f'classes{omega_text}; results in {args.save_dir}')
     return summary
-
-
-def read_offline_accuracies(path, num_increments):
-    """{"top1": [...], "top5": [...]}, one accuracy in (0, 1] per increment, or None without a file."""
-    if path is None:
-        return None
-    if not os.path.isfile(path):
-        raise UserError(f'--offline_accuracies {path} not found')
-    offline = load_json(path)
-    for key in ('top1', 'top5'):
-        values = offline.get(key) if isinstance(offline, dict) else None
-        if not isinstance(values, list) or len(values) != num_increments or \
-                not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in values):
-            raise UserError(f'--offline_accuracies {path}: "{key}" must list {num_increments} accuracies in '
-                            f'(0, 1], one per increment')
-    return offline
-
-
-def omega(increments, offline):
-    """Omega_all of Hayes et al.: the mean over increments so far of our accuracy / the offline model's."""
-    if offline is None or not increments:
-        return None
-    return {key: sum(row[key] / offline[key][i] for i, row in enumerate(increments)) / len(increments)
-            for key in ('top1', 'top5')}
-
-
-def make_summary(increments, offline, train_store, test_store, started, prepare_seconds, finished):
-    extract = sum(row['extract_seconds'] for row in increments)
-    images = train_store.images_extracted + test_store.images_extracted
-    return {
-        'finished': finished,
-        'increments': list(increments),
-        'final_top1': increments[-1]['top1'] if increments else None,
-        'final_top5': increments[-1]['top5'] if increments else None,
-        'omega_all': omega(increments, offline),
-        'seconds': {'prepare': round(prepare_seconds, 3), 'extract': round(extract, 3),
-                    'fit': round(sum(row['fit_seconds'] for row in increments), 3),
-                    'evaluate': round(sum(row['eval_seconds'] for row in increments), 3),
-                    'total_this_process': round(time.perf_counter() - started, 3)},
-        'images_extracted_this_process': images,
-        'images_per_second': round(images / extract, 1) if extract > 0 and images else None,
-        'skipped_images': train_store.skipped + test_store.skipped,
-    }
 
 
 def main(argv=None):
@@ -429,6 +337,12 @@ def main(argv=None):
         args = parse_args(argv)
         run(args)
     except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except BadImageError as e:
+        print(f'error: {e}; fix or remove it, or pass --skip_bad_images', file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

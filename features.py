@@ -1,6 +1,6 @@
-"""The frozen feature extractor (any torchvision classifier, any layer, spatially mean-pooled) and the
-feature store that computes each image's features once: in memory for a run, on disk with --feature_cache
-across runs."""
+"""Features of images: the frozen extractor (any torchvision classifier, any layer, spatially mean-pooled),
+``Extraction``, which runs a split's images through it class by class, and ``FeatureReader``, which serves a
+split's features computing each class's once: kept in memory for a run, or in a ``FeatureCache`` across runs."""
 import hashlib
 import json
 import os
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from data import imagenet_normalize
 from retrieve_any_layer import ModelWrapper
-from utils import UserError, crash_point, safe_torch_load, save_tensor
+from utils import crash_point, safe_torch_load
 
 CHECKPOINT_PREFIXES = ('module.', 'model.')
 
@@ -48,7 +48,7 @@ def load_checkpoint_into(model, path):
                 state = checkpoint[key]
                 break
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f'{path} holds no state dict (looked at the top level, "state_dict" and "model_state")')
+        raise ValueError(f'{path} holds no state dict (looked at the top level, "state_dict" and "model_state")')
     cleaned = {}
     for key, value in state.items():
         while key.startswith(CHECKPOINT_PREFIXES):
@@ -57,9 +57,9 @@ def load_checkpoint_into(model, path):
     own = model.state_dict()
     matched = {k: v for k, v in cleaned.items() if k in own and torch.is_tensor(v) and v.shape == own[k].shape}
     if not matched:
-        raise UserError(f'no tensor of {path} matches the {type(model).__name__} being built '
-                        f'(checkpoint keys start {list(cleaned)[:3]}, model keys start {list(own)[:3]}); '
-                        f'check --arch')
+        raise ValueError(f'no tensor of {path} matches the {type(model).__name__} being built '
+                         f'(checkpoint keys start {list(cleaned)[:3]}, model keys start {list(own)[:3]}); '
+                         f'check the architecture')
     model.load_state_dict(matched, strict=False)
     wrong_shape = sorted(k for k in cleaned if k in own and k not in matched)
     unexpected = sorted(k for k in cleaned if k not in own)
@@ -79,13 +79,13 @@ def cached_torchvision_weights(arch, weights_name):
         weights = weight_enum[weights_name] if weights_name != 'DEFAULT' else weight_enum.DEFAULT
     except (KeyError, ValueError):
         names = ', '.join(w.name for w in torchvision.models.get_model_weights(arch))
-        raise UserError(f'--weights {weights_name} is not a weight set of {arch} (known: {names}, DEFAULT)') \
+        raise ValueError(f'weights {weights_name} is not a weight set of {arch} (known: {names}, DEFAULT)') \
             from None
     path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
     if not os.path.isfile(path):
-        raise UserError(f'pretrained weights {arch} {weights.name} are not in the local torch cache: expected '
-                        f'{path}. This program never downloads; fetch {weights.url} on a machine with '
-                        f'internet access, copy it there (or set TORCH_HOME), or pass --base_init_ckpt')
+        raise FileNotFoundError(f'pretrained weights {arch} {weights.name} are not in the local torch cache: '
+                                f'expected {path}. This program never downloads; fetch {weights.url} on a machine '
+                                f'with internet access and copy it there (or set TORCH_HOME), or give a checkpoint')
     return path
 
 
@@ -101,7 +101,7 @@ class FeatureExtractor:
     def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
                  amp=True, input_size=224, seed=0):
         if weights and checkpoint:
-            raise UserError('give either --weights or --base_init_ckpt, not both')
+            raise ValueError('give either weights or checkpoint, not both')
         self.arch, self.layer, self.weights, self.checkpoint = arch, layer, weights, checkpoint
         self.input_size, self.seed = input_size, seed
         self.device = torch.device(device)
@@ -110,6 +110,8 @@ class FeatureExtractor:
         self.dim = None
         not_loaded = 'loaded only when a feature is missing from the cache'
         if checkpoint:
+            if not os.path.isfile(checkpoint):
+                raise FileNotFoundError(f'checkpoint {checkpoint} not found')
             weights_identity = 'checkpoint sha256 ' + file_sha256(checkpoint)
             self.weights_report = f'checkpoint {checkpoint}, {not_loaded}'
         elif weights:
@@ -131,8 +133,8 @@ class FeatureExtractor:
             return self
         import torchvision
         if self.arch not in torchvision.models.list_models(module=torchvision.models):
-            raise UserError(f'--arch {self.arch} is not a torchvision classification model '
-                            f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
+            raise ValueError(f'arch {self.arch} is not a torchvision classification model '
+                             f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = torchvision.models.get_model(self.arch, weights=None)
@@ -162,14 +164,13 @@ class FeatureExtractor:
         if output.dim() == 4:
             output = output.mean(dim=(2, 3))
         elif output.dim() != 2:
-            raise UserError(f'layer output has shape {tuple(output.shape)}; only (B, C, H, W), pooled over '
-                            f'H and W, and (B, C) are supported')
+            raise ValueError(f'layer output has shape {tuple(output.shape)}; only (B, C, H, W), pooled over '
+                             f'H and W, and (B, C) are supported')
         return output.float()
 
 
 class IndexSampler(Sampler):
-    """Yields whatever indices were set last, so one DataLoader (and its persistent workers) serves every
-    increment."""
+    """Yields whatever indices were set last, so one DataLoader (and its persistent workers) serves every call."""
 
     def __init__(self):
         self.indices = []
@@ -181,114 +182,149 @@ class IndexSampler(Sampler):
         return len(self.indices)
 
 
+class Extraction:
+    """Runs images of a split through ``extractor``, class by class, batch by batch.
+
+    Each split gets one DataLoader whose ``num_workers`` decoding processes persist across calls.
+    ``decoder``, when given, turns each batch from the loader into images on the network's device, and
+    ``collate_fn`` builds those batches (see device_decode.py).
+    """
+
+    def __init__(self, extractor, batch_size=256, num_workers=0, pin_memory=False, decoder=None, collate_fn=None,
+                 progress=True):
+        self.extractor = extractor
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.decoder = decoder
+        self.collate_fn = collate_fn
+        self.progress = progress
+        self.loaders = {}       # id(split) -> (sampler, loader)
+
+    def _loader(self, split):
+        if id(split) not in self.loaders:
+            sampler = IndexSampler()
+            self.loaders[id(split)] = sampler, DataLoader(
+                split, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, collate_fn=self.collate_fn)
+        return self.loaders[id(split)]
+
+    def classes(self, split, labels, description, report_bad):
+        """Yields (label, features (n, d) float32 on the CPU, dataset indices (n,), indices of unreadable images
+        (k,)) for each class of ``labels`` as soon as its last image is through the network. ``report_bad`` is
+        called with the indices of each batch's unreadable images, and may raise to stop."""
+        self.extractor.load()    # before the workers fork, so that they inherit torchvision
+        sampler, loader = self._loader(split)
+        wanted = np.isin(split.labels, labels)
+        sampler.indices = np.flatnonzero(wanted).tolist()
+        remaining = np.bincount(split.labels[wanted], minlength=split.labels.max() + 1)
+        pending = {label: ([], [], []) for label in labels}   # features, indices, unreadable images
+        bar = tqdm(total=len(sampler.indices), desc=f'extracting {description}', unit='img',
+                   disable=None if self.progress else True, file=sys.stderr, leave=False)
+        for images, indices, ok in loader:
+            crash_point('extract_batch')
+            if self.decoder is not None:
+                images, ok = self.decoder(images, ok)
+            report_bad(indices[~ok].tolist())
+            features = self.extractor(images if ok.all() else images[ok]).cpu()
+            if not torch.isfinite(features).all():
+                raise ValueError(f'the network produced NaN or infinite features for the batch starting at '
+                                 f'image {split.describe(int(indices[0]))}')
+            good_indices = indices[ok]
+            batch_labels = torch.from_numpy(split.labels[good_indices.numpy()])
+            for label in batch_labels.unique().tolist():
+                rows = batch_labels == label
+                pending[label][0].append(features[rows])
+                pending[label][1].append(good_indices[rows])
+            for index, good in zip(indices.tolist(), ok.tolist()):   # a class is complete after its last image
+                label = int(split.labels[index])
+                if not good:
+                    pending[label][2].append(index)
+                remaining[label] -= 1
+                if remaining[label] == 0:
+                    features_of_class, indices_of_class, unreadable = pending.pop(label)
+                    if not features_of_class:
+                        raise ValueError(f'every image of class {label} in {description} is unreadable')
+                    yield (label, torch.cat(features_of_class), torch.cat(indices_of_class),
+                           torch.tensor(unreadable, dtype=torch.int64))
+            bar.update(len(indices))
+        bar.close()
+
+
+class BadImageError(ValueError):
+    """An image that cannot be read, met while bad images are not to be skipped; ``path`` names it."""
+
+    def __init__(self, path):
+        super().__init__(f'cannot read image {path} (not a readable image or truncated)')
+        self.path = path
+
+
 def join_classes(classes):
     """[(features, indices) of one class, ...] -> (all features, all indices), in that order."""
     return torch.cat([features for features, _ in classes]), torch.cat([indices for _, indices in classes])
 
 
-class FeatureStore:
-    """Features of whole classes of one split, each class extracted once.
+class FeatureReader:
+    """The features of one split's images, each class computed once.
 
-    ``decoder``, when given, turns each batch from the loader into images (see device_decode.py).
-    Without a cache directory, classes are kept in memory when ``keep`` is set (test images are scored at
-    every increment). With one, each class is a file ``<cache>/<key>/<split>/class_XXXXX.pt`` written
-    atomically as soon as its last image is extracted, holding float16 (or float32) features, the images'
-    dataset indices and fingerprints of the class's files; a file whose fingerprint no longer matches is
-    recomputed. Cached features are always returned as stored (rounded to the cache's precision), so a
-    run gives the same numbers whether a class was just extracted or read back.
+    A class comes from memory (with ``keep``, as test images are scored after every batch), from ``cache`` (a
+    FeatureCache) when it holds the class unchanged, or else from ``extraction``, and then goes to the cache.
+    With ``files`` (a utils.BackgroundFiles), cache files are written on its thread and ``prefetch`` reads a
+    coming batch's cached classes there, joined into one tensor, while the caller computes.
 
-    ``cache_check`` says how a cached class is checked against its files: ``sizes`` (names and sizes) or
-    ``listing`` (names and folder modification times, no stat per file); see ``class_fingerprint``. With
-    ``files`` (a utils.BackgroundFiles), ``prefetch`` reads cached classes and joins them into what ``get``
-    returns on its thread while the caller computes, and cache files are written there.
+    An unreadable image raises ``BadImageError`` unless ``skip_bad_images``; then it is left out and listed in
+    ``skipped`` (also when its class comes from the cache, as if just extracted).
     """
 
-    def __init__(self, split, split_name, extractor, batch_size, num_workers, pin_memory, cache_dir=None,
-                 cache_key='', cache_dtype=torch.float16, keep=False, skip_bad_images=False, progress=True,
-                 decoder=None, collate_fn=None, files=None, cache_check='sizes'):
+    def __init__(self, split, split_name, extraction=None, cache=None, keep=False, files=None,
+                 skip_bad_images=False):
         self.split = split
         self.split_name = split_name
-        self.extractor = extractor
+        self.extraction = extraction
+        self.cache = cache
         self.keep = keep
-        self.skip_bad_images = skip_bad_images
-        self.progress = progress
-        self.cache_dtype = cache_dtype
-        self.decoder = decoder
         self.files = files
-        self.check_sizes = {'sizes': True, 'listing': False}[cache_check]
-        self.reading = None         # (labels, future of _read_and_join) from prefetch
+        self.skip_bad_images = skip_bad_images
         self.memory = {}
+        self.reading = None         # (labels, future of _read_and_join) from prefetch
         self.skipped = []
         self.images_extracted = 0
-        self.cache_dir = None
-        if cache_dir:
-            self.cache_dir = os.path.join(cache_dir, cache_key, split_name)
-            os.makedirs(self.cache_dir, exist_ok=True)
-        self.sampler = IndexSampler()
-        self.loader = DataLoader(split, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                                 collate_fn=collate_fn)
 
-    def _class_path(self, label):
-        return os.path.join(self.cache_dir, f'class_{label:05d}.pt')
+    def classes_of(self, indices):
+        """The sorted distinct labels of images ``indices``."""
+        return np.unique(self.split.labels[np.asarray(indices)]).tolist()
 
-    def _read_cached(self, label):
-        path = self._class_path(label)
-        if not os.path.exists(path):
-            return None
-        try:
-            entry = safe_torch_load(path, mmap=True)    # cache files are written by renaming a finished file
-        except UserError:
-            return None      # unreadable or unsafe: extract the class again and replace the file
-        stored = entry.get('fingerprint' if self.check_sizes else 'listing_fingerprint') \
-            if isinstance(entry, dict) else None
-        if stored != self.split.class_fingerprint(label, sizes=self.check_sizes):
-            return None
-        return entry['features'], entry['indices'], entry['skipped'].tolist()
+    def take(self, indices):
+        """Features (n, d) on the CPU and labels (n,) int64 of images ``indices`` (dataset indices), in that
+        order, unreadable images skipped. Features are float32, or the cache's precision with a cache."""
+        features, present = self.read_classes(self.classes_of(indices))
+        requested = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        if not torch.equal(present, requested):
+            rows = torch.searchsorted(present, requested).clamp(max=max(len(present) - 1, 0))
+            rows = rows[present[rows] == requested]        # images skipped as unreadable have no row
+            features, present = features[rows], present[rows]
+        return features, torch.from_numpy(self.split.labels[present.numpy()])
 
-    def _report_bad(self, bad_indices):
-        if bad_indices and not self.skip_bad_images:
-            raise UserError(f'cannot read image {self.split.describe(bad_indices[0])} (not a readable image or '
-                            f'truncated); fix or remove it, or pass --skip_bad_images')
-        self.skipped.extend(self.split.describe(i) for i in bad_indices)
-
-    def _finish_class(self, label, features, indices, skipped):
-        if self.cache_dir:
-            features = features.to(self.cache_dtype)
-            entry = {'features': features, 'indices': indices, 'skipped': skipped,
-                     'fingerprint': self.split.class_fingerprint(label, sizes=True),
-                     'listing_fingerprint': self.split.class_fingerprint(label, sizes=False)}
-            if self.files:
-                self.files.write(save_tensor, self._class_path(label), entry)
-            else:
-                save_tensor(self._class_path(label), entry)
-        if self.keep:
-            self.memory[label] = (features, indices)
-        return features, indices
-
-    def prefetch(self, labels):
-        """Start reading the cached classes of ``labels`` and joining them with those kept in memory, on the
-        file thread while the caller computes; ``get(labels)`` collects the result. A prefetch not yet
-        collected is dropped by the next one."""
-        if self.cache_dir and self.files:
-            labels = sorted(labels)
+    def prefetch(self, indices):
+        """Start reading the cached classes of images ``indices`` and joining them with those kept in memory, on
+        the file thread; the ``take`` of the same classes collects it. A prefetch not yet collected is dropped
+        by the next one."""
+        if self.cache and self.files:
+            labels = self.classes_of(indices)
             kept = {label: self.memory[label] for label in labels if label in self.memory}
             self.reading = (labels, self.files.read(self._read_and_join, labels, kept))
 
     def _read_and_join(self, labels, kept):
-        """({label: _read_cached(label)} for the ``labels`` not in ``kept``, joined): joined is what ``get``
+        """({label: cache entry} for the ``labels`` not in ``kept``, joined): joined is what ``read_classes``
         returns, or None when the cache lacks one of the classes."""
-        read = {label: self._read_cached(label) for label in labels if label not in kept}
+        read = {label: self.cache.read(self.split, self.split_name, label) for label in labels if label not in kept}
         if None in read.values():
             return read, None
         return read, join_classes([kept[label] if label in kept else read[label][:2] for label in labels])
 
-    def get(self, labels):
-        """Features (n, d) on the CPU and dataset indices (n,) of all images of ``labels``, in dataset order.
-
-        Features are float32, or the cache's precision when there is a cache (StreamingLDA converts them a
-        pass at a time)."""
-        labels = sorted(labels)
+    def read_classes(self, labels):
+        """Features (n, d) and dataset indices (n,) of every readable image of classes ``labels`` (sorted), in
+        dataset order."""
         read, joined = {}, None
         if self.reading is not None:
             (prefetched, future), self.reading = self.reading, None
@@ -299,13 +335,11 @@ class FeatureStore:
             if label in self.memory:
                 found[label] = self.memory[label]
                 continue
-            if label in read:
-                entry = read[label]
-            else:
-                entry = self._read_cached(label) if self.cache_dir else None
+            entry = read[label] if label in read else \
+                self.cache.read(self.split, self.split_name, label) if self.cache else None
             if entry is not None:
                 features, indices, skipped = entry
-                self._report_bad(skipped)     # as if the class had just been extracted
+                self._report_bad(skipped)
                 found[label] = (features, indices)
                 if self.keep:
                     self.memory[label] = found[label]
@@ -316,66 +350,26 @@ class FeatureStore:
             found.update(self._extract(missing))
         return join_classes([found[label] for label in labels])
 
-    def cached_feature_dim(self, labels):
-        """The cache's feature size when it holds a file for each of ``labels`` (not yet checked against the
-        image files), else None."""
-        if not self.cache_dir:
-            return None
-        present = set(os.listdir(self.cache_dir))
-        if not all(os.path.basename(self._class_path(label)) in present for label in labels):
-            return None
-        try:
-            entry = safe_torch_load(self._class_path(labels[0]), mmap=True)
-        except UserError:
-            return None
-        features = entry.get('features') if isinstance(entry, dict) else None
-        return features.shape[1] if torch.is_tensor(features) and features.dim() == 2 else None
+    def feature_dim(self, labels):
+        """The cached feature size when the cache holds every class of ``labels``, else None."""
+        return self.cache.feature_dim(self.split_name, labels) if self.cache else None
+
+    def _report_bad(self, bad_indices):
+        if bad_indices and not self.skip_bad_images:
+            raise BadImageError(self.split.describe(bad_indices[0]))
+        self.skipped.extend(self.split.describe(i) for i in bad_indices)
 
     def _extract(self, labels):
         if self.files:
             self.files.wait()    # no file work in flight while the DataLoader forks its workers
-        self.extractor.load()    # before the workers fork, so that they inherit torchvision
-        wanted = np.isin(self.split.labels, labels)
-        self.sampler.indices = np.flatnonzero(wanted).tolist()
-        per_class_count = np.bincount(self.split.labels[wanted], minlength=self.split.labels.max() + 1)
-        pending = {label: ([], [], []) for label in labels}   # features, indices, unreadable images
         done = {}
-        bar = tqdm(total=len(self.sampler.indices), desc=f'extracting {self.split_name}', unit='img',
-                   disable=None if self.progress else True, file=sys.stderr, leave=False)
-        for images, indices, ok in self.loader:
-            crash_point('extract_batch')
-            if self.decoder is not None:
-                images, ok = self.decoder(images, ok)
-            self._report_bad(indices[~ok].tolist())
-            features = self.extractor(images if ok.all() else images[ok]).cpu()
-            if not torch.isfinite(features).all():
-                raise UserError(f'the network produced NaN or infinite features for the batch starting at '
-                                f'image {self.split.describe(int(indices[0]))}')
-            self.images_extracted += int(ok.sum())
-            good_indices = indices[ok]
-            batch_labels = torch.from_numpy(self.split.labels[good_indices.numpy()])
-            for label in batch_labels.unique().tolist():
-                rows = batch_labels == label
-                pending[label][0].append(features[rows])
-                pending[label][1].append(good_indices[rows])
-            for index, good in zip(indices.tolist(), ok.tolist()):   # a class is complete after its last image
-                label = int(self.split.labels[index])
-                if not good:
-                    pending[label][2].append(index)
-                per_class_count[label] -= 1
-                if per_class_count[label] == 0:
-                    feats, idx, skipped = pending.pop(label)
-                    if not feats:
-                        raise UserError(f'every image of class {label} in {self.split_name} is unreadable')
-                    done[label] = self._finish_class(label, torch.cat(feats), torch.cat(idx),
-                                                     torch.tensor(skipped, dtype=torch.int64))
-            bar.update(len(indices))
-        bar.close()
+        for label, features, indices, unreadable in self.extraction.classes(self.split, labels, self.split_name,
+                                                                            self._report_bad):
+            self.images_extracted += len(indices)
+            if self.cache:
+                features = self.cache.write(self.split, self.split_name, label, features, indices, unreadable,
+                                            self.files)
+            if self.keep:
+                self.memory[label] = (features, indices)
+            done[label] = (features, indices)
         return done
-
-
-def cache_key(extractor, splits, cache_dtype):
-    """A short hash of everything besides the image files that changes cached features."""
-    text = json.dumps({'extractor': extractor.identity, 'dataset': splits.name,
-                       'transform': splits.transform_description, 'dtype': str(cache_dtype)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

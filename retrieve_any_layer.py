@@ -3,8 +3,6 @@ import difflib
 
 from torch import nn
 
-from utils import UserError
-
 
 class ModelWrapper(nn.Module):
     """Wraps ``model`` so that ``forward`` returns the outputs of the layers named in ``output_layer_names``.
@@ -30,7 +28,7 @@ class ModelWrapper(nn.Module):
                 nearest = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
                 hint = f'nearest: {", ".join(nearest)}' if nearest else \
                     f'valid names include: {", ".join(n for n in list(modules)[1:9])}, ...'
-                raise UserError(f'unknown layer name {name!r} for {type(model).__name__} ({hint})')
+                raise ValueError(f'unknown layer name {name!r} for {type(model).__name__} ({hint})')
         self._outputs = {}
         self._handles = [modules[name].register_forward_hook(self._saver(name))
                          for name in self.output_layer_names]

@@ -262,7 +262,8 @@ class StreamingLDA(nn.Module):
         else:
             if not self._warned_not_pd:
                 warnings.warn('the shrunk covariance is not positive definite (Cholesky failed at column '
-                              f'{int(info)}); using a pseudo-inverse instead. A larger --shrinkage avoids this.',
+                              f'{int(info)}); using a pseudo-inverse instead. A larger shrinkage_param avoids '
+                              'this.',
                               RuntimeWarning, stacklevel=3)
                 self._warned_not_pd = True
             W = torch.linalg.pinv(shrunk, hermitian=True) @ M

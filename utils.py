@@ -11,7 +11,8 @@ import torch
 
 
 class UserError(Exception):
-    """A problem with the user's input or environment; the driver prints it without a traceback."""
+    """A problem with the command line or the results folder, raised by the driver (experiment.py, results.py)
+    and printed without a traceback. Library modules raise ValueError, TypeError or FileNotFoundError."""
 
 
 def crash_point(name):
@@ -126,7 +127,7 @@ def load_json(path):
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise UserError(f'{path} is not valid JSON ({e})') from None
+        raise ValueError(f'{path} is not valid JSON ({e})') from None
 
 
 def safe_torch_load(path, mmap=False):
@@ -135,15 +136,15 @@ def safe_torch_load(path, mmap=False):
     With ``mmap``, tensors map the file instead of being read into memory (a third of the time for a 1 MB
     file); only for files that are replaced by renaming, never rewritten in place."""
     if not os.path.isfile(path):
-        raise UserError(f'file not found: {path}')
+        raise FileNotFoundError(f'file not found: {path}')
     try:
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise UserError(f'refusing to load {path}: it holds objects other than tensors and plain data, and '
-                        f'loading it could run code ({first_line}). Re-save it as a plain state dict.') from None
+        raise ValueError(f'refusing to load {path}: it holds objects other than tensors and plain data, and '
+                         f'loading it could run code ({first_line}). Re-save it as a plain state dict.') from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f'could not read {path} as a PyTorch file: {e}') from None
+        raise ValueError(f'could not read {path} as a PyTorch file: {e}') from None
 
 
 def topk_accuracy(scores, labels, ks=(1, 5)):

@@ -28,9 +28,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
 import experiment  # noqa: E402
-from features import FeatureStore, cache_key  # noqa: E402
+from feature_cache import FeatureCache, cache_key  # noqa: E402
+from features import FeatureReader  # noqa: E402
 from slda_model import StreamingLDA  # noqa: E402
 from utils import topk_accuracy  # noqa: E402
 
@@ -45,16 +45,16 @@ def make_empty_tree(images_dir, classes, per_split):
                 os.close(os.open(os.path.join(folder, f'n{k:08d}_{j}.JPEG'), os.O_CREAT | os.O_WRONLY, 0o644))
 
 
-def cache_stores(argv):
-    """What experiment.py builds for ``argv``: its arguments, splits, network and the two feature stores."""
+def cached_splits(argv):
+    """What experiment.py builds for ``argv``: its arguments, splits, plan, network and feature cache."""
     args = experiment.parse_args(argv)
-    splits = experiment.build_splits(args)
+    splits = experiment.list_splits(args)
+    plan = experiment.make_plan(args, splits, np.arange(splits.num_classes))
     extractor = experiment.build_extractor(args, torch.device(args.device)).load()
     dtype = getattr(torch, args.cache_dtype)
-    options = dict(extractor=extractor, batch_size=1, num_workers=0, pin_memory=False, progress=False,
-                   cache_dir=args.feature_cache, cache_key=cache_key(extractor, splits, dtype), cache_dtype=dtype)
-    stores = FeatureStore(splits.train, 'train', **options), FeatureStore(splits.test, args.test_split, **options)
-    return args, splits, extractor, stores
+    cache = FeatureCache(args.feature_cache, cache_key(extractor.identity, splits.name, splits.transform_description,
+                                                       dtype), dtype)
+    return args, splits, plan, extractor, cache
 
 
 def fill_cache(argv, dim, seed=0):
@@ -62,34 +62,30 @@ def fill_cache(argv, dim, seed=0):
 
     Features are Gaussian clusters: class means N(0, 1), within-class noise N(0, 0.5^2) per dimension.
     """
-    args, splits, extractor, stores = cache_stores(argv)
+    args, splits, _, extractor, cache = cached_splits(argv)
     if extractor.dim != dim:
         raise SystemExit(f'{args.arch} {args.extract_layer} gives {extractor.dim}-d features, not {dim}')
     generator = torch.Generator().manual_seed(seed)
     means = torch.randn(splits.num_classes, dim, generator=generator)
-    for store in stores:
+    for split, split_name in ((splits.train, 'train'), (splits.test, args.test_split)):
         for label in range(splits.num_classes):
-            indices = torch.from_numpy(np.flatnonzero(store.split.labels == label))
+            indices = torch.from_numpy(np.flatnonzero(split.labels == label))
             features = means[label] + 0.5 * torch.randn(len(indices), dim, generator=generator)
-            store._finish_class(label, features, indices, torch.zeros(0, dtype=torch.int64))
+            cache.write(split, split_name, label, features, indices, torch.zeros(0, dtype=torch.int64))
 
 
 def slda_alone(argv):
     """Seconds the rerun's SLDA work takes by itself: the same features and calls, all already in memory."""
-    args, splits, extractor, (train, test) = cache_stores(argv)
-    plan = data.plan_increments(splits.num_classes, args.class_increment, args.class_increment)
-    increments = []
-    for i, seen in enumerate(plan):
-        X, indices = train.get(list(range(plan[i - 1] if i else 0, seen)))
-        X_test, test_indices = test.get(list(range(seen)))
-        increments.append((X, torch.from_numpy(splits.train.labels[indices.numpy()]), X_test,
-                           splits.test.labels[test_indices.numpy()]))
+    args, splits, plan, extractor, cache = cached_splits(argv)
+    train = FeatureReader(splits.train, 'train', cache=cache)
+    test = FeatureReader(splits.test, args.test_split, cache=cache, keep=True)
+    batches = [(batch.base_init, *train.take(batch.train_indices), *test.take(batch.test_indices)) for batch in plan]
     device = torch.device(args.device)
     model = StreamingLDA(extractor.dim, splits.num_classes, device=device)
     tick = time.perf_counter()
-    for i, (X, y, X_test, y_test) in enumerate(increments):
+    for base_init, X, y, X_test, y_test in batches:
         X, y = X.to(device), y.to(device)
-        if i == 0:
+        if base_init:
             model.fit_base(X, y)
         else:
             model.fit(X, y)

@@ -31,8 +31,9 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import experiment  # noqa: E402
+import protocol  # noqa: E402
 from bench_slda import original_update  # noqa: E402
-from features import FeatureExtractor, FeatureStore  # noqa: E402
+from features import Extraction, FeatureExtractor, FeatureReader  # noqa: E402
 from slda_model import StreamingLDA  # noqa: E402
 
 
@@ -62,20 +63,20 @@ def original_way(args, images_dir, device):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         extractor = FeatureExtractor(device=device, amp=False, input_size=args.image_size).load()
-    options = dict(extractor=extractor, batch_size=args.batch_size, num_workers=args.workers,
-                   pin_memory=device.type == 'cuda', keep=False, progress=False)
-    train, test = FeatureStore(splits.train, 'train', **options), FeatureStore(splits.test, 'val', **options)
+    extraction = Extraction(extractor, args.batch_size, args.workers, pin_memory=device.type == 'cuda',
+                            progress=False)
+    train, test = FeatureReader(splits.train, 'train', extraction), FeatureReader(splits.test, 'val', extraction)
     model = StreamingLDA(extractor.dim, splits.num_classes, device=device)
     seconds = {'extract': 0.0, 'fit': 0.0, 'evaluate': 0.0}
-    plan = data.plan_increments(splits.num_classes, args.increment, args.increment)
+    plan = protocol.class_incremental(splits.train.labels, splits.test.labels, np.arange(splits.num_classes),
+                                      splits.num_classes, args.increment, args.increment)
     streamed = 0
-    for i, seen in enumerate(plan):
+    for batch in plan:
         tick = time.perf_counter()
-        X, indices = train.get(list(range(plan[i - 1] if i else 0, seen)))
-        y = torch.from_numpy(splits.train.labels[indices.numpy()])
+        X, y = train.take(batch.train_indices)
         seconds['extract'] += time.perf_counter() - tick
         tick = time.perf_counter()
-        if i == 0:
+        if batch.base_init:
             model.fit_base(X.to(device), y.to(device))
         else:
             t = int(model.num_updates)
@@ -85,7 +86,7 @@ def original_way(args, images_dir, device):
         synchronize(device)
         seconds['fit'] += time.perf_counter() - tick
         tick = time.perf_counter()
-        X_test, _ = test.get(list(range(seen)))
+        X_test, _ = test.take(batch.test_indices)        # not kept: extracted again every increment
         seconds['extract'] += time.perf_counter() - tick
         tick = time.perf_counter()
         model.predict(X_test, return_probas=True)

@@ -8,8 +8,8 @@ from PIL import Image
 
 import data
 import experiment
+from conftest import make_checkpoint
 from device_decode import BatchDecoder, EncodedImageList, collate_encoded, jpeg_is_complete
-from test_experiment import make_checkpoint
 
 
 def encode(image, fmt, **options):

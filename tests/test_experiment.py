@@ -1,30 +1,24 @@
 """The streaming experiment end to end: digits default, an ImageFolder stream with the original's label files,
 output files and formats, checkpoints, and bad input."""
+import glob
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-import experiment
-from conftest import STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS
+import data
+from conftest import (REPO, STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, age_folders, make_checkpoint,
+                      run)
 from features import FeatureExtractor
 from retrieve_any_layer import ModelWrapper
-from utils import UserError, topk_accuracy
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(argv, capsys=None):
-    code = experiment.main([str(a) for a in argv] + ['--no-progress'])
-    out = capsys.readouterr() if capsys else None
-    return code, out
+from slda_model import StreamingLDA
+from utils import topk_accuracy
 
 
 def increment_files(seen):
@@ -34,7 +28,9 @@ def increment_files(seen):
 
 def test_digits_reduced_configuration(tmp_path, capsys):
     save = tmp_path / 'out'
-    code, out = run(['--num_classes', 6, '--class_increment', 3, '--save_dir', save], capsys)
+    cache = tmp_path / 'cache'
+    code, out = run(['--num_classes', 6, '--class_increment', 3, '--save_dir', save, '--feature_cache', cache],
+                    capsys)
     assert code == 0, out.err
     expected = increment_files(3) | increment_files(6) | {
         'slda_model_weights_final.pth', 'config.json', 'summary.json',
@@ -49,7 +45,13 @@ def test_digits_reduced_configuration(tmp_path, capsys):
     test_labels = np.load(save / 'digits_val_labels.npy')
     seen_labels = np.flatnonzero(test_labels < 6)              # sorted class order: positions = labels
     assert probabilities.shape == (len(seen_labels), 10)
-    torch.testing.assert_close(probabilities.sum(1), torch.ones(len(seen_labels)))
+    # the probabilities are the saved final model's, on the test features the run read from its cache
+    test_features = torch.cat([torch.load(path, weights_only=True)['features'] for path in
+                               sorted(glob.glob(str(cache / '*' / 'val' / 'class_*.pt')))])
+    assert len(test_features) == len(seen_labels)
+    final = StreamingLDA(512, 10, device='cpu')
+    final.load_model(str(save), 'slda_model_weights_final')
+    assert torch.equal(final.predict(test_features, return_probas=True), probabilities)
     top1, top5 = topk_accuracy(probabilities, test_labels[seen_labels])
     assert accuracies['seen_classes_top1'][-1] == top1 and accuracies['seen_classes_top5'][-1] == top5
     assert top1 > 0.9
@@ -72,14 +74,6 @@ def test_digits_default_reaches_paper_like_accuracy(tmp_path, capsys):
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert [row['classes_seen'] for row in summary['increments']] == [2, 4, 6, 8, 10]
     assert summary['final_top1'] >= 0.93
-
-
-def make_checkpoint(path, prefix='module.', wrap='state_dict', num_classes=100, seed=3):
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=num_classes)
-    state = {prefix + k: v for k, v in model.state_dict().items()}
-    torch.save({wrap: state, 'epoch': 7}, path)
-    return model
 
 
 def test_imagefolder_stream_follows_label_files(tmp_path, image_folder, capsys):
@@ -150,7 +144,7 @@ def test_retrieve_any_layer_returns_named_outputs_and_removes_hooks():
     torch.testing.assert_close(layer4, expected)
     wrapper.remove_hooks()
     assert all(not m._forward_hooks for m in model.modules())
-    with pytest.raises(UserError, match=r"unknown layer name 'layer4.2' .*nearest: .*layer4\.1"):
+    with pytest.raises(ValueError, match=r"unknown layer name 'layer4.2' .*nearest: .*layer4\.1"):
         ModelWrapper(model, ['layer4.2'])
 
 
@@ -191,6 +185,7 @@ def test_bad_input_exits_with_clear_message(tmp_path, image_folder, capsys, case
     assert re.search(message, out.err), out.err
 
 
+@pytest.mark.slow
 def test_command_line_error_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, 'experiment.py'), '--dataset', 'imagefolder',
                              '--images_dir', str(tmp_path / 'missing'), '--save_dir', str(tmp_path / 'out')],
@@ -256,8 +251,6 @@ def test_omega_all_from_offline_accuracies(tmp_path, capsys):
 def test_uint8_pipeline_equals_torchvision_to_tensor_and_normalize():
     from PIL import Image
     from torchvision import transforms
-
-    import data
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
     reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                     transforms.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])(image)
@@ -277,6 +270,7 @@ def test_save_preds_and_float64_state(tmp_path, capsys, save_preds, expected):
     assert torch.load(save / 'slda_model_weights_final.pth', weights_only=True)['Sigma'].dtype == torch.float64
 
 
+@pytest.mark.slow
 def test_slda_imagenet_script_runs_both_covariances_sharing_the_cache(tmp_path, image_folder):
     root, labels = image_folder
     ckpt = tmp_path / 'base.pth'
@@ -294,7 +288,12 @@ def test_slda_imagenet_script_runs_both_covariances_sharing_the_cache(tmp_path, 
     assert plastic['arguments']['streaming_update_sigma'] is True
     assert plastic['class_order'] == np.argsort(STREAM_POSITION).tolist()
     assert fixed_summary['finished'] and fixed_summary['images_extracted_this_process'] == 0
-    assert os.listdir(tmp_path / 'results' / 'feature_cache')
+    cache = tmp_path / 'results' / 'feature_cache'
+    [key] = sorted(set(os.listdir(cache)) - {'listings'})
+    assert len(os.listdir(cache / 'listings')) == 1           # kept by the fixed run's --cache_check listing
+    for split in ('train', 'val'):
+        assert sorted(os.listdir(cache / key / split)) == \
+            [f'class_{k:05d}.pt' for k in range(len(SYNSETS))]
     unset = subprocess.run(['bash', os.path.join(REPO, 'slda_imagenet.sh')], capture_output=True, text=True,
                            env={k: v for k, v in os.environ.items() if k != 'IMAGENET_DIR'}, timeout=60)
     assert unset.returncode == 2 and 'IMAGENET_DIR is not set' in unset.stderr and 'usage:' in unset.stderr
@@ -323,8 +322,6 @@ def test_no_base_init_with_fixed_covariance_keeps_the_identity(tmp_path, capsys)
 
 def test_listing_matches_torchvision_image_folder_order(tmp_path):
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    import data
     root = tmp_path / 'split'
     layout = {'cat': ['b.JPEG', 'a.png', 'notes.txt', 'D.JPG', 'sub/z.jpeg', 'sub-x/y.jpeg', 'sub/deeper/w.jpeg',
                       'sub.d/v.JPEG'],
@@ -347,58 +344,59 @@ def test_listing_matches_torchvision_image_folder_order(tmp_path):
     assert ours == [path for path, _ in samples] and images.labels.tolist() == [label for _, label in samples]
     assert os.path.join(root, 'cat', 'link', 'linked.jpg') in ours and not any(p.endswith('.txt') for p in ours)
     (root / 'dog' / 'two\nlines.jpg').write_bytes(b'')
-    with pytest.raises(data.UserError, match=r"two\\nlines.jpg'.*line break.*rename"):
+    with pytest.raises(ValueError, match=r"two\\nlines.jpg'.*line break.*rename"):
         data.list_split(str(root), classes, {})
 
 
-def age_folders(root, seconds=3600):
-    """Give every folder below ``root`` a modification time ``seconds`` in the past."""
-    past = time.time() - seconds
-    for folder, _, _ in os.walk(root):
-        os.utime(folder, (past, past))
-
-
-def test_saved_listing_is_reused_only_while_every_folder_of_a_class_is_unchanged(tmp_path, monkeypatch):
-    import data
+def test_saved_listing_is_reused_only_while_every_folder_of_a_class_is_unchanged(tmp_path):
     root = tmp_path / 'train'
     for relative in ('a/1.jpg', 'a/2.jpg', 'a/sub/3.jpg', 'b/4.jpg', 'b/5.jpg'):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(b'')
-    age_folders(root)
     classes = ['a', 'b']
-    listed = []
-    list_image_files = data.list_image_files
-    monkeypatch.setattr(data, 'list_image_files', lambda folder: listed.append(os.path.basename(folder)) or
-                        list_image_files(folder))
+    hour = 3600 * 10 ** 9
+
+    def later(hours):
+        """A clock this many hours after the folders' latest change, as if that much time had passed."""
+        return max(os.stat(folder).st_mtime_ns for folder, _, _ in os.walk(root)) + hours * hour
 
     def fresh():
-        return ['\n'.join(list_image_files(os.path.join(root, name))[0]) for name in classes]
+        return ['\n'.join(data.list_image_files(os.path.join(root, name))[0]) for name in classes]
 
-    files, listing = data.list_split(str(root), classes, {})
-    assert files == fresh() and listed == ['a', 'b'] and sorted(listing) == classes
-    listed.clear()
-    again, listing = data.list_split(str(root), classes, listing)
-    assert again == files and listed == []                                   # nothing listed again
-    (root / 'a' / 'sub' / '6.jpg').write_bytes(b'')                         # a file added in a sub-folder
-    (root / 'b' / '4.jpg').unlink()                                          # a file removed
-    files, listing = data.list_split(str(root), classes, listing)
-    assert listed == ['a', 'b'] and files == fresh()
+    def hide_change(folder, since):
+        """Put ``folder``'s modification time back to what it was, so that only a kept listing misses a change."""
+        os.utime(folder, ns=(since, since))
+
+    files, listing = data.list_split(str(root), classes, {}, now_ns=later(1))
+    assert files == fresh() and sorted(listing) == classes
+    # a rename whose folder time is put back: a reused listing still shows the old name, a fresh one the new
+    a_time = os.stat(root / 'a').st_mtime_ns
+    os.rename(root / 'a' / '1.jpg', root / 'a' / '0.jpg')
+    hide_change(root / 'a', a_time)
+    again, _ = data.list_split(str(root), classes, listing, now_ns=later(1))
+    assert again == files and '1.jpg' in again[0].split('\n')
+    assert '0.jpg' in fresh()[0].split('\n')
+    # a file added in a sub-folder, and one removed: both classes' folders changed, both listed again
+    (root / 'a' / 'sub' / '6.jpg').write_bytes(b'')
+    (root / 'b' / '4.jpg').unlink()
+    files, listing = data.list_split(str(root), classes, listing, now_ns=later(0))
+    assert files == fresh()
     assert os.path.join('sub', '6.jpg') in files[0].split('\n') and files[1] == '5.jpg'
-    assert listing == {}                       # both changed just now: not kept, listed again next time
-    listed.clear()
-    data.list_split(str(root), classes, listing)
-    assert listed == ['a', 'b']
-    age_folders(root)
-    _, listing = data.list_split(str(root), classes, {})
-    (root / 'b' / 'new_folder').mkdir()                                      # a new sub-folder, empty
-    (root / 'b' / 'new_folder' / '7.jpg').write_bytes(b'')
-    listed.clear()
-    files, _ = data.list_split(str(root), classes, listing)
-    assert listed == ['b'] and files == fresh()
+    assert listing == {}                       # changed within the last seconds: not kept
+    files, listing = data.list_split(str(root), classes, {}, now_ns=later(1))
+    assert sorted(listing) == classes
+    # a new sub-folder: its parent's time changes, so class b is listed again and a is still reused
+    a_time = os.stat(root / 'a').st_mtime_ns
+    os.rename(root / 'a' / '2.jpg', root / 'a' / '7.jpg')
+    hide_change(root / 'a', a_time)
+    (root / 'b' / 'new_folder').mkdir()
+    (root / 'b' / 'new_folder' / '8.jpg').write_bytes(b'')
+    files, _ = data.list_split(str(root), classes, listing, now_ns=later(1))
+    assert files[1] == fresh()[1] and os.path.join('new_folder', '8.jpg') in files[1].split('\n')
+    assert files[0] != fresh()[0] and '2.jpg' in files[0].split('\n')
 
 
 def test_listing_file_of_image_folder_splits_is_reused_and_a_damaged_one_ignored(tmp_path, image_folder):
-    import data
     root, _ = image_folder
     age_folders(root)
     listings = tmp_path / 'listings'

@@ -7,17 +7,18 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from sklearn.datasets import load_digits
 
+import conftest
 import data
-import experiment
-from conftest import write_jpeg
-from test_experiment import REPO, age_folders, make_checkpoint
+from conftest import REPO, age_folders, make_checkpoint, write_jpeg
 
 
 def run(argv):
-    assert experiment.main([str(a) for a in argv] + ['--no-progress']) == 0
+    code, _ = conftest.run(argv)
+    assert code == 0
 
 
 def summary(save):
@@ -54,6 +55,7 @@ def test_cached_and_uncached_runs_agree_and_rerun_decodes_nothing(tmp_path):
     assert sorted(os.listdir(cache / cache_dirs(cache)[0] / 'val')) == [f'class_{k:05d}.pt' for k in range(6)]
 
 
+@pytest.mark.slow
 def test_rerun_with_every_class_cached_neither_imports_torchvision_nor_builds_the_network(tmp_path):
     cache = tmp_path / 'cache'
     argv = ['--num_classes', 4, '--feature_cache', cache, '--no-progress']
@@ -108,6 +110,7 @@ def test_changed_layer_or_weights_file_invalidates_cache(tmp_path, image_folder)
     assert len(cache_dirs(cache)) == 3
 
 
+@pytest.mark.slow
 def test_interrupted_cache_write_is_not_reused(tmp_path):
     cache = tmp_path / 'cache'
     argv = [sys.executable, os.path.join(REPO, 'experiment.py'), '--num_classes', '4', '--feature_cache', str(cache),

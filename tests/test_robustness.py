@@ -6,21 +6,17 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-import experiment
-from test_experiment import REPO, make_checkpoint
+import results
+from conftest import REPO, make_checkpoint, run
 
 DIGITS = ['--num_classes', '6', '--class_increment', '2', '--shuffle_data']
 RESULT_FILES = [f'{kind}_min_trained_0_max_trained_{seen}.{ext}' for seen in (2, 4, 6)
                 for kind, ext in (('preds', 'pt'), ('accuracies', 'json'), ('slda_model_weights', 'pth'))] + \
                ['slda_model_weights_final.pth', 'digits_train_labels.npy', 'digits_val_labels.npy']
-
-
-def run(argv, capsys=None):
-    code = experiment.main([str(a) for a in argv] + ['--no-progress'])
-    return code, (capsys.readouterr() if capsys else None)
 
 
 @pytest.fixture(scope='module')
@@ -41,6 +37,7 @@ def assert_same_results(a, b):
     assert sorted(os.listdir(a)) == sorted(os.listdir(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('crash_at', [
     'extract_batch:2',                                           # inside the first increment's extraction
     'extract_batch:5',                                           # inside the second increment's extraction
@@ -161,7 +158,7 @@ def test_unwritable_save_dir_fails_before_any_work(tmp_path, capsys):
 
 def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
     calls = []
-    real_save = experiment.save_tensor
+    real_save = results.save_tensor
 
     def failing_save(path, obj):     # the disk fills up while the second increment's probabilities are written
         if os.path.basename(path).startswith('preds_'):
@@ -170,17 +167,19 @@ def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
                 raise OSError(errno.ENOSPC, 'No space left on device', path)
         real_save(path, obj)
 
-    monkeypatch.setattr(experiment, 'save_tensor', failing_save)
+    monkeypatch.setattr(results, 'save_tensor', failing_save)
     save = tmp_path / 'out'
     code, out = run(['--num_classes', 6, '--save_dir', save], capsys)
     assert code == 1
     assert 'No space left on device' in out.err and 'preds_min_trained_0_max_trained_4.pt' in out.err
     assert '--resume' in out.err
-    assert torch.load(save / 'slda_model_weights_min_trained_0_max_trained_2.pth', weights_only=True)['num_updates']
+    first = torch.load(save / 'slda_model_weights_min_trained_0_max_trained_2.pth', weights_only=True)
+    train_labels = np.load(save / 'digits_train_labels.npy')
+    assert first['num_updates'] == (train_labels < 2).sum() == first['cK'].sum()
     assert not (save / 'slda_model_weights_min_trained_0_max_trained_4.pth').exists()   # writes stop at the failure
     assert not (save / 'slda_model_weights_min_trained_0_max_trained_6.pth').exists()
     assert not [name for name in os.listdir(save) if name.endswith('.tmp')]
-    monkeypatch.setattr(experiment, 'save_tensor', real_save)
+    monkeypatch.setattr(results, 'save_tensor', real_save)
     code, out = run(['--num_classes', 6, '--save_dir', save, '--resume'], capsys)
     assert code == 0 and 'resuming after increment 1/3' in out.out
 

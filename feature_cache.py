@@ -1,0 +1,93 @@
+"""The feature cache: pooled features of whole classes kept on disk across runs.
+
+Layout under the cache's root folder:
+    <key>/<split>/class_XXXXX.pt   one class of one split: features, the images' dataset indices, the indices of
+                                   images that could not be read, and two fingerprints of the class's files
+    listings/                      file listings of image folders kept between runs (see data.list_split)
+
+The key covers everything besides the image files that changes features (network, layer, weights, autocast,
+dataset, transform, stored precision); the fingerprints cover the files, so an edited class is computed
+again on its own. Files are replaced by renaming a finished temporary file, never rewritten in place, so a
+reader (which memory-maps them) never sees half a file.
+"""
+import hashlib
+import json
+import os
+
+import torch
+
+from utils import safe_torch_load, save_tensor
+
+
+def cache_key(extractor_identity, dataset_name, transform_description, dtype):
+    """A short hash of everything besides the image files that changes cached features."""
+    text = json.dumps({'extractor': extractor_identity, 'dataset': dataset_name,
+                       'transform': transform_description, 'dtype': str(dtype)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def listings_folder(root):
+    """Where file listings of image folders are kept, beside the features of cache ``root``."""
+    return os.path.join(root, 'listings')
+
+
+class FeatureCache:
+    """The classes of cache ``root`` under ``key``, stored in ``dtype``.
+
+    ``check_sizes`` says how a class file is matched to the class's image files: by names and sizes (True), or
+    by names and folder modification times (False), as ``Split.class_fingerprint`` computes them.
+    """
+
+    def __init__(self, root, key, dtype=torch.float16, check_sizes=True):
+        self.folder = os.path.join(root, key)
+        self.dtype = dtype
+        self.check_sizes = check_sizes
+
+    def path(self, split_name, label):
+        return os.path.join(self.folder, split_name, f'class_{label:05d}.pt')
+
+    def read(self, split, split_name, label):
+        """(features (n, d) as stored, dataset indices (n,), indices of unreadable images (list)) of class
+        ``label``, or None when the cache has no valid file for it or the class's files have changed."""
+        path = self.path(split_name, label)
+        if not os.path.exists(path):
+            return None
+        try:
+            entry = safe_torch_load(path, mmap=True)
+        except (OSError, ValueError):
+            return None      # unreadable or unsafe: the class is extracted again and the file replaced
+        stored = entry.get('fingerprint' if self.check_sizes else 'listing_fingerprint') \
+            if isinstance(entry, dict) else None
+        if stored != split.class_fingerprint(label, sizes=self.check_sizes):
+            return None
+        return entry['features'], entry['indices'], entry['skipped'].tolist()
+
+    def write(self, split, split_name, label, features, indices, skipped, files=None):
+        """Store class ``label``: features (n, d), their dataset indices (n,), unreadable images' indices (k,).
+        Written atomically, on the file thread of ``files`` (a utils.BackgroundFiles) when given. Returns the
+        features as stored, which is what a later ``read`` returns."""
+        features = features.to(self.dtype)
+        entry = {'features': features, 'indices': indices, 'skipped': skipped,
+                 'fingerprint': split.class_fingerprint(label, sizes=True),
+                 'listing_fingerprint': split.class_fingerprint(label, sizes=False)}
+        path = self.path(split_name, label)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if files:
+            files.write(save_tensor, path, entry)
+        else:
+            save_tensor(path, entry)
+        return features
+
+    def feature_dim(self, split_name, labels):
+        """The stored feature size when the cache holds a file for each of ``labels`` (not yet checked against
+        the image files), else None."""
+        folder = os.path.join(self.folder, split_name)
+        present = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        if not all(os.path.basename(self.path(split_name, label)) in present for label in labels):
+            return None
+        try:
+            entry = safe_torch_load(self.path(split_name, labels[0]), mmap=True)
+        except (OSError, ValueError):
+            return None
+        features = entry.get('features') if isinstance(entry, dict) else None
+        return features.shape[1] if torch.is_tensor(features) and features.dim() == 2 else None

@@ -1,0 +1,111 @@
+"""The protocol of an experiment as data: the class order, and a plan of training batches.
+
+A plan is a list of ``Batch``: the dataset indices fitted in that batch, in the order they are fitted, whether
+the batch is the base initialisation (``fit_base``), and the test images evaluated after it. The driver only
+walks the plan, so an ordering of the stream is a function that returns one.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from utils import save_npy
+
+
+@dataclass
+class Batch:
+    """One step of a plan. Indices are rows of the dataset's train and test splits."""
+    number: int                 # 1-based position in the plan
+    train_indices: np.ndarray   # (n,) int64, in the order they are fitted
+    test_indices: np.ndarray    # (m,) int64, evaluated after the batch, in dataset order
+    classes_seen: int           # distinct classes fitted so far
+    base_init: bool = False     # fit with fit_base (all at once, replacing the state) instead of fit
+
+
+def class_incremental(train_labels, test_labels, order, num_classes, base_classes, class_increment,
+                      shuffle_seed=None):
+    """The class-incremental protocol of Hayes & Kanan on ImageNet.
+
+    The first ``num_classes`` classes of ``order`` (class indices in stream order) are fitted
+    ``class_increment`` at a time, after a base initialisation on the first ``base_classes`` (0: none). A batch
+    holds its classes' images in dataset order, or shuffled with a generator seeded from ``shuffle_seed`` and
+    the batch; after it, the test images of every class seen so far are evaluated.
+    """
+    order = np.asarray(order)
+    if not 1 <= num_classes <= len(order):
+        raise ValueError(f'num_classes must be between 1 and the {len(order)} classes of the order, got {num_classes}')
+    if class_increment < 1:
+        raise ValueError(f'class_increment must be at least 1, got {class_increment}')
+    if base_classes < 0:
+        raise ValueError(f'base_classes must be non-negative, got {base_classes}')
+    for name, value in (('class_increment', class_increment), ('base_classes', base_classes)):
+        if value > num_classes:
+            raise ValueError(f'{name} {value} is larger than the {num_classes} classes streamed')
+    seen = [base_classes] if base_classes else []
+    while (seen[-1] if seen else 0) < num_classes:
+        seen.append(min((seen[-1] if seen else 0) + class_increment, num_classes))
+    plan = []
+    for i, classes_seen in enumerate(seen):
+        new = order[seen[i - 1] if i else 0:classes_seen]
+        train_indices = np.flatnonzero(np.isin(train_labels, new))
+        if shuffle_seed is not None:
+            generator = torch.Generator().manual_seed(shuffle_seed * 100_003 + i)
+            train_indices = train_indices[torch.randperm(len(train_indices), generator=generator).numpy()]
+        plan.append(Batch(i + 1, train_indices, np.flatnonzero(np.isin(test_labels, order[:classes_seen])),
+                          classes_seen, base_init=i == 0 and base_classes > 0))
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- class order
+def label_file_names(dataset_name):
+    """The original's names: ``imagenet_train_labels.npy`` and ``imagenet_val_labels.npy``."""
+    return f'{dataset_name}_train_labels.npy', f'{dataset_name}_val_labels.npy'
+
+
+def class_order_from_label_files(splits, labels_dir):
+    """Class order (the dataset's class indices in stream order) from the original's label files.
+
+    Each file holds one int64 per image, in dataset order: the stream position of the image's class.
+    """
+    order = None
+    for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
+        path = os.path.join(labels_dir, file_name)
+        try:
+            positions = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f'cannot read class order file {path}: {e}') from None
+        if positions.ndim != 1 or positions.shape[0] != len(split.labels):
+            raise ValueError(f'{path} holds {positions.shape} values but its split has {len(split.labels)} '
+                             f'images: one label per image, in ImageFolder order, is needed')
+        if not np.issubdtype(positions.dtype, np.integer):
+            raise ValueError(f'{path} must hold integers, found {positions.dtype}')
+        per_class = np.full(splits.num_classes, -1, dtype=np.int64)
+        per_class[split.labels] = positions
+        mismatch = per_class[split.labels] != positions
+        if mismatch.any():
+            first = int(np.flatnonzero(mismatch)[0])
+            raise ValueError(f'{path}: images of class {splits.classes[split.labels[first]]} have different '
+                             f'stream positions (first disagreeing image: {split.describe(first)})')
+        if not np.array_equal(np.sort(per_class), np.arange(splits.num_classes)):
+            raise ValueError(f'{path} is not a permutation of 0..{splits.num_classes - 1} over the classes')
+        split_order = np.argsort(per_class)
+        if order is not None and not np.array_equal(order, split_order):
+            raise ValueError(f'{path} gives a different class order from the train labels file')
+        order = split_order
+    return order
+
+
+def generated_class_order(num_classes, seed):
+    """Sorted order when seed is None, else a permutation drawn from a generator seeded with ``seed``."""
+    if seed is None:
+        return np.arange(num_classes)
+    return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def save_class_order(splits, order, directory):
+    """Write the order as label files in the original's format, so a run can be repeated with them."""
+    position = np.empty(splits.num_classes, dtype=np.int64)
+    position[order] = np.arange(splits.num_classes)
+    for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
+        save_npy(os.path.join(directory, file_name), position[split.labels])

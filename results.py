@@ -1,0 +1,153 @@
+"""The results folder of a run: what it holds, in which order files are written, and how a run resumes.
+
+After every batch of the plan, with X the classes seen so far (the original's file names):
+    preds_min_trained_0_max_trained_X.pt              test probabilities (unless --save_preds says otherwise)
+    accuracies_min_trained_0_max_trained_X.json       {"seen_classes_top1": [...], "seen_classes_top5": [...]}
+    summary.json                                      per batch and totals, "finished": false until the end
+    slda_model_weights_min_trained_0_max_trained_X.pth   the SLDA state; written last, it marks the batch finished
+and at the end slda_model_weights_final.pth and summary.json with "finished": true. config.json and the
+class-order label files are written before any work. Files are written atomically, in this order, on a
+background thread (utils.BackgroundFiles); a write that fails stops the ones after it, so a model file always
+means its batch's other files are complete.
+"""
+import os
+import time
+
+from protocol import save_class_order
+from utils import UserError, load_json, save_json, save_tensor
+
+# Arguments that do not change any number a run produces; everything else must match to --resume.
+ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
+                       'save_preds', 'cache_check'}
+
+
+def batch_name(batch):
+    return f'min_trained_0_max_trained_{batch.classes_seen}'
+
+
+def read_offline_accuracies(path, num_batches):
+    """{"top1": [...], "top5": [...]}, one accuracy in (0, 1] per batch, or None without a file."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'offline accuracies file {path} not found')
+    offline = load_json(path)
+    for key in ('top1', 'top5'):
+        values = offline.get(key) if isinstance(offline, dict) else None
+        if not isinstance(values, list) or len(values) != num_batches or \
+                not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in values):
+            raise ValueError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies in (0, 1], '
+                             f'one per increment')
+    return offline
+
+
+def omega(rows, offline):
+    """Omega_all of Hayes et al.: the mean over batches so far of our accuracy / the offline model's."""
+    if offline is None or not rows:
+        return None
+    return {key: sum(row[key] / offline[key][i] for i, row in enumerate(rows)) / len(rows)
+            for key in ('top1', 'top5')}
+
+
+class ResultsFolder:
+    """The save folder of one run; ``files`` (a utils.BackgroundFiles) writes its files in order."""
+
+    def __init__(self, path, files):
+        self.path = path
+        self.files = files
+        self.rows = []          # summary.json's "increments": one dict per finished batch
+        self.accuracies = {'seen_classes_top1': [], 'seen_classes_top5': []}
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def claim(self, arguments, resume):
+        """Create the folder and prove it writable before any work. A folder holding a run is refused unless
+        ``resume``, and then only when ``arguments`` (a dict of the command line's) match the saved ones in
+        everything that changes results; temporary files of interrupted writes are removed."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            probe = self.file('.write_test')
+            with open(probe, 'w') as f:
+                f.write('ok')
+            os.remove(probe)
+        except OSError as e:
+            raise UserError(f'cannot write to --save_dir {self.path}: {e.strerror}') from None
+        if not os.path.exists(self.file('config.json')):
+            return
+        if not resume:
+            raise UserError(f'{self.path} already holds a run (config.json); pass --resume to continue it, '
+                            f'or choose another --save_dir / --expt_name')
+        for name in os.listdir(self.path):
+            if name.startswith('.') and name.endswith('.tmp'):
+                os.remove(self.file(name))
+        saved = load_json(self.file('config.json'))['arguments']
+        current = dict(arguments)
+        for compared in (saved, current):   # where the cache lives is free; whether features are cached is not
+            compared['feature_cache'] = compared.get('feature_cache') is not None
+        differing = sorted(k for k in set(saved) | set(current)
+                           if k not in ARGS_FREE_TO_CHANGE and saved.get(k) != current.get(k))
+        if differing:
+            details = '; '.join(f'--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in differing)
+            raise UserError(f'cannot --resume {self.path} with different settings ({details})')
+
+    def save_config(self, config, splits, order):
+        """config.json and the class order as label files in the original's format, written now."""
+        save_class_order(splits, order, self.path)
+        save_json(self.file('config.json'), config)
+
+    def resume(self, plan, slda):
+        """Load the state after the last finished batch of ``plan`` into ``slda``; returns how many batches
+        are finished (0 when none is)."""
+        finished = [i for i, batch in enumerate(plan)
+                    if os.path.exists(self.file(f'slda_model_weights_{batch_name(batch)}.pth'))]
+        if not finished:
+            return 0
+        done = finished[-1]
+        name = batch_name(plan[done])
+        slda.load_model(self.path, f'slda_model_weights_{name}')
+        self.accuracies = load_json(self.file(f'accuracies_{name}.json'))
+        if os.path.exists(self.file('summary.json')):
+            self.rows = load_json(self.file('summary.json'))['increments'][:done + 1]
+        return done + 1
+
+    def record(self, batch, row, probabilities, model, save_preds, summary):
+        """Queue the files of a finished batch: ``row`` (its summary line, with top1 and top5), its test
+        probabilities when ``save_preds``, the model checkpoint (last) and ``summary(rows)``'s summary."""
+        self.rows.append(row)
+        self.accuracies = {'seen_classes_top1': self.accuracies['seen_classes_top1'] + [row['top1']],
+                           'seen_classes_top5': self.accuracies['seen_classes_top5'] + [row['top5']]}
+        name = batch_name(batch)
+        if save_preds:
+            self.files.write(save_tensor, self.file(f'preds_{name}.pt'), probabilities)
+        self.files.write(save_json, self.file(f'accuracies_{name}.json'), self.accuracies)
+        self.files.write(save_json, self.file('summary.json'), summary(self.rows, finished=False))
+        self.files.write(save_tensor, self.file(f'slda_model_weights_{name}.pth'), model)
+
+    def finish(self, model, summary):
+        """Write the final model and the finished summary, wait for every write; returns the summary."""
+        self.files.write(save_tensor, self.file('slda_model_weights_final.pth'), model)
+        finished = summary(self.rows, finished=True)
+        self.files.write(save_json, self.file('summary.json'), finished)
+        self.files.finish()
+        return finished
+
+
+def make_summary(rows, offline, readers, started, prepare_seconds, finished):
+    """summary.json: per batch ``rows``, final accuracies, Omega_all, seconds and extraction counts."""
+    extract = sum(row['extract_seconds'] for row in rows)
+    images = sum(reader.images_extracted for reader in readers)
+    return {
+        'finished': finished,
+        'increments': list(rows),
+        'final_top1': rows[-1]['top1'] if rows else None,
+        'final_top5': rows[-1]['top5'] if rows else None,
+        'omega_all': omega(rows, offline),
+        'seconds': {'prepare': round(prepare_seconds, 3), 'extract': round(extract, 3),
+                    'fit': round(sum(row['fit_seconds'] for row in rows), 3),
+                    'evaluate': round(sum(row['eval_seconds'] for row in rows), 3),
+                    'total_this_process': round(time.perf_counter() - started, 3)},
+        'images_extracted_this_process': images,
+        'images_per_second': round(images / extract, 1) if extract > 0 and images else None,
+        'skipped_images': [path for reader in readers for path in reader.skipped],
+    }
