@@ -34,6 +34,16 @@ IMAGE_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'image_fi
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_arguments in (add_data_arguments, add_network_arguments, add_protocol_arguments, add_running_arguments):
+        add_arguments(parser)
+    parser.add_argument('--version', action='version',
+                        version=f'torch {torch.__version__}, torchvision {version("torchvision")}')
+    args = parser.parse_args(argv)
+    complete_defaults(args)
+    return args
+
+
+def add_data_arguments(parser):
     group = parser.add_argument_group('data')
     group.add_argument('--dataset', choices=list(DATASETS), default='digits',
                        help='; '.join(f'{entry.name}: {entry.help}' for entry in DATASETS.values()) +
@@ -56,6 +66,9 @@ def parse_args(argv=None):
                             'with PIL in the workers, which then only read files; for image folders')
     group.add_argument('--skip_bad_images', action='store_true',
                        help='skip unreadable images (listed in summary.json) instead of stopping')
+
+
+def add_network_arguments(parser):
     group = parser.add_argument_group('network')
     group.add_argument('--arch', metavar='NAME', default='resnet18',
                        help='torchvision classification model (default: %(default)s)')
@@ -71,6 +84,9 @@ def parse_args(argv=None):
     group.add_argument('--amp', choices=['auto', 'on', 'off'], default='auto',
                        help='bfloat16 autocast for the network: auto uses it on CUDA and on CPUs with '
                             'bfloat16 instructions (default: %(default)s)')
+
+
+def add_protocol_arguments(parser):
     group = parser.add_argument_group('protocol and model')
     group.add_argument('--class_increment', metavar='N', type=int, default=None,
                        help='classes per increment (default: ' +
@@ -93,6 +109,9 @@ def parse_args(argv=None):
                             'after each increment; adds Omega_all (mean of ours / offline) to summary.json')
     group.add_argument('--seed', metavar='N', type=int, default=0,
                        help='seed for shuffling and random initialisation (default: %(default)s)')
+
+
+def add_running_arguments(parser):
     group = parser.add_argument_group('running')
     group.add_argument('--batch_size', metavar='N', type=int, default=256,
                        help='images per network batch (default: %(default)s)')
@@ -120,11 +139,6 @@ def parse_args(argv=None):
                        help='continue an interrupted run in --save_dir from its last finished increment')
     group.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
                        help='progress bars on standard error when it is a terminal (default: on)')
-    parser.add_argument('--version', action='version',
-                        version=f'torch {torch.__version__}, torchvision {version("torchvision")}')
-    args = parser.parse_args(argv)
-    complete_defaults(args)
-    return args
 
 
 def complete_defaults(args):
@@ -175,9 +189,9 @@ def check_inputs(args):
 
 def list_splits(args):
     """The dataset's splits; with --cache_check listing, the file listing is kept in the feature cache."""
-    keep_listing = args.feature_cache and args.cache_check == 'listing'
+    listing_dir = listings_folder(args.feature_cache) if args.feature_cache and args.cache_check == 'listing' else None
     options = ListingOptions(args.images_dir, args.image_size, args.test_split, args.decode_on_device,
-                             torch.device(args.device).type, listings_folder(args.feature_cache) if keep_listing else None)
+                             torch.device(args.device).type, listing_dir)
     return DATASETS[args.dataset].list_splits(options)
 
 

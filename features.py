@@ -94,7 +94,7 @@ class FeatureExtractor:
 
     Call it on a float image batch (B, 3, H, W) on any device; returns float32 features (B, d) on
     ``device``. ``identity`` is a string that changes whenever the features would, known without building the
-    network. ``load()`` builds the network (importing torchvision, about 1.5 s by itself) and sets ``dim``;
+    network. ``load()`` builds the network (importing torchvision, which is slow to import) and sets ``dim``;
     the first call loads at the latest, so a rerun that finds every feature in the cache never does.
     """
 
@@ -193,20 +193,16 @@ class Extraction:
     def __init__(self, extractor, batch_size=256, num_workers=0, pin_memory=False, decoder=None, collate_fn=None,
                  progress=True):
         self.extractor = extractor
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
         self.decoder = decoder
-        self.collate_fn = collate_fn
         self.progress = progress
+        self.loader_options = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                                   persistent_workers=num_workers > 0, collate_fn=collate_fn)
         self.loaders = {}       # id(split) -> (sampler, loader)
 
     def _loader(self, split):
         if id(split) not in self.loaders:
             sampler = IndexSampler()
-            self.loaders[id(split)] = sampler, DataLoader(
-                split, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, collate_fn=self.collate_fn)
+            self.loaders[id(split)] = sampler, DataLoader(split, sampler=sampler, **self.loader_options)
         return self.loaders[id(split)]
 
     def classes(self, split, labels, description, report_bad):

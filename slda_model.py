@@ -14,7 +14,7 @@ from torch import nn
 from utils import safe_torch_load, save_tensor
 
 # Rows per vectorised pass inside ``fit``. On the CPU, 2048 rows keep the float64 prefix sums (8 MB at
-# d = 512) in cache and were fastest here; a GPU wants large passes to amortise kernel launches.
+# d = 512) in cache (bench/README.md); a GPU wants large passes to amortise kernel launches.
 FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
 
 
@@ -56,7 +56,7 @@ def prefix_sums(rows, block=32):
     without atomic additions, so results are the same from run to run on any device.
 
     Summed within blocks of ``block`` rows, then the blocks' totals carried over: the same sums as one
-    cumsum down the rows, in half its time on the CPU (the blocks are independent).
+    cumsum down the rows, faster on the CPU because the blocks are independent.
     """
     n, d = rows.shape
     prefix = torch.empty(n + 1, d, dtype=torch.float64, device=rows.device)

@@ -133,8 +133,8 @@ def load_json(path):
 def safe_torch_load(path, mmap=False):
     """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code.
 
-    With ``mmap``, tensors map the file instead of being read into memory (a third of the time for a 1 MB
-    file); only for files that are replaced by renaming, never rewritten in place."""
+    With ``mmap``, tensors map the file instead of being read into memory, which loads small files faster;
+    only for files that are replaced by renaming, never rewritten in place."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'file not found: {path}')
     try:
