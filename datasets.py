@@ -26,8 +26,8 @@ class DatasetEntry:
     help: str
     list_splits: Callable[[ListingOptions], data.SplitPair]
     class_increment: int                    # classes per increment by default
-    image_files: bool                       # read from --images_dir; decoding workers and file listings apply
-    input_size: Optional[int] = None        # the network's input size when fixed by the data, else --image_size
+    image_files: bool                       # read from an images folder: decoding workers and listings apply
+    input_size: Optional[int] = None        # the network's input size when the data fixes it
     default_checkpoint: Optional[str] = None   # file name in image_files/ used when no weights are given
 
 
