@@ -4,6 +4,7 @@ One mean and one count per class and a single covariance matrix shared by all cl
 at a time in a single pass. ``fit`` applies the paper's per-sample rule to a whole batch at once, exactly:
 the model after ``fit(X, y)`` equals the model after calling the per-sample rule on the rows of X in order.
 """
+import math
 import os
 import warnings
 
@@ -16,6 +17,9 @@ from utils import safe_torch_load, save_tensor
 # Rows per vectorised pass inside ``fit``. On the CPU, 2048 rows keep the float64 prefix sums (8 MB at
 # d = 512) in cache (bench/README.md); a GPU wants large passes to amortise kernel launches.
 FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
+# Batches of at most this many rows are fitted one row at a time with in-place rank-1 updates: for a true
+# stream, one sample per call, sorting and prefix sums cost more than they save.
+FIT_PER_SAMPLE_ROWS = 4
 
 
 def oas_covariance(Z):
@@ -125,7 +129,9 @@ class StreamingLDA(nn.Module):
         self.register_buffer('cK', torch.zeros(C, dtype=torch.int64, device=device))
         self.register_buffer('Sigma', torch.eye(d, dtype=dtype, device=device))
         self.register_buffer('num_updates', torch.zeros((), dtype=torch.int64, device=device))
-        self._head = None  # (W, b) of the linear classifier; derived from the state, rebuilt after a change
+        # {'head': (W, b)} of the linear classifier, derived from the state and emptied by every change. A dict
+        # so that emptying it is not an nn.Module attribute assignment, which costs a stream of single samples.
+        self._derived = {}
         self._warned_not_pd = False
 
     @property
@@ -142,27 +148,28 @@ class StreamingLDA(nn.Module):
 
     # ------------------------------------------------------------------ input validation
     def _check_features(self, X, name='X', convert=True):
-        """X (n, d) or (d,) as (n, d), converted to the model's device and dtype unless ``convert`` is False."""
+        """X (n, d) or (d,), kept in its shape, converted to the model's device and dtype unless ``convert`` is
+        False."""
         X = torch.as_tensor(X)
-        if X.dim() == 1:
-            X = X.unsqueeze(0)
-        if X.dim() != 2 or X.shape[1] != self.input_shape:
+        if X.dim() not in (1, 2) or X.shape[-1] != self.input_shape:
             raise ValueError(f'{name} must have shape (n, {self.input_shape}) or ({self.input_shape},), '
                              f'got {tuple(X.shape)}')
         if not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.uint8)):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
         if convert:
-            X = X.to(device=self.device, dtype=self.dtype)
+            muK = self.muK
+            X = X.to(device=muK.device, dtype=muK.dtype)
         # A sum is far cheaper than an elementwise test and is non-finite whenever an entry is; only then
-        # (or when the sum overflowed) look for the offending row.
-        if not torch.isfinite(X.sum(dtype=torch.float32)):
-            bad_rows = torch.nonzero(~torch.isfinite(X).all(dim=1))
+        # (or when the sum overflowed) look for the offending row. math.isfinite on the Python float avoids a
+        # tensor operation, which counts when a stream fits one sample per call.
+        if not math.isfinite(X.sum(dtype=torch.float32).item()):
+            bad_rows = torch.nonzero(~torch.isfinite(X.reshape(-1, self.input_shape)).all(dim=1))
             if bad_rows.numel():
                 raise ValueError(f'{name} contains NaN or infinite values (first in row {bad_rows[0].item()})')
         return X
 
-    def _check_batch(self, X, y, convert=True):
-        X = self._check_features(X, convert=convert)
+    def _check_labels(self, y, rows):
+        """y as a 1-D integer tensor of ``rows`` labels, where it is; the range is checked by the caller."""
         y = torch.as_tensor(y)
         if y.dim() == 0:
             y = y.unsqueeze(0)
@@ -170,34 +177,73 @@ class StreamingLDA(nn.Module):
             raise ValueError(f'y must be a scalar or a 1-D vector of labels, got shape {tuple(y.shape)}')
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise TypeError(f'y must hold integer class labels, got dtype {y.dtype}')
-        if y.shape[0] != X.shape[0]:
-            raise ValueError(f'X has {X.shape[0]} rows but y has {y.shape[0]} labels')
-        y = y.to(device=self.device, dtype=torch.int64)
+        if y.shape[0] != rows:
+            raise ValueError(f'X has {rows} rows but y has {y.shape[0]} labels')
+        return y
+
+    def _label_outside(self, label):
+        return ValueError(f'label {label} is outside [0, num_classes={self.num_classes})')
+
+    def _check_batch(self, X, y, convert=True):
+        X = self._check_features(X, convert=convert).reshape(-1, self.input_shape)
+        y = self._check_labels(y, X.shape[0]).to(device=self.device, dtype=torch.int64)
         if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            bad = y[(y < 0) | (y >= self.num_classes)][0].item()
-            raise ValueError(f'label {bad} is outside [0, num_classes={self.num_classes})')
+            raise self._label_outside(y[(y < 0) | (y >= self.num_classes)][0].item())
         return X, y
 
+    def _check_few(self, X, y):
+        """Validation for the per-sample path: the rows of X as (d,) tensors on the model's device and dtype,
+        the labels as Python ints."""
+        X = self._check_features(X)
+        rows = (X,) if X.dim() == 1 else X.unbind(0)
+        labels = self._check_labels(y, len(rows)).tolist()
+        for label in labels:
+            if not 0 <= label < self.num_classes:
+                raise self._label_outside(label)
+        return rows, labels
+
     # ------------------------------------------------------------------ training
-    @torch.no_grad()
     def fit(self, x, y):
         """Stream samples into the model: one sample (x: (d,), y: scalar) or a batch (x: (B, d), y: (B,)).
+        Returns the model.
 
-        The result equals applying the paper's per-sample rule to the rows in order, in one vectorised pass:
-        with S = t Sigma, each sample adds (t / (t + 1)) r r^T to S, where t is the global update count
-        before the sample and r = z - (its class mean before the sample). An empty batch is a no-op; an
-        invalid batch raises before anything changes. X may be float16 or on another device: each pass
-        converts only its rows.
+        The result equals applying the paper's per-sample rule to the rows in order: with S = t Sigma, each
+        sample adds (t / (t + 1)) r r^T to S, where t is the global update count before the sample and
+        r = z - (its class mean before the sample). A few rows (a true stream's one sample per call) are
+        updated in place one at a time; a larger batch in one vectorised pass, which gives the same model to
+        rounding error. An empty batch is a no-op; an invalid batch raises before anything changes. X may be
+        float16 or on another device: each pass converts only its rows.
         """
-        X, y = self._check_batch(x, y, convert=False)
+        X = torch.as_tensor(x).detach()     # the buffers need no grad: with X detached, nothing is recorded
+        if 0 < (1 if X.dim() == 1 else len(X)) <= FIT_PER_SAMPLE_ROWS:
+            rows, labels = self._check_few(X, y)
+            self._derived.clear()
+            self._fit_samples(rows, labels)
+            return self
+        X, y = self._check_batch(X, y, convert=False)
         if X.shape[0] == 0:
-            return
-        self._head = None
+            return self
+        self._derived.clear()
         t = int(self.num_updates)
         chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
         for start in range(0, X.shape[0], chunk):
             rows = X[start:start + chunk].to(device=self.device, dtype=self.dtype)
             self._fit_chunk(rows, y[start:start + chunk], t + start)
+        return self
+
+    def _fit_samples(self, rows, labels):
+        """The per-sample rule row by row, in place: Sigma <- (t / (t + 1)) Sigma + (t / (t + 1)^2) r r^T with
+        r = z - mu_k, then mu_k <- mu_k + (z - mu_k) / (c_k + 1)."""
+        t = int(self.num_updates) if self.streaming_update_sigma else 0
+        for z, label in zip(rows, labels):
+            mean, count = self.muK[label], self.cK[label]
+            if self.streaming_update_sigma:
+                residual = z - mean
+                self.Sigma.addr_(residual, residual, beta=t / (t + 1), alpha=t / (t + 1) ** 2)
+                t += 1
+            mean.lerp_(z, 1 / (int(count) + 1))
+            count.add_(1)
+        self.num_updates.add_(len(labels))
 
     def _fit_chunk(self, X, y, t0):
         """One vectorised pass; t0 is the number of updates before the chunk."""
@@ -230,7 +276,8 @@ class StreamingLDA(nn.Module):
         """Base initialisation on all base data at once; replaces the whole state.
 
         X: (n, d) features, y: (n,) labels. Class means and counts come from the data, num_updates = n, and
-        Sigma is the OAS estimate (assume_centered) of the class-centred features z - mu_y(z).
+        Sigma is the OAS estimate (assume_centered) of the class-centred features z - mu_y(z). Returns the
+        model.
         """
         X, y = self._check_batch(X, y)
         if X.shape[0] == 0:
@@ -240,18 +287,19 @@ class StreamingLDA(nn.Module):
         means = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
         means[labels] = (prefix[starts + lengths] - prefix[starts]) / lengths[:, None]
         sigma = oas_covariance(X.to(torch.float64) - means[y])
-        self._head = None
+        self._derived.clear()
         self.muK.copy_(means.to(self.dtype))
         self.cK.zero_()
         self.cK[labels] = lengths
         self.Sigma.copy_(sigma.to(self.dtype))
         self.num_updates.fill_(X.shape[0])
+        return self
 
     # ------------------------------------------------------------------ prediction
     def _classifier(self):
         """(W (d, C), b (C,)) of the linear classifier, computed once per change of the model."""
-        if self._head is not None:
-            return self._head
+        if 'head' in self._derived:
+            return self._derived['head']
         d = self.input_shape
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
         shrunk = (1 - self.shrinkage_param) * self.Sigma.to(torch.float64) + self.shrinkage_param * eye
@@ -268,12 +316,21 @@ class StreamingLDA(nn.Module):
                 self._warned_not_pd = True
             W = torch.linalg.pinv(shrunk, hermitian=True) @ M
         b = -0.5 * (M * W).sum(dim=0)
-        self._head = (W.to(self.dtype), b.to(self.dtype))
-        return self._head
+        self._derived['head'] = (W.to(self.dtype), b.to(self.dtype))
+        return self._derived['head']
+
+    def decision_function(self, X):
+        """Scores (n, C) = X W + b on the CPU; X: (n, d)."""
+        return self.predict(X)
+
+    def predict_proba(self, X):
+        """Softmax probabilities (n, C) on the CPU; X: (n, d)."""
+        return self.predict(X, return_probas=True)
 
     @torch.no_grad()
     def predict(self, X, return_probas=False):
-        """Scores (n, C) = X W + b, or softmax probabilities, on the CPU; X: (n, d)."""
+        """Scores (n, C) = X W + b, or softmax probabilities, on the CPU; X: (n, d). The original's interface:
+        ``decision_function`` and ``predict_proba`` say the same by name."""
         X = torch.as_tensor(X)
         if X.dim() != 2 or X.shape[1] != self.input_shape:
             raise ValueError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
@@ -291,11 +348,11 @@ class StreamingLDA(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def _apply(self, fn, *args, **kwargs):
-        self._head = None  # .to()/.cuda()/.double() move or convert the buffers; rebuild the head there
+        self._derived.clear()  # .to()/.cuda()/.double() move or convert the buffers; rebuild the head there
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._head = None
+        self._derived.clear()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def checkpoint(self):
@@ -337,7 +394,7 @@ class StreamingLDA(nn.Module):
         if (counts < 0).any() or (counts != counts.round()).any():
             raise ValueError(f'{path}: cK must hold non-negative whole counts')
         num_updates = int(np.asarray(state['num_updates']))
-        self._head = None
+        self._derived.clear()
         self.muK.copy_(tensors['muK'])
         self.cK.copy_(counts.round().to(torch.int64))
         self.Sigma.copy_(tensors['Sigma'])

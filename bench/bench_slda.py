@@ -2,7 +2,9 @@
 
 Both consume the same random stream (d=512, C=1000 by default) from the same starting model; the script
 prints samples/s for each, their ratio and the largest difference between the two resulting models, then
-times the first predict (precision matrix and classifier) and scoring of 10,000 samples.
+times the first predict (precision matrix and classifier) and scoring of 10,000 samples. Last, a true stream:
+one sample per call, ours (``fit(x, y)`` with x of shape (d,)) against the original's rule, with a plastic and
+with a fixed covariance.
 
     python bench/bench_slda.py                         # 50,000 samples, about a minute on 2 CPU cores
     python bench/bench_slda.py --ours_samples 1281167  # also time ours on an ImageNet-sized stream
@@ -72,7 +74,7 @@ def timed(run, device):
     return time.perf_counter() - start
 
 
-def measure(method, args, samples, dtype=torch.float32):
+def measure(method, args, samples, dtype=torch.float32, plastic=None):
     """Run one method on the first ``samples`` rows of the stream; returns its time and final state.
 
     Called in a fresh process per method: the memory allocator's state left by one method (tens of thousands
@@ -81,12 +83,14 @@ def measure(method, args, samples, dtype=torch.float32):
     device = torch.device(args.device)
     X, y = random_stream(args.samples, args.dim, args.classes)
     X, y = X[:samples].to(device), y[:samples].to(device)
-    plastic = not args.fixed_sigma
+    plastic = not args.fixed_sigma if plastic is None else plastic
     best = float('inf')
     for _ in range(args.repeats):       # the shared machine is noisy: report each method's fastest run
         model = StreamingLDA(args.dim, args.classes, streaming_update_sigma=plastic, device=device, dtype=dtype)
         if method == 'ours':
             seconds = timed(lambda: model.fit(X, y), device)
+        elif method == 'ours_per_sample':
+            seconds = timed(lambda: [model.fit(X[i], y[i]) for i in range(samples)], device)
         else:
             update = original_update if method == 'original' else in_place_update
             seconds = timed(lambda: [update(model, X[i], y[i], i) for i in range(samples)], device)
@@ -134,7 +138,7 @@ def main():
         print(f'{name:44s}: {n:9,} samples in {result["seconds"]:7.2f} s = {rate:10,.0f} samples/s   '
               f'ours is {ours_rate / rate:6.1f}x')
     loop = results['per-sample loop, in-place (best case)'][1]['state']
-    args.repeats = 1
+    repeats, args.repeats = args.repeats, 1
     reference = in_fresh_process('ours', args, args.samples, torch.float64)['state']
     for name in ('muK', 'Sigma'):
         loop_value, ours_value, ref = loop[name], ours['state'][name], reference[name]
@@ -145,6 +149,14 @@ def main():
     print(f'counts identical: {torch.equal(loop["cK"], ours["state"]["cK"])}')
     print(f'first predict (precision matrix + head): {ours["first_predict"] * 1000:.1f} ms; '
           f'scoring 10,000 samples: {ours["scoring"] * 1000:.1f} ms')
+
+    args.repeats = repeats
+    print(f'one sample per call, {original_n:,} samples, fastest of {repeats} runs each:')
+    for plastic in (True, False):
+        rule, per_sample = (original_n / in_fresh_process(method, args, original_n, torch.float32, plastic)['seconds']
+                            for method in ('original', 'ours_per_sample'))
+        print(f'  {"plastic" if plastic else "fixed":7s} covariance: the original\'s rule {rule:9,.0f} samples/s; '
+              f'ours, fit(x, y) per sample {per_sample:9,.0f} samples/s; ours is {per_sample / rule:.1f}x')
 
     if args.ours_samples > 0:
         args.samples = args.ours_samples

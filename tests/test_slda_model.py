@@ -87,15 +87,46 @@ def test_fit_split_into_internal_chunks_equals_per_sample_rule(monkeypatch):
     assert model.cK.tolist() == c.tolist() and int(model.num_updates) == t
 
 
-def test_single_sample_fit_accepts_vector_and_scalar_label():
-    X, y = make_stream(20, seed=2)
-    one_by_one = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
-    for z, k in zip(X, y):
-        one_by_one.fit(torch.from_numpy(z), int(k))
-    batched = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
-    batched.fit(X, y)
-    for key, value in state(batched).items():
-        torch.testing.assert_close(state(one_by_one)[key], value, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize('dtype,rtol', [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('plastic', [True, False])
+def test_one_sample_per_call_equals_the_batched_fit_and_the_per_sample_rule(dtype, rtol, plastic):
+    X, y = make_stream(300, seed=2)
+    base = y < 3
+    one_by_one = StreamingLDA(D, C, streaming_update_sigma=plastic, device='cpu', dtype=dtype)
+    batched = StreamingLDA(D, C, streaming_update_sigma=plastic, device='cpu', dtype=dtype)
+    for model in (one_by_one, batched):
+        model.fit_base(X[base][:60], y[base][:60])
+    stream_X, stream_y = X[~base | (np.cumsum(base) > 60)], y[~base | (np.cumsum(base) > 60)]
+    for i, (z, k) in enumerate(zip(stream_X, stream_y)):       # a vector and a scalar label, or a few rows
+        if i % 3:
+            one_by_one.fit(torch.from_numpy(z), int(k))
+        else:
+            one_by_one.fit(stream_X[i:i + 1], stream_y[i:i + 1])
+    batched.fit(stream_X, stream_y)
+    mu, c, sigma, t = reference_stream(stream_X, stream_y, *batched_start(X[base][:60], y[base][:60], plastic),
+                                       plastic)
+    for model in (one_by_one, batched):
+        assert int(model.num_updates) == t and model.cK.tolist() == c.tolist()
+        np.testing.assert_allclose(model.muK.double().numpy(), mu, rtol=rtol, atol=rtol * np.abs(mu).max())
+        np.testing.assert_allclose(model.Sigma.double().numpy(), sigma, rtol=rtol, atol=rtol * np.abs(sigma).max())
+
+
+def batched_start(X, y, plastic):
+    """(mu, c, Sigma, t) after fit_base in float64, the start of the reference stream."""
+    model = StreamingLDA(D, C, streaming_update_sigma=plastic, device='cpu', dtype=torch.float64).fit_base(X, y)
+    return model.muK.numpy(), model.cK.double().numpy(), model.Sigma.numpy(), int(model.num_updates)
+
+
+@pytest.mark.parametrize('rows', [2, 4, 5])
+def test_a_few_rows_per_call_equal_the_per_sample_rule(rows):
+    X, y = make_stream(40, seed=21)
+    model = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    for start in range(0, len(y), rows):
+        assert model.fit(X[start:start + rows], y[start:start + rows]) is model
+    mu, c, sigma, t = reference_stream(X, y, np.zeros((C, D)), np.zeros(C), np.eye(D), 0, plastic=True)
+    np.testing.assert_allclose(model.muK.numpy(), mu, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.Sigma.numpy(), sigma, rtol=1e-12, atol=1e-12)
+    assert model.cK.tolist() == c.tolist() and int(model.num_updates) == t
 
 
 def test_first_sample_of_new_class_adds_uncentred_outer_product():
@@ -165,6 +196,9 @@ def test_predict_matches_sklearn_lda(plastic):
     difference = ours - theirs                      # equal up to a per-sample constant
     np.testing.assert_allclose(difference - difference[:, :1], 0, atol=1e-8)
     probas = model.predict(torch.from_numpy(Xtest), return_probas=True).numpy()
+    assert np.array_equal(model.decision_function(Xtest).numpy(), ours)
+    assert np.array_equal(model.predict_proba(Xtest).numpy(), probas)
+    np.testing.assert_allclose(probas, torch.softmax(torch.from_numpy(ours), dim=1).numpy(), rtol=1e-12)
     np.testing.assert_allclose(probas, lda.predict_proba(Xtest), rtol=1e-6, atol=1e-12)
 
 
@@ -295,15 +329,25 @@ def test_refuses_pickle_that_runs_code(tmp_path):
     (np.zeros((3, D)), np.zeros(2, dtype=int), 'X has 3 rows but y has 2 labels'),
     (np.zeros((3, D)), np.zeros(3), 'integer class labels'),
 ])
-@pytest.mark.parametrize('method', ['fit', 'fit_base'])
-def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method):
+@pytest.mark.parametrize('method', ['fit', 'fit_base', 'fit_per_sample_path', 'fit_batched_path'])
+def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method, monkeypatch):
     model = StreamingLDA(D, C, device='cpu')
     model.fit_base(*make_stream(50, seed=14))
     model.predict(np.zeros((1, D)))
     before = state(model)
+    if method != 'fit_base':     # 3 rows take the per-sample path by default; force one path or the other
+        monkeypatch.setattr(slda_model, 'FIT_PER_SAMPLE_ROWS', 0 if method == 'fit_batched_path' else 3)
     with pytest.raises((ValueError, TypeError), match=message):
-        getattr(model, method)(bad_x, bad_y)
+        getattr(model, 'fit_base' if method == 'fit_base' else 'fit')(bad_x, bad_y)
     assert_same_state(before, state(model))
+
+
+def test_fit_and_fit_base_return_the_model():
+    X, y = make_stream(30, seed=22)
+    model = StreamingLDA(D, C, device='cpu')
+    assert model.fit_base(X[:10], y[:10]) is model
+    assert model.fit(X[10:], y[10:]) is model and model.fit(X[0], y[0]) is model
+    assert model.fit(np.zeros((0, D)), np.zeros(0, dtype=int)) is model
 
 
 def test_empty_batch_is_a_no_op():
@@ -372,3 +416,12 @@ def test_float16_features_give_the_model_of_their_float32_values():
     assert torch.equal(from_half.predict(X[:100]), from_float.predict(X[:100].float()))
     with pytest.raises(ValueError, match='NaN or infinite'):
         from_half.fit(torch.full((3, 16), float('inf'), dtype=torch.float16), torch.zeros(3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize('rows', [1, 100])
+def test_features_that_require_grad_leave_no_graph_in_the_state(rows):
+    X = torch.randn(rows, D, requires_grad=True)
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(X * 2, torch.arange(rows) % C)
+    for name, value in model.state_dict().items():
+        assert not value.requires_grad and value.grad_fn is None, name
