@@ -153,10 +153,11 @@ class TensorImages(Dataset):
 class SplitPair:
     """The train and test splits of one dataset plus what the protocol needs to know about them."""
 
-    def __init__(self, name, classes, train, test, transform_description):
+    def __init__(self, name, classes, train, test, transform_description, test_name='val'):
         check_split(train, len(classes), 'train')
         check_split(test, len(classes), 'test')
         self.name = name
+        self.test_name = test_name      # the test split's name: its folder, and its name in the feature cache
         self.classes = classes
         self.train = train
         self.test = test
@@ -356,4 +357,4 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
         save_json(listing_file, listing, indent=None)     # compact: the file is read by every rerun
     return SplitPair(name, classes, splits['train'], splits[test_split],
                      f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
-                     f'centre-crop {image_size}, ImageNet normalisation')
+                     f'centre-crop {image_size}, ImageNet normalisation', test_split)

@@ -27,8 +27,10 @@ class DatasetEntry:
     list_splits: Callable[[ListingOptions], data.SplitPair]
     class_increment: int                    # classes per increment by default
     image_files: bool                       # read from an images folder: decoding workers and listings apply
+    plastic_covariance: bool = True         # --streaming_update_sigma's default
     input_size: Optional[int] = None        # the network's input size when the data fixes it
     default_checkpoint: Optional[str] = None   # file name in image_files/ used when no weights are given
+    paper_class_order: bool = False         # its label files give the paper's class order: warn without them
 
 
 def list_digits(options):
@@ -49,8 +51,10 @@ def image_folder_lister(name):
 DATASETS = {entry.name: entry for entry in [
     DatasetEntry('digits', "scikit-learn's bundled handwritten digits (no download)", list_digits,
                  class_increment=2, image_files=False, input_size=data.DIGITS_SIZE),
+    # The original's defaults: a fixed covariance unless --streaming_update_sigma (its store-true flag).
     DatasetEntry('imagenet', 'ImageNet-1K as ImageFolder train/ and val/', image_folder_lister('imagenet'),
-                 class_increment=100, image_files=True, default_checkpoint='imagenet_100_class_ckpt.pth'),
+                 class_increment=100, image_files=True, plastic_covariance=False,
+                 default_checkpoint='imagenet_100_class_ckpt.pth', paper_class_order=True),
     DatasetEntry('imagefolder', 'your own train/ and val/ class folders', image_folder_lister('imagefolder'),
                  class_increment=10, image_files=True),
 ]}

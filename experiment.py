@@ -29,7 +29,20 @@ from results import ResultsFolder, make_summary, read_offline_accuracies
 from slda_model import StreamingLDA
 from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
 
-IMAGE_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'image_files')
+PROJECT = os.path.dirname(os.path.abspath(__file__))
+IMAGE_FILES = os.path.join(PROJECT, 'image_files')
+DEFAULT_TEST_SPLIT, DEFAULT_IMAGE_SIZE, DEFAULT_CACHE_CHECK = 'val', 224, 'sizes'
+# Flags that only image-folder datasets use, with their defaults there; elsewhere giving one is an error.
+IMAGE_FOLDER_FLAGS = {'images_dir': None, 'test_split': DEFAULT_TEST_SPLIT, 'image_size': DEFAULT_IMAGE_SIZE,
+                      'decode_on_device': False, 'skip_bad_images': False, 'cache_check': DEFAULT_CACHE_CHECK}
+
+
+def support_folders():
+    """Where label files and the base checkpoint are looked for, in order: the original's ./imagenet_files/
+    (relative to the working directory, as the original reads it), then this project's image_files/ and
+    imagenet_files/."""
+    folders = [os.path.abspath('imagenet_files'), IMAGE_FILES, os.path.join(PROJECT, 'imagenet_files')]
+    return list(dict.fromkeys(folders))
 
 
 def parse_args(argv=None):
@@ -45,17 +58,21 @@ def parse_args(argv=None):
 
 def add_data_arguments(parser):
     group = parser.add_argument_group('data')
-    group.add_argument('--dataset', choices=list(DATASETS), default='digits',
+    group.add_argument('--dataset', choices=list(DATASETS), default=None,
                        help='; '.join(f'{entry.name}: {entry.help}' for entry in DATASETS.values()) +
-                            ' (default: %(default)s)')
-    group.add_argument('--images_dir', metavar='DIR', help='folder holding train/ and val/ (imagenet, imagefolder)')
-    group.add_argument('--test_split', metavar='NAME', default='val',
-                       help='name of the test folder (default: %(default)s)')
-    group.add_argument('--image_size', metavar='N', type=int, default=224,
-                       help='centre-crop size; images are first resized to size / 0.875 (default: %(default)s)')
+                            ' (default: imagenet with --images_dir, as in the original, else digits)')
+    group.add_argument('--images_dir', metavar='DIR',
+                       help='folder holding train/ and val/ (image-folder datasets: ' +
+                            ', '.join(e.name for e in DATASETS.values() if e.image_files) + ')')
+    group.add_argument('--test_split', metavar='NAME', default=None,
+                       help=f'name of the test folder (default: {DEFAULT_TEST_SPLIT})')
+    group.add_argument('--image_size', metavar='N', type=int, default=None,
+                       help=f'centre-crop size; images are first resized to size / 0.875 (default: '
+                            f'{DEFAULT_IMAGE_SIZE})')
     group.add_argument('--labels_dir', metavar='DIR', default=None,
                        help='folder with <dataset>_train_labels.npy and <dataset>_val_labels.npy giving the '
-                            'class order (default: this project\'s image_files/ if it holds them)')
+                            'class order (default: the first of ./imagenet_files/, this project\'s image_files/ '
+                            'and imagenet_files/ that holds them)')
     group.add_argument('--class_order_seed', metavar='N', type=int, default=None,
                        help='without label files: shuffle the class order with this seed (default: '
                             'sorted order)')
@@ -76,7 +93,8 @@ def add_network_arguments(parser):
                        help='layer whose output, mean-pooled over space, is the feature (default: %(default)s)')
     group.add_argument('--base_init_ckpt', metavar='PATH', default=None,
                        help='checkpoint of the network trained on the base classes (default for imagenet: '
-                            'image_files/imagenet_100_class_ckpt.pth in this project)')
+                            'imagenet_100_class_ckpt.pth in the first of ./imagenet_files/, this project\'s '
+                            'image_files/ and imagenet_files/ that holds it)')
     group.add_argument('--weights', metavar='NAME', default=None,
                        help='a torchvision weight set already in the local torch cache, e.g. IMAGENET1K_V1')
     group.add_argument('--input_feature_size', metavar='N', type=int, default=None,
@@ -94,9 +112,11 @@ def add_protocol_arguments(parser):
     group.add_argument('--base_init_classes', metavar='N', type=int, default=None,
                        help='classes in the base initialisation (default: one increment)')
     group.add_argument('--no_base_init', action='store_true', help='stream every class, no fit_base')
-    group.add_argument('--streaming_update_sigma', action=argparse.BooleanOptionalAction, default=True,
+    group.add_argument('--streaming_update_sigma', action=argparse.BooleanOptionalAction, default=None,
                        help='plastic covariance, updated by every sample; --no-streaming_update_sigma keeps '
-                            'the base-initialisation covariance fixed (default: plastic)')
+                            'the base-initialisation covariance fixed (default: ' +
+                            ', '.join(f'{"plastic" if e.plastic_covariance else "fixed"} for {e.name}'
+                                      for e in DATASETS.values()) + '; fixed for imagenet as in the original)')
     group.add_argument('--shrinkage', metavar='EPS', type=float, default=1e-4,
                        help='covariance shrinkage (default: %(default)s)')
     group.add_argument('--mask_unseen_classes', action='store_true',
@@ -105,8 +125,9 @@ def add_protocol_arguments(parser):
                        help='precision of the SLDA state (default: %(default)s)')
     group.add_argument('--shuffle_data', action='store_true', help='shuffle the images within each increment')
     group.add_argument('--offline_accuracies', metavar='FILE', default=None,
-                       help='JSON file {"top1": [...], "top5": [...]} with an offline model\'s accuracy (0-1) '
-                            'after each increment; adds Omega_all (mean of ours / offline) to summary.json')
+                       help='JSON file {"top1": [...], "top5": [...]} with an offline model\'s accuracy after each '
+                            'increment, as fractions in (0, 1] or in percent (read as percent when any value '
+                            'exceeds 1); adds Omega_all (mean of ours / offline) to summary.json')
     group.add_argument('--seed', metavar='N', type=int, default=0,
                        help='seed for shuffling and random initialisation (default: %(default)s)')
 
@@ -121,11 +142,11 @@ def add_running_arguments(parser):
                        help='image-decoding processes (default: 0 for digits, else one per CPU, at most 32)')
     group.add_argument('--feature_cache', metavar='DIR', default=None,
                        help='folder to keep pooled features in across runs (default: none)')
-    group.add_argument('--cache_check', choices=['sizes', 'listing'], default='sizes',
+    group.add_argument('--cache_check', choices=['sizes', 'listing'], default=None,
                        help='how cached features are matched to image files: sizes checks every file\'s name and '
                             'size (a stat per file, a few seconds for ImageNet); listing trusts folder '
                             'modification times, for the names and for a file listing kept in the cache, and '
-                            'misses files rewritten in place (default: %(default)s)')
+                            f'misses files rewritten in place (default: {DEFAULT_CACHE_CHECK})')
     group.add_argument('--cache_dtype', choices=['float16', 'float32'], default='float16',
                        help='precision of cached features (default: %(default)s)')
     group.add_argument('--save_dir', metavar='DIR', default=None,
@@ -142,7 +163,16 @@ def add_running_arguments(parser):
 
 
 def complete_defaults(args):
+    if args.dataset is None:
+        args.dataset = 'imagenet' if args.images_dir else 'digits'
     dataset = DATASETS[args.dataset]
+    for name, default in IMAGE_FOLDER_FLAGS.items():
+        if dataset.image_files and getattr(args, name) is None:
+            setattr(args, name, default)
+        elif not dataset.image_files and getattr(args, name) not in (None, False):
+            raise UserError(f'--{name} is for image-folder datasets; --dataset {args.dataset} does not use it')
+    if args.streaming_update_sigma is None:
+        args.streaming_update_sigma = dataset.plastic_covariance
     if args.class_increment is None:
         args.class_increment = dataset.class_increment
     if args.base_init_classes is None:
@@ -153,11 +183,18 @@ def complete_defaults(args):
         args.expt_name = f'slda_{args.dataset}_{"plastic" if args.streaming_update_sigma else "fixed"}'
     if args.save_dir is None:
         args.save_dir = os.path.join('streaming_experiments', args.expt_name)
-    if args.labels_dir is None and all(os.path.exists(os.path.join(IMAGE_FILES, name))
-                                       for name in protocol.label_file_names(args.dataset)):
-        args.labels_dir = IMAGE_FILES
+    if args.labels_dir is None and args.class_order_seed is None:
+        args.labels_dir = next((folder for folder in support_folders() if all(
+            os.path.exists(os.path.join(folder, name)) for name in protocol.label_file_names(args.dataset))), None)
     if dataset.default_checkpoint and args.base_init_ckpt is None and args.weights is None:
-        args.base_init_ckpt = os.path.join(IMAGE_FILES, dataset.default_checkpoint)
+        candidates = [os.path.join(folder, dataset.default_checkpoint) for folder in support_folders()]
+        found = [path for path in candidates if os.path.isfile(path)]
+        if not found:
+            raise UserError(f'--dataset {args.dataset} needs the network trained on the base classes: '
+                            f'{dataset.default_checkpoint} is in none of {", ".join(candidates)}. '
+                            f'image_files/README.md says what it is and where to get it; or pass '
+                            f'--base_init_ckpt PATH, or --weights with torchvision weights cached locally')
+        args.base_init_ckpt = found[0]
     if args.num_workers is None:
         args.num_workers = min(32, os.cpu_count() or 1) if dataset.image_files else 0
     if args.device == 'auto':
@@ -183,6 +220,9 @@ def check_inputs(args):
         raise UserError(f'--base_init_ckpt {args.base_init_ckpt} not found. For ImageNet this is the ResNet-18 '
                         f'trained on the 100 base classes; image_files/README.md says what belongs there. '
                         f'Alternatively pass --weights with torchvision weights cached locally')
+    if args.labels_dir and args.class_order_seed is not None:
+        raise UserError(f'--class_order_seed {args.class_order_seed} and --labels_dir {args.labels_dir} both '
+                        f'give a class order; give one')
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f'--device {args.device}: CUDA is not available here; use --device cpu')
 
@@ -196,11 +236,18 @@ def list_splits(args):
 
 
 def class_order(args, splits):
-    """(class indices in stream order, where the order came from)."""
+    """(class indices in stream order, where the order came from, a warning or None)."""
     if args.labels_dir:
-        return protocol.class_order_from_label_files(splits, args.labels_dir), f'label files in {args.labels_dir}'
+        return (protocol.class_order_from_label_files(splits, args.labels_dir), f'label files in {args.labels_dir}',
+                None)
     source = 'sorted' if args.class_order_seed is None else f'permutation, seed {args.class_order_seed}'
-    return protocol.generated_class_order(splits.num_classes, args.class_order_seed), source
+    warning = None
+    if DATASETS[args.dataset].paper_class_order:
+        warning = (f'no label files ({", ".join(protocol.label_file_names(args.dataset))}) in --labels_dir or '
+                   f'any of {", ".join(support_folders())}: the class order is {source}, so the base classes '
+                   f'are neither the paper\'s nor those the base checkpoint was trained on, and results are not '
+                   f'comparable to the paper\'s. image_files/README.md says where to get the files')
+    return protocol.generated_class_order(splits.num_classes, args.class_order_seed), source, warning
 
 
 def make_plan(args, splits, order):
@@ -243,7 +290,7 @@ def build_readers(args, splits, plan, device, files):
                             progress=args.progress, **decoding)
     train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,
                                  skip_bad_images=args.skip_bad_images)
-                   for split, name, keep in ((splits.train, 'train', False), (splits.test, args.test_split, True)))
+                   for split, name, keep in ((splits.train, 'train', False), (splits.test, splits.test_name, True)))
     cached_dims = {reader.feature_dim(reader.classes_of(np.concatenate([getattr(batch, field) for batch in plan])))
                    for reader, field in ((train, 'train_indices'), (test, 'test_indices'))}
     feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
@@ -253,15 +300,20 @@ def build_readers(args, splits, plan, device, files):
     return train, test, extractor, feature_dim
 
 
-def describe_run(args, order, order_source, extractor, feature_dim, device):
+def describe_run(args, order, order_source, order_warning, extractor, feature_dim, device):
     """config.json: every argument, the class order, the network and the platform."""
     return {
-        'arguments': vars(args), 'class_order': order.tolist(), 'class_order_source': order_source,
+        'arguments': vars(args), 'covariance': covariance_name(args),
+        'class_order': order.tolist(), 'class_order_source': order_source, 'class_order_warning': order_warning,
         'feature_dim': feature_dim, 'weights': extractor.weights_report, 'autocast_bfloat16': extractor.amp,
         'versions': {'python': platform.python_version(), 'torch': torch.__version__,
                      'torchvision': version('torchvision'), 'numpy': np.__version__},
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
     }
+
+
+def covariance_name(args):
+    return 'plastic' if args.streaming_update_sigma else 'fixed'
 
 
 def fit_and_evaluate(slda, batch, following, train, test, device):
@@ -301,7 +353,9 @@ def run(args):
     started = time.perf_counter()
     check_inputs(args)
     splits = list_splits(args)
-    order, order_source = class_order(args, splits)
+    order, order_source, order_warning = class_order(args, splits)
+    if order_warning:
+        print(f'WARNING: {order_warning}', file=sys.stderr, flush=True)
     plan = make_plan(args, splits, order)
     offline = read_offline_accuracies(args.offline_accuracies, len(plan))
     files = BackgroundFiles()
@@ -310,12 +364,16 @@ def run(args):
     device = torch.device(args.device)
     try:
         train, test, extractor, feature_dim = build_readers(args, splits, plan, device, files)
-        folder.save_config(describe_run(args, order, order_source, extractor, feature_dim, device), splits, order)
+        folder.save_config(describe_run(args, order, order_source, order_warning, extractor, feature_dim, device),
+                           splits, order)
         print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
               f'images; streaming {plan[-1].classes_seen} classes as {[b.classes_seen for b in plan]}; class order '
               f'{order_source}')
         print(f'{args.arch} {args.extract_layer}: {feature_dim}-d features on {device} '
               f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
+        print(f'covariance: {covariance_name(args)} (' + ('--streaming_update_sigma: updated by every sample'
+              if args.streaming_update_sigma else '--no-streaming_update_sigma: the base initialisation\'s, kept')
+              + f'); shrinkage {args.shrinkage}; accuracies in percent')
         slda = StreamingLDA(feature_dim, splits.num_classes, shrinkage_param=args.shrinkage,
                             streaming_update_sigma=args.streaming_update_sigma, device=device,
                             dtype=getattr(torch, args.slda_dtype), mask_unseen_classes=args.mask_unseen_classes)
@@ -333,7 +391,7 @@ def run(args):
             save_preds = args.save_preds == 'every' or (args.save_preds == 'final' and following is None)
             folder.record(batch, row, probabilities, slda.checkpoint(), save_preds, summary)
             print(f'[{batch.number}/{len(plan)}] {batch.classes_seen:5d} classes seen | +{row["train_images"]} train '
-                  f'images | top-1 {row["top1"]:.4f} top-5 {row["top5"]:.4f} | extract {row["extract_seconds"]:.1f}s '
+                  f'images | top-1 {row["top1"]:6.2f}% top-5 {row["top5"]:6.2f}% | extract {row["extract_seconds"]:.1f}s '
                   f'fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s', flush=True)
         summary = folder.finish(slda.checkpoint(), summary)
     finally:
@@ -341,7 +399,7 @@ def run(args):
     omega_text = ''
     if summary['omega_all']:
         omega_text = f'; Omega_all top-1 {summary["omega_all"]["top1"]:.3f}, top-5 {summary["omega_all"]["top5"]:.3f}'
-    print(f'final top-1 {summary["final_top1"]:.4f}, top-5 {summary["final_top5"]:.4f} on {plan[-1].classes_seen} '
+    print(f'final top-1 {summary["final_top1"]:.2f}%, top-5 {summary["final_top5"]:.2f}% on {plan[-1].classes_seen} '
           f'classes{omega_text}; results in {args.save_dir}')
     return summary
 

@@ -26,19 +26,25 @@ def batch_name(batch):
 
 
 def read_offline_accuracies(path, num_batches):
-    """{"top1": [...], "top5": [...]}, one accuracy in (0, 1] per batch, or None without a file."""
+    """{"top1": [...], "top5": [...]} in percent, one accuracy per batch, or None without a file.
+
+    The file gives fractions in (0, 1] or percentages in (0, 100]; it is read as percent when any value
+    exceeds 1 (an offline model at or below 1% accuracy everywhere is not a useful reference)."""
     if path is None:
         return None
     if not os.path.isfile(path):
         raise FileNotFoundError(f'offline accuracies file {path} not found')
     offline = load_json(path)
-    for key in ('top1', 'top5'):
-        values = offline.get(key) if isinstance(offline, dict) else None
+    lists = {key: offline.get(key) if isinstance(offline, dict) else None for key in ('top1', 'top5')}
+    numbers = [v for values in lists.values() if isinstance(values, list) for v in values
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    scale = 1 if any(v > 1 for v in numbers) else 100
+    for key, values in lists.items():
         if not isinstance(values, list) or len(values) != num_batches or \
-                not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in values):
-            raise ValueError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies in (0, 1], '
-                             f'one per increment')
-    return offline
+                not all(isinstance(v, (int, float)) and 0 < v * scale <= 100 for v in values):
+            raise ValueError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies, one per '
+                             f'increment, as fractions in (0, 1] or percentages in (0, 100]')
+    return {key: [v * scale for v in values] for key, values in lists.items()}
 
 
 def omega(rows, offline):
@@ -139,6 +145,7 @@ def make_summary(rows, offline, readers, started, prepare_seconds, finished):
     images = sum(reader.images_extracted for reader in readers)
     return {
         'finished': finished,
+        'accuracy_unit': 'percent',
         'increments': list(rows),
         'final_top1': rows[-1]['top1'] if rows else None,
         'final_top5': rows[-1]['top5'] if rows else None,

@@ -148,11 +148,12 @@ def safe_torch_load(path, mmap=False):
 
 
 def topk_accuracy(scores, labels, ks=(1, 5)):
-    """Fraction of rows whose label is among the k highest scores, for each k (k capped at the class count).
+    """Percentage of rows whose label is among the k highest scores, for each k (k capped at the class count),
+    in percent as the original's ``accuracy`` reports it.
 
-    scores: (n, C); labels: (n,). Returns a list of floats in [0, 1].
+    scores: (n, C); labels: (n,). Returns a list of floats in [0, 100]: 100 * hits / n, rounded once.
     """
     labels = torch.as_tensor(labels).view(-1, 1)
     top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hits = top == labels
-    return [hits[:, :min(k, scores.shape[1])].any(dim=1).double().mean().item() for k in ks]
+    return [int(hits[:, :min(k, scores.shape[1])].any(dim=1).sum()) * 100 / len(labels) for k in ks]

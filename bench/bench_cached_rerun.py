@@ -67,7 +67,7 @@ def fill_cache(argv, dim, seed=0):
         raise SystemExit(f'{args.arch} {args.extract_layer} gives {extractor.dim}-d features, not {dim}')
     generator = torch.Generator().manual_seed(seed)
     means = torch.randn(splits.num_classes, dim, generator=generator)
-    for split, split_name in ((splits.train, 'train'), (splits.test, args.test_split)):
+    for split, split_name in ((splits.train, 'train'), (splits.test, splits.test_name)):
         for label in range(splits.num_classes):
             indices = torch.from_numpy(np.flatnonzero(split.labels == label))
             features = means[label] + 0.5 * torch.randn(len(indices), dim, generator=generator)
@@ -78,7 +78,7 @@ def slda_alone(argv):
     """Seconds the rerun's SLDA work takes by itself: the same features and calls, all already in memory."""
     args, splits, plan, extractor, cache = cached_splits(argv)
     train = FeatureReader(splits.train, 'train', cache=cache)
-    test = FeatureReader(splits.test, args.test_split, cache=cache, keep=True)
+    test = FeatureReader(splits.test, splits.test_name, cache=cache, keep=True)
     batches = [(batch.base_init, *train.take(batch.train_indices), *test.take(batch.test_indices)) for batch in plan]
     device = torch.device(args.device)
     model = StreamingLDA(extractor.dim, splits.num_classes, device=device)

@@ -54,7 +54,7 @@ def test_digits_reduced_configuration(tmp_path, capsys):
     assert torch.equal(final.predict(test_features, return_probas=True), probabilities)
     top1, top5 = topk_accuracy(probabilities, test_labels[seen_labels])
     assert accuracies['seen_classes_top1'][-1] == top1 and accuracies['seen_classes_top5'][-1] == top5
-    assert top1 > 0.9
+    assert top1 > 90
     weights = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
     assert set(weights) == {'muK', 'cK', 'Sigma', 'num_updates'}
     assert weights['muK'].shape == (10, 512) and weights['Sigma'].shape == (512, 512)
@@ -73,7 +73,7 @@ def test_digits_default_reaches_paper_like_accuracy(tmp_path, capsys):
     assert code == 0, out.err
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert [row['classes_seen'] for row in summary['increments']] == [2, 4, 6, 8, 10]
-    assert summary['final_top1'] >= 0.93
+    assert summary['final_top1'] >= 93
 
 
 def test_imagefolder_stream_follows_label_files(tmp_path, image_folder, capsys):
@@ -234,18 +234,20 @@ def test_input_feature_size_is_checked_against_the_network(tmp_path, capsys):
     assert torch.load(tmp_path / 'layer3' / 'slda_model_weights_final.pth', weights_only=True)['muK'].shape == (10, 256)
 
 
-def test_omega_all_from_offline_accuracies(tmp_path, capsys):
+@pytest.mark.parametrize('unit,scale', [('fractions', 1), ('percent', 100)])
+def test_omega_all_from_offline_accuracies(tmp_path, capsys, unit, scale):
     offline = tmp_path / 'offline.json'
-    offline.write_text(json.dumps({'top1': [1.0, 0.8], 'top5': [1.0, 1.0]}))
+    offline.write_text(json.dumps({'top1': [1.0 * scale, 0.8 * scale], 'top5': [1.0 * scale, 0.5 * scale]}))
     code, out = run(['--num_classes', 4, '--offline_accuracies', offline, '--save_dir', tmp_path / 'out'], capsys)
     assert code == 0, out.err
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
-    rows = summary['increments']
-    assert summary['omega_all']['top1'] == pytest.approx((rows[0]['top1'] / 1.0 + rows[1]['top1'] / 0.8) / 2)
-    assert summary['omega_all']['top5'] == pytest.approx((rows[0]['top5'] + rows[1]['top5']) / 2)
-    offline.write_text(json.dumps({'top1': [1.0], 'top5': [1.0]}))
+    rows = summary['increments']                     # our accuracies, in percent
+    assert summary['accuracy_unit'] == 'percent' and rows[-1]['top1'] > 90
+    assert summary['omega_all']['top1'] == pytest.approx((rows[0]['top1'] / 100 + rows[1]['top1'] / 80) / 2)
+    assert summary['omega_all']['top5'] == pytest.approx((rows[0]['top5'] / 100 + rows[1]['top5'] / 50) / 2)
+    offline.write_text(json.dumps({'top1': [1.0 * scale], 'top5': [1.0 * scale]}))
     code, out = run(['--num_classes', 4, '--offline_accuracies', offline, '--save_dir', tmp_path / 'bad'], capsys)
-    assert code == 2 and '"top1" must list 2 accuracies' in out.err
+    assert code == 2 and '"top1" must list 2 accuracies' in out.err and 'percentages in (0, 100]' in out.err
 
 
 def test_uint8_pipeline_equals_torchvision_to_tensor_and_normalize():
