@@ -391,8 +391,9 @@ def run(args):
             save_preds = args.save_preds == 'every' or (args.save_preds == 'final' and following is None)
             folder.record(batch, row, probabilities, slda.checkpoint(), save_preds, summary)
             print(f'[{batch.number}/{len(plan)}] {batch.classes_seen:5d} classes seen | +{row["train_images"]} train '
-                  f'images | top-1 {row["top1"]:6.2f}% top-5 {row["top5"]:6.2f}% | extract {row["extract_seconds"]:.1f}s '
-                  f'fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s', flush=True)
+                  f'images | top-1 {row["top1"]:6.2f}% top-5 {row["top5"]:6.2f}% | extract '
+                  f'{row["extract_seconds"]:.1f}s fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s',
+                  flush=True)
         summary = folder.finish(slda.checkpoint(), summary)
     finally:
         files.close()

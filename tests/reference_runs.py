@@ -44,7 +44,7 @@ RUNS = {
     'tree_fixed_cached_shuffled': (TREE + ['--feature_cache', '{cache}', '--no-streaming_update_sigma',
                                            '--shuffle_data'], 'tree_fixed_cached_shuffled'),
 }
-RESUME_CRASH_AT = 'increment_start:3'
+RESUME_CRASH_AT = 'increment_start:3'     # between the second and third increments
 
 
 def platform():

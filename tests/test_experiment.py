@@ -14,7 +14,7 @@ import torchvision
 
 import data
 from conftest import (REPO, STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, age_folders, make_checkpoint,
-                      run)
+                      run, write_jpeg)
 from features import FeatureExtractor
 from retrieve_any_layer import ModelWrapper
 from slda_model import StreamingLDA
@@ -53,6 +53,7 @@ def test_digits_reduced_configuration(tmp_path, capsys):
     final.load_model(str(save), 'slda_model_weights_final')
     assert torch.equal(final.predict(test_features, return_probas=True), probabilities)
     top1, top5 = topk_accuracy(probabilities, test_labels[seen_labels])
+    assert top1 == pytest.approx(100 * (probabilities.argmax(1).numpy() == test_labels[seen_labels]).mean())
     assert accuracies['seen_classes_top1'][-1] == top1 and accuracies['seen_classes_top5'][-1] == top5
     assert top1 > 90
     weights = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
@@ -414,3 +415,120 @@ def test_listing_file_of_image_folder_splits_is_reused_and_a_damaged_one_ignored
         (listings / name).write_text(damage)
         again = data.image_folder_splits('imagenet', str(root), listing_dir=str(listings))
         assert again.train.class_files == first.train.class_files and json.loads((listings / name).read_text()) == saved
+
+
+def original_support_folder(directory, labels):
+    """The original's ./imagenet_files/ in ``directory``: its two label files and a base checkpoint."""
+    folder = directory / 'imagenet_files'
+    folder.mkdir()
+    for name in ('imagenet_train_labels.npy', 'imagenet_val_labels.npy'):
+        (folder / name).write_bytes((labels / name).read_bytes())
+    make_checkpoint(folder / 'imagenet_100_class_ckpt.pth')
+    return folder
+
+
+def test_images_dir_alone_means_imagenet_with_the_originals_defaults_and_files(tmp_path, image_folder, capsys,
+                                                                                monkeypatch):
+    root, labels = image_folder
+    work = tmp_path / 'work'
+    work.mkdir()
+    folder = original_support_folder(work, labels)
+    monkeypatch.chdir(work)
+    small = ['--class_increment', 2, '--image_size', 32, '--num_workers', 0]
+    for extra, covariance in (['--streaming_update_sigma'], 'plastic'), ([], 'fixed'):
+        code, out = run(['--images_dir', root, '--expt_name', f'run_{covariance}'] + extra + small, capsys)
+        assert code == 0, out.err
+        config = json.loads((work / 'streaming_experiments' / f'run_{covariance}' / 'config.json').read_text())
+        assert config['arguments']['dataset'] == 'imagenet' and config['covariance'] == covariance
+        assert config['arguments']['streaming_update_sigma'] is (covariance == 'plastic')
+        assert f'covariance: {covariance}' in out.out
+        assert config['class_order'] == np.argsort(STREAM_POSITION).tolist()
+        assert config['class_order_source'] == f'label files in {folder}' and config['class_order_warning'] is None
+        assert config['arguments']['base_init_ckpt'] == str(folder / 'imagenet_100_class_ckpt.pth')
+        assert config['arguments']['class_increment'] == 2 and config['arguments']['base_init_classes'] == 2
+    fixed = work / 'streaming_experiments' / 'run_fixed'
+    weights = torch.load(fixed / 'slda_model_weights_final.pth', weights_only=True)
+    base = torch.load(fixed / 'slda_model_weights_min_trained_0_max_trained_2.pth', weights_only=True)
+    assert torch.equal(weights['Sigma'], base['Sigma'])           # fixed: the base initialisation's covariance
+
+
+def test_imagenet_without_label_files_warns_before_any_work_and_records_it(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt)
+    code, out = run(['--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 2, '--image_size', 32,
+                     '--num_workers', 0, '--save_dir', tmp_path / 'out', '--batch_size', 1000], capsys)
+    assert code == 0, out.err
+    assert out.err.startswith('WARNING: no label files (imagenet_train_labels.npy, imagenet_val_labels.npy)')
+    assert 'not comparable to the paper' in out.err
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['class_order_source'] == 'sorted' and config['class_order'] == list(range(len(SYNSETS)))
+    assert config['class_order_warning'] in out.err
+
+
+@pytest.mark.parametrize('argv,flag', [
+    (['--images_dir', '{root}', '--dataset', 'digits'], '--images_dir'),
+    (['--image_size', 64], '--image_size'),
+    (['--test_split', 'test'], '--test_split'),
+    (['--skip_bad_images'], '--skip_bad_images'),
+    (['--cache_check', 'listing'], '--cache_check'),
+])
+def test_a_flag_the_dataset_does_not_use_is_an_error(tmp_path, image_folder, capsys, argv, flag):
+    root, _ = image_folder
+    code, out = run([str(a).format(root=root) for a in argv] + ['--save_dir', tmp_path / 'out'], capsys)
+    assert code == 2 and out.err == f'error: {flag} is for image-folder datasets; --dataset digits does not use it\n'
+    assert not (tmp_path / 'out').exists()
+
+
+def test_label_files_and_a_class_order_seed_are_a_conflict(tmp_path, image_folder, capsys):
+    root, labels = image_folder
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--labels_dir', labels,
+                     '--class_order_seed', 3, '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 2 and f'--class_order_seed 3 and --labels_dir {labels} both give a class order' in out.err
+
+
+def wide_imagenet(directory, classes=101):
+    """An ImageNet-shaped tree with enough classes for the original's defaults (100 base classes, increments
+    of 100): 2 training and 1 test image of 16x12 pixels per class, and a shuffled stream order."""
+    root = directory / 'imagenet'
+    positions = np.random.default_rng(0).permutation(classes)
+    for split, count in (('train', 2), ('val', 1)):
+        for k in range(classes):
+            (root / split / f'n{k:08d}').mkdir(parents=True)
+            for j in range(count):
+                write_jpeg(root / split / f'n{k:08d}' / f'{j}.JPEG', seed=k * 10 + j, size=(16, 12))
+    labels = directory / 'labels'
+    labels.mkdir()
+    for split, count in (('train', 2), ('val', 1)):
+        np.save(labels / f'imagenet_{split}_labels.npy', np.repeat(positions, count).astype(np.int64))
+    return root, labels, positions
+
+
+@pytest.mark.slow
+def test_the_originals_slda_imagenet_command_lines_run_unchanged(tmp_path):
+    root, labels, positions = wide_imagenet(tmp_path)
+    work = tmp_path / 'work'
+    work.mkdir()
+    original_support_folder(work, labels)
+    for line in (f'python -u experiment.py --images_dir {root} --streaming_update_sigma --expt_name slda_plastic',
+                 f'python -u experiment.py --images_dir {root} --expt_name slda_fixed'):
+        argv = line.split()[2:]
+        done = subprocess.run([sys.executable, '-u', os.path.join(REPO, argv[0]), *argv[1:]], cwd=work,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    for name, covariance in (('slda_plastic', 'plastic'), ('slda_fixed', 'fixed')):
+        save = work / 'streaming_experiments' / name
+        config = json.loads((save / 'config.json').read_text())
+        assert config['arguments']['dataset'] == 'imagenet' and config['covariance'] == covariance
+        assert config['class_order'] == np.argsort(positions).tolist()
+        assert config['arguments']['batch_size'] == 256 and config['arguments']['shrinkage'] == 1e-4
+        summary = json.loads((save / 'summary.json').read_text())
+        assert [row['classes_seen'] for row in summary['increments']] == [100, 101]
+        accuracies = json.loads((save / 'accuracies_min_trained_0_max_trained_101.json').read_text())
+        assert accuracies['seen_classes_top1'] == [row['top1'] for row in summary['increments']]
+        assert all(value in {100 * hits / tests for hits in range(tests + 1)}
+                   for value, tests in zip(accuracies['seen_classes_top5'], (100, 101)))
+        base = torch.load(save / 'slda_model_weights_min_trained_0_max_trained_100.pth', weights_only=True)
+        assert base['cK'][np.argsort(positions)[:100]].tolist() == [2] * 100      # the label files' base classes
+        final = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
+        assert torch.equal(final['Sigma'], base['Sigma']) is (covariance == 'fixed')
