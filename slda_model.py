@@ -99,8 +99,9 @@ class StreamingLDA(nn.Module):
 
     Sigma starts as the identity. The original started it as a matrix of ones: with a plastic covariance
     the first update multiplies it by t = 0 so the start does not matter, but with a fixed covariance and
-    no base initialisation (or a predict before any fit) the all-ones matrix makes every class score
-    nearly the same, while the identity gives a nearest-class-mean classifier.
+    no base initialisation (or a predict before any fit) the all-ones matrix gives a precision of about
+    (I - 11^T / d) / shrinkage, a nearest-class-mean rule on features with their mean over dimensions
+    removed, while the identity gives plain nearest class mean.
     """
 
     def __init__(self, input_shape, num_classes, test_batch_size=1024, shrinkage_param=1e-4,
