@@ -37,7 +37,8 @@ class Split(Protocol):
     """What a split must offer. ``labels`` is an int64 array (n,) sorted by class, so that each class's images
     are contiguous; item i is (image, i, ok): the image as a uint8 (3, H, W) tensor or a normalised float
     one, ok False when it could not be read (a placeholder image then). ``describe(i)`` names image i for a
-    person (a path); ``class_fingerprint(label, sizes)`` is a string that changes when the images of class
+    person (a path); ``image_name(i)`` names it in stream_order.txt (its path relative to the dataset's folder,
+    or its index); ``class_fingerprint(label, sizes)`` is a string that changes when the images of class
     ``label`` change (``sizes`` False may trust cheaper evidence such as folder times)."""
     labels: np.ndarray
 
@@ -47,6 +48,8 @@ class Split(Protocol):
 
     def describe(self, index) -> str: ...
 
+    def image_name(self, index) -> str: ...
+
     def class_fingerprint(self, label, sizes=True) -> str: ...
 
 
@@ -54,7 +57,7 @@ def check_split(split, num_classes, name):
     """Raise TypeError or ValueError, naming the split ``name``, where ``split`` breaks the ``Split`` contract."""
     if not isinstance(split, Split):
         raise TypeError(f'{name} split ({type(split).__name__}) lacks what a Split needs: labels, __len__, '
-                        f'__getitem__, describe, class_fingerprint')
+                        f'__getitem__, describe, image_name, class_fingerprint')
     labels = split.labels
     if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype != np.int64:
         raise TypeError(f'{name} split: labels must be a 1-D int64 numpy array')
@@ -68,38 +71,52 @@ class ImageList(Dataset):
     """The image files of a split folder, class by class; item i is (uint8 image (3, S, S), i, ok), ok False
     when the file cannot be read.
 
-    ``class_files[k]`` names the files of class k (folder ``root/classes[k]``), relative to that folder and
-    joined by newlines. Paths are split out of it only for a class being read: a rerun from the feature
-    cache, which reads no image, then never builds ImageNet's 1.33 million path strings.
+    ``class_files[k]`` names the files of class k, relative to its folder ``root/class_folders[k]`` (by default
+    ``root/classes[k]``, as in an ImageFolder; '' for files of a class spread over several folders) and joined
+    by newlines. Paths are split out of it only for a class being read: a rerun from the feature cache, which
+    reads no image, then never builds ImageNet's 1.33 million path strings. ``make_transform(image_size)``
+    builds the PIL-to-uint8 transform (default ``folder_transform``); ``relative_root`` is ``root`` relative to
+    the dataset's folder, for ``image_name``.
 
-    A bad image is not an exception here so that the caller, which knows whether ``--skip_bad_images`` is
-    set, decides what to do, and so that the error names the file even from a DataLoader worker.
+    A bad image is not an exception here so that the caller, which knows whether bad images are skipped,
+    decides what to do, and so that the error names the file even from a DataLoader worker.
     """
 
-    def __init__(self, root, classes, class_files, image_size):
+    def __init__(self, root, classes, class_files, image_size, class_folders=None, make_transform=None,
+                 relative_root=''):
         self.root = root
         self.classes = classes
         self.class_files = class_files
+        self.class_folders = classes if class_folders is None else class_folders
         counts = [names.count('\n') + 1 if names else 0 for names in class_files]
         self.labels = np.repeat(np.arange(len(classes)), counts)
         self.image_size = image_size
-        self.transform = None      # folder_transform, made when the first image is read
+        self.make_transform = make_transform or folder_transform
+        self.relative_root = relative_root
+        self.transform = None      # made when the first image is read
         self.last_class = (-1, [])     # (label, its file names) of the last path asked for
 
     def __len__(self):
         return len(self.labels)
 
-    def path(self, index):
+    def _below_root(self, index):
+        """Image ``index``'s path relative to ``root``."""
         label = int(self.labels[index])
         last = self.last_class      # one tuple, read and replaced whole, as two threads may ask at once
         if last[0] != label:
             last = self.last_class = (label, self.class_files[label].split('\n'))
         start, _ = class_rows(self.labels, label)
-        return os.path.join(self.root, self.classes[label], last[1][index - start])
+        return os.path.join(self.class_folders[label], last[1][index - start])
+
+    def path(self, index):
+        return os.path.join(self.root, self._below_root(index))
+
+    def image_name(self, index):
+        return os.path.join(self.relative_root, self._below_root(index))
 
     def __getitem__(self, index):
         if self.transform is None:
-            self.transform = folder_transform(self.image_size)
+            self.transform = self.make_transform(self.image_size)
         try:
             with Image.open(self.path(index)) as image:
                 return self.transform(image.convert('RGB')), index, True
@@ -115,15 +132,15 @@ class ImageList(Dataset):
         holding them (a stat per folder), which change when files are added, removed or renamed but not
         when a file is rewritten in place."""
         names = self.class_files[label]
-        class_folder = os.path.join(self.root, self.classes[label])
-        prefix = class_folder + os.sep       # prefix + name is os.path.join(class_folder, name), without its checks
+        class_folder = os.path.join(self.root, self.class_folders[label])
+        prefix = os.path.join(class_folder, '')     # prefix + name is os.path.join(class_folder, name), cheaper
         if sizes:
             stamps = [os.stat(prefix + name).st_size for name in names.split('\n')]
         else:
             folders = sorted({(prefix + name).rpartition(os.sep)[0] for name in names.split('\n')}) \
                 if os.sep in names else [class_folder]
             stamps = [os.stat(folder).st_mtime_ns for folder in folders]
-        relative_prefix = os.sep + self.classes[label] + os.sep
+        relative_prefix = os.sep + os.path.join(self.class_folders[label], '')
         text = relative_prefix + names.replace('\n', '\n' + relative_prefix) + '\0' + ' '.join(map(str, stamps))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -144,6 +161,9 @@ class TensorImages(Dataset):
 
     def describe(self, index):
         return f'{self.name} image {index}'
+
+    def image_name(self, index):
+        return str(index)
 
     def class_fingerprint(self, label, sizes=True):
         start, end = class_rows(self.labels, label)
@@ -351,7 +371,7 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
         if empty:
             raise ValueError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
                              f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
-        splits[split] = list_class(root, classes, class_files, image_size)
+        splits[split] = list_class(root, classes, class_files, image_size, relative_root=split)
     if listing_file and listing != saved:
         os.makedirs(listing_dir, exist_ok=True)
         save_json(listing_file, listing, indent=None)     # compact: the file is read by every rerun
