@@ -7,6 +7,7 @@ project relies on; ``SplitPair`` checks it.
 """
 import hashlib
 import os
+import re
 import time
 from typing import Protocol, runtime_checkable
 
@@ -39,7 +40,9 @@ class Split(Protocol):
     one, ok False when it could not be read (a placeholder image then). ``describe(i)`` names image i for a
     person (a path); ``image_name(i)`` names it in stream_order.txt (its path relative to the dataset's folder,
     or its index); ``class_fingerprint(label, sizes)`` is a string that changes when the images of class
-    ``label`` change (``sizes`` False may trust cheaper evidence such as folder times)."""
+    ``label`` change (``sizes`` False may trust cheaper evidence such as folder times). A split that knows its
+    clips (recordings of one object, frames in temporal order, contiguous in dataset order) has ``clips``, an
+    int64 array (n,) giving each image's clip; the instance orderings need it."""
     labels: np.ndarray
 
     def __len__(self) -> int: ...
@@ -214,6 +217,77 @@ def digits_splits():
                      f'digits bilinear {DIGITS_SIZE}x{DIGITS_SIZE}, ImageNet normalisation')
 
 
+# CORe50 (Lomonaco & Maltoni 2017): sessions s1..s11, objects o1..o50, five objects per category in this order.
+CORE50_CATEGORIES = ('plug_adapter', 'mobile_phone', 'scissors', 'light_bulb', 'can', 'glasses', 'ball',
+                     'marker', 'cup', 'remote_control')
+CORE50_TRAIN_SESSIONS = (1, 2, 4, 5, 6, 8, 9, 11)
+CORE50_TEST_SESSIONS = (3, 7, 10)
+CORE50_FRAME = re.compile(r'C_(\d\d)_(\d\d)_(\d\d\d)\.png')
+
+
+def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'):
+    """CORe50's ``core50_128x128/`` folder: train on sessions 1, 2, 4, 5, 6, 8, 9, 11, test on 3, 7, 10.
+
+    Of each clip (a session's recording of one object, frames ``C_SS_OO_FFF.png`` at 20 fps) the frames
+    ``frame_stride // 2``, then every ``frame_stride``-th, are kept: 10, 30, ..., 290 for the default 20 (one
+    per second). Files not named like frames are not images of the dataset and are left out. ``labels`` is
+    ``category`` (10 classes) or ``object`` (one class per object present). Images are resized to
+    ``image_size`` x ``image_size`` without cropping. A split lists its images by class, object, session,
+    frame; its ``clips`` (n,) give each image's clip, numbered in that order.
+    """
+    if labels not in ('category', 'object'):
+        raise ValueError(f'labels must be category or object, got {labels!r}')
+    if frame_stride < 1:
+        raise ValueError(f'frame_stride must be at least 1, got {frame_stride}')
+    if not os.path.isdir(images_dir):
+        raise FileNotFoundError(f'images_dir {images_dir} does not exist or is not a folder; it must hold CORe50\'s '
+                                f'session folders s1 ... s11')
+    splits = {}
+    for split, sessions in (('train', CORE50_TRAIN_SESSIONS), ('test', CORE50_TEST_SESSIONS)):
+        frames = []           # (object, session, frame, path relative to images_dir)
+        for session in sessions:
+            folder = os.path.join(images_dir, f's{session}')
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f'{folder} is missing: images_dir must hold CORe50\'s session folders '
+                                        f's1 ... s11 (sessions {", ".join(map(str, sessions))} are the {split} split)')
+            for object_folder in sorted(os.listdir(folder)):
+                match = re.fullmatch(r'o(\d+)', object_folder)
+                if not match or not 1 <= int(match[1]) <= 50:
+                    continue
+                for name in os.listdir(os.path.join(folder, object_folder)):
+                    parts = CORE50_FRAME.fullmatch(name)
+                    if parts and int(parts[3]) % frame_stride == frame_stride // 2:
+                        frames.append((int(match[1]), session, int(parts[3]),
+                                       os.path.join(f's{session}', object_folder, name)))
+        if not frames:
+            raise ValueError(f'no CORe50 frames (C_SS_OO_FFF.png) in the {split} sessions of {images_dir}')
+        splits[split] = frames
+    objects = sorted({frame[0] for frames in splits.values() for frame in frames})
+    if labels == 'category':
+        classes = list(CORE50_CATEGORIES)
+        label_of = {o: (o - 1) // 5 for o in objects}
+    else:
+        classes = [f'o{o}' for o in objects]
+        label_of = {o: i for i, o in enumerate(objects)}
+    made = {}
+    for split, frames in splits.items():
+        frames.sort(key=lambda frame: (label_of[frame[0]], frame[0], frame[1], frame[2]))
+        names = [[] for _ in classes]
+        clips, clip_keys = [], {}
+        for obj, session, _, path in frames:
+            names[label_of[obj]].append(path)
+            clips.append(clip_keys.setdefault((obj, session), len(clip_keys)))
+        empty = [name for name, files in zip(classes, names) if not files]
+        if empty:
+            raise ValueError(f'CORe50 {split} split of {images_dir} has no frames of {", ".join(empty)}')
+        images = ImageList(images_dir, classes, ['\n'.join(files) for files in names], image_size,
+                           class_folders=[''] * len(classes), make_transform=square_transform)
+        images.clips = np.array(clips, dtype=np.int64)
+        made[split] = images
+    return SplitPair('core50', classes, made['train'], made['test'],
+                     f'CORe50 {labels} labels, PIL, resize {image_size}x{image_size}, ImageNet normalisation', 'test')
+
+
 def imagenet_normalize(images):
     """(n, 3, H, W) uint8 images in [0, 255] or floats in [0, 1] -> float32 normalised with ImageNet's mean and
     standard deviation; the same arithmetic as torchvision's ToTensor followed by Normalize."""
@@ -234,6 +308,12 @@ def folder_transform(image_size):
     resize = int(round(image_size / 0.875))
     return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
                                transforms.PILToTensor()])
+
+
+def square_transform(image_size):
+    """Resize to image_size x image_size, without keeping the aspect ratio or cropping; the result stays uint8."""
+    from torchvision import transforms
+    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
 
 
 def list_classes(split_folder):

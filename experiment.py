@@ -31,10 +31,13 @@ from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))
 IMAGE_FILES = os.path.join(PROJECT, 'image_files')
-DEFAULT_TEST_SPLIT, DEFAULT_IMAGE_SIZE, DEFAULT_CACHE_CHECK = 'val', 224, 'sizes'
-# Flags that only image-folder datasets use, with their defaults there; elsewhere giving one is an error.
-IMAGE_FOLDER_FLAGS = {'images_dir': None, 'test_split': DEFAULT_TEST_SPLIT, 'image_size': DEFAULT_IMAGE_SIZE,
-                      'decode_on_device': False, 'skip_bad_images': False, 'cache_check': DEFAULT_CACHE_CHECK}
+DEFAULT_TEST_SPLIT, DEFAULT_IMAGE_SIZE, DEFAULT_CACHE_CHECK, DEFAULT_FRAME_STRIDE = 'val', 224, 'sizes', 20
+# Flags that only some datasets use (DatasetEntry.flags), with their defaults there; elsewhere giving one is an
+# error.
+DATASET_FLAG_DEFAULTS = {'images_dir': None, 'test_split': DEFAULT_TEST_SPLIT, 'image_size': DEFAULT_IMAGE_SIZE,
+                         'decode_on_device': False, 'skip_bad_images': False, 'cache_check': DEFAULT_CACHE_CHECK,
+                         'frame_stride': DEFAULT_FRAME_STRIDE, 'core50_labels': 'category'}
+ORDERINGS = ('class_incremental', 'iid', 'class_iid', 'instance', 'class_instance')
 
 
 def support_folders():
@@ -83,6 +86,11 @@ def add_data_arguments(parser):
                             'with PIL in the workers, which then only read files; for image folders')
     group.add_argument('--skip_bad_images', action='store_true',
                        help='skip unreadable images (listed in summary.json) instead of stopping')
+    group.add_argument('--frame_stride', metavar='N', type=int, default=None,
+                       help=f'core50: keep frames N/2, N/2 + N, ... of each clip (default: {DEFAULT_FRAME_STRIDE}, '
+                            f'one frame per second: 10, 30, ..., 290)')
+    group.add_argument('--core50_labels', choices=['category', 'object'], default=None,
+                       help='core50: the 10 categories or the 50 objects as classes (default: category)')
 
 
 def add_network_arguments(parser):
@@ -107,11 +115,23 @@ def add_network_arguments(parser):
 def add_protocol_arguments(parser):
     group = parser.add_argument_group('protocol and model')
     group.add_argument('--class_increment', metavar='N', type=int, default=None,
-                       help='classes per increment (default: ' +
-                            ', '.join(f'{e.class_increment} for {e.name}' for e in DATASETS.values()) + ')')
+                       help='classes per increment, or per batch in the class_iid and class_instance orderings '
+                            '(default: ' + ', '.join(f'{e.class_increment} for {e.name}' for e in DATASETS.values()) +
+                            ')')
     group.add_argument('--base_init_classes', metavar='N', type=int, default=None,
                        help='classes in the base initialisation (default: one increment)')
     group.add_argument('--no_base_init', action='store_true', help='stream every class, no fit_base')
+    group.add_argument('--base_init', action='store_true',
+                       help='fit the first batch with fit_base (the default except for core50)')
+    group.add_argument('--ordering', choices=ORDERINGS, default=None,
+                       help='order of the stream: class_incremental (a class order, --class_increment classes at '
+                            'a time), iid, class_iid, instance, class_instance (see README; default: iid for '
+                            'core50, else class_incremental)')
+    group.add_argument('--ordering_seed', metavar='N', type=int, default=None,
+                       help='seed of the iid, class_iid, instance and class_instance orderings (default: 0)')
+    group.add_argument('--images_per_batch', metavar='N', type=int, default=None,
+                       help='iid and instance orderings: images per batch (default: 1200 for core50, else a tenth '
+                            'of the training images)')
     group.add_argument('--streaming_update_sigma', action=argparse.BooleanOptionalAction, default=None,
                        help='plastic covariance, updated by every sample; --no-streaming_update_sigma keeps '
                             'the base-initialisation covariance fixed (default: ' +
@@ -163,30 +183,76 @@ def add_running_arguments(parser):
 
 
 def complete_defaults(args):
+    """Fill in the defaults that depend on the dataset and check the flags against each other."""
     if args.dataset is None:
         args.dataset = 'imagenet' if args.images_dir else 'digits'
     dataset = DATASETS[args.dataset]
-    for name, default in IMAGE_FOLDER_FLAGS.items():
-        if dataset.image_files and getattr(args, name) is None:
+    for name, default in DATASET_FLAG_DEFAULTS.items():
+        if name in dataset.flags and getattr(args, name) is None:
             setattr(args, name, default)
-        elif not dataset.image_files and getattr(args, name) not in (None, False):
-            raise UserError(f'--{name} is for image-folder datasets; --dataset {args.dataset} does not use it')
+        elif name not in dataset.flags and getattr(args, name) not in (None, False):
+            users = ', '.join(entry.name for entry in DATASETS.values() if name in entry.flags)
+            raise UserError(f'--{name} is for --dataset {users}; --dataset {args.dataset} does not use it')
     if args.streaming_update_sigma is None:
         args.streaming_update_sigma = dataset.plastic_covariance
-    if args.class_increment is None:
-        args.class_increment = dataset.class_increment
-    if args.base_init_classes is None:
-        args.base_init_classes = 0 if args.no_base_init else args.class_increment
-    elif args.no_base_init:
-        raise UserError('--no_base_init and --base_init_classes contradict each other; give one')
+    complete_protocol(args, dataset)
+    complete_network(args, dataset)
     if args.expt_name is None:
-        args.expt_name = f'slda_{args.dataset}_{"plastic" if args.streaming_update_sigma else "fixed"}'
+        stream = '' if args.ordering == 'class_incremental' else f'_{args.ordering}_seed{args.ordering_seed}'
+        args.expt_name = f'slda_{args.dataset}{stream}_{"plastic" if args.streaming_update_sigma else "fixed"}'
     if args.save_dir is None:
         args.save_dir = os.path.join('streaming_experiments', args.expt_name)
-    if args.labels_dir is None and args.class_order_seed is None:
+    if args.num_workers is None:
+        args.num_workers = min(32, os.cpu_count() or 1) if dataset.image_files else 0
+    if args.device == 'auto':
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if args.batch_size < 1:
+        raise UserError(f'--batch_size must be at least 1, got {args.batch_size}')
+    if not 0 <= args.shrinkage <= 1:
+        raise UserError(f'--shrinkage must be in [0, 1], got {args.shrinkage}')
+
+
+def complete_protocol(args, dataset):
+    """The ordering, its flags, and the base initialisation."""
+    args.ordering = args.ordering or dataset.ordering
+    class_incremental = args.ordering == 'class_incremental'
+    class_orderings = ('class_incremental', 'class_iid', 'class_instance')
+    only_for = [(('class_incremental',), ['labels_dir', 'class_order_seed', 'num_classes', 'shuffle_data',
+                                          'base_init_classes']),
+                (('iid', 'class_iid', 'instance', 'class_instance'), ['ordering_seed']),
+                (('iid', 'instance'), ['images_per_batch']), (class_orderings, ['class_increment'])]
+    for orderings, names in only_for:
+        for name in names:
+            if getattr(args, name) not in (None, False) and args.ordering not in orderings:
+                raise UserError(f'--{name} is for --ordering {", ".join(orderings)}, not {args.ordering}')
+    if args.no_base_init and (args.base_init or args.base_init_classes is not None):
+        raise UserError(f'--no_base_init and --{"base_init" if args.base_init else "base_init_classes"} '
+                        f'contradict each other; give one')
+    base_init = args.base_init or args.base_init_classes is not None or (dataset.base_init and not args.no_base_init)
+    args.base_init, args.no_base_init = base_init, not base_init
+    if args.class_increment is None and args.ordering in class_orderings:
+        args.class_increment = dataset.class_increment
+    if class_incremental:
+        args.base_init_classes = (args.class_increment if args.base_init_classes is None else args.base_init_classes) \
+            if base_init else 0
+    else:
+        args.ordering_seed = 0 if args.ordering_seed is None else args.ordering_seed
+    if args.labels_dir is None and args.class_order_seed is None and class_incremental:
         args.labels_dir = next((folder for folder in support_folders() if all(
             os.path.exists(os.path.join(folder, name)) for name in protocol.label_file_names(args.dataset))), None)
-    if dataset.default_checkpoint and args.base_init_ckpt is None and args.weights is None:
+    for flag in ('class_increment', 'images_per_batch', 'base_init_classes'):
+        least = 0 if flag == 'base_init_classes' else 1
+        if getattr(args, flag) is not None and getattr(args, flag) < least:
+            raise UserError(f'--{flag} must be at least {least}, got {getattr(args, flag)}')
+
+
+def complete_network(args, dataset):
+    """The dataset's default weights or checkpoint, when neither is given."""
+    if args.base_init_ckpt is not None or args.weights is not None:
+        return
+    if dataset.default_weights:
+        args.weights = dataset.default_weights
+    elif dataset.default_checkpoint:
         candidates = [os.path.join(folder, dataset.default_checkpoint) for folder in support_folders()]
         found = [path for path in candidates if os.path.isfile(path)]
         if not found:
@@ -195,16 +261,6 @@ def complete_defaults(args):
                             f'image_files/README.md says what it is and where to get it; or pass '
                             f'--base_init_ckpt PATH, or --weights with torchvision weights cached locally')
         args.base_init_ckpt = found[0]
-    if args.num_workers is None:
-        args.num_workers = min(32, os.cpu_count() or 1) if dataset.image_files else 0
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    for flag, value, least in (('--batch_size', args.batch_size, 1), ('--class_increment', args.class_increment, 1),
-                               ('--base_init_classes', args.base_init_classes, 0)):
-        if value < least:
-            raise UserError(f'{flag} must be at least {least}, got {value}')
-    if not 0 <= args.shrinkage <= 1:
-        raise UserError(f'--shrinkage must be in [0, 1], got {args.shrinkage}')
 
 
 def check_inputs(args):
@@ -236,7 +292,10 @@ def list_splits(args):
 
 
 def class_order(args, splits):
-    """(class indices in stream order, where the order came from, a warning or None)."""
+    """(class indices in stream order, where the order came from, a warning or None); the order is None for
+    orderings that draw their own."""
+    if args.ordering != 'class_incremental':
+        return None, f'{args.ordering} ordering, seed {args.ordering_seed}', None
     if args.labels_dir:
         return (protocol.class_order_from_label_files(splits, args.labels_dir), f'label files in {args.labels_dir}',
                 None)
@@ -251,6 +310,28 @@ def class_order(args, splits):
 
 
 def make_plan(args, splits, order):
+    """The plan of --ordering; ``order`` is the class order of the class-incremental ordering. Sets
+    --images_per_batch's default, which depends on the dataset's size."""
+    train, test, clips = splits.train.labels, splits.test.labels, getattr(splits.train, 'clips', None)
+    if args.ordering == 'class_incremental':
+        return class_incremental_plan(args, splits, order)
+    if args.ordering in ('instance', 'class_instance') and clips is None:
+        raise UserError(f'--ordering {args.ordering} needs a dataset that knows its clips (core50); '
+                        f'--dataset {args.dataset} does not')
+    if args.ordering in ('iid', 'instance'):
+        if args.images_per_batch is None:
+            args.images_per_batch = DATASETS[args.dataset].images_per_batch or -(-len(train) // 10)
+        if args.ordering == 'iid':
+            return protocol.iid(train, test, args.images_per_batch, args.ordering_seed, args.base_init)
+        return protocol.instance(train, clips, test, args.images_per_batch, args.ordering_seed, args.base_init)
+    if args.class_increment > splits.num_classes:
+        raise UserError(f'--class_increment {args.class_increment} is larger than the {splits.num_classes} classes')
+    if args.ordering == 'class_iid':
+        return protocol.class_iid(train, test, args.class_increment, args.ordering_seed, args.base_init)
+    return protocol.class_instance(train, clips, test, args.class_increment, args.ordering_seed, args.base_init)
+
+
+def class_incremental_plan(args, splits, order):
     streamed = splits.num_classes if args.num_classes is None else args.num_classes
     if not 1 <= streamed <= splits.num_classes:
         raise UserError(f'--num_classes {args.num_classes}: the dataset has {splits.num_classes} classes')
@@ -288,9 +369,14 @@ def build_readers(args, splits, plan, device, files):
         decoding = dict(decoder=BatchDecoder(args.image_size, device), collate_fn=collate_encoded)
     extraction = Extraction(extractor, args.batch_size, args.num_workers, pin_memory=device.type == 'cuda',
                             progress=args.progress, **decoding)
+    # Test features are kept in memory (scored after every batch), and training features too when a class
+    # recurs in several batches, as in the iid and instance orderings.
+    batch_classes = [np.unique(splits.train.labels[batch.train_indices]) for batch in plan]
+    recurring = sum(map(len, batch_classes)) > len(np.unique(np.concatenate(batch_classes)))
     train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,
                                  skip_bad_images=args.skip_bad_images)
-                   for split, name, keep in ((splits.train, 'train', False), (splits.test, splits.test_name, True)))
+                   for split, name, keep in ((splits.train, 'train', recurring),
+                                             (splits.test, splits.test_name, True)))
     cached_dims = {reader.feature_dim(reader.classes_of(np.concatenate([getattr(batch, field) for batch in plan])))
                    for reader, field in ((train, 'train_indices'), (test, 'test_indices'))}
     feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
@@ -303,8 +389,9 @@ def build_readers(args, splits, plan, device, files):
 def describe_run(args, order, order_source, order_warning, extractor, feature_dim, device):
     """config.json: every argument, the class order, the network and the platform."""
     return {
-        'arguments': vars(args), 'covariance': covariance_name(args),
-        'class_order': order.tolist(), 'class_order_source': order_source, 'class_order_warning': order_warning,
+        'arguments': vars(args), 'covariance': covariance_name(args), 'ordering': args.ordering,
+        'class_order': None if order is None else order.tolist(), 'class_order_source': order_source,
+        'class_order_warning': order_warning,
         'feature_dim': feature_dim, 'weights': extractor.weights_report, 'autocast_bfloat16': extractor.amp,
         'versions': {'python': platform.python_version(), 'torch': torch.__version__,
                      'torchvision': version('torchvision'), 'numpy': np.__version__},
@@ -365,7 +452,7 @@ def run(args):
     try:
         train, test, extractor, feature_dim = build_readers(args, splits, plan, device, files)
         folder.save_config(describe_run(args, order, order_source, order_warning, extractor, feature_dim, device),
-                           splits, order)
+                           splits, order, plan)
         print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
               f'images; streaming {plan[-1].classes_seen} classes as {[b.classes_seen for b in plan]}; class order '
               f'{order_source}')

@@ -2,7 +2,18 @@
 
 A plan is a list of ``Batch``: the dataset indices fitted in that batch, in the order they are fitted, whether
 the batch is the base initialisation (``fit_base``), and the test images evaluated after it. The driver only
-walks the plan, so an ordering of the stream is a function that returns one.
+walks the plan, so an ordering of the stream is a function that returns one:
+
+- ``class_incremental``: the paper's ImageNet protocol, a given class order a few classes at a time;
+- ``iid``: every training image in a random order, in batches of a fixed size; tested on all test images;
+- ``class_iid``: the classes in a random order, a few per batch, each class's images in a random order;
+  tested on the classes seen;
+- ``instance``: the clips in a random order, each clip's frames together and in temporal order, in batches
+  of a fixed size; tested on all test images;
+- ``class_instance``: the classes in a random order, a few per batch, each class's clips in a random order
+  and their frames in temporal order; tested on the classes seen.
+
+The last four are the orderings of Hayes et al.'s CORe50 experiments (their Stream-51 code's make_dataset).
 """
 import os
 from dataclasses import dataclass
@@ -20,6 +31,7 @@ class Batch:
     train_indices: np.ndarray   # (n,) int64, in the order they are fitted
     test_indices: np.ndarray    # (m,) int64, evaluated after the batch, in dataset order
     classes_seen: int           # distinct classes fitted so far
+    name: str                   # names the batch's output files
     base_init: bool = False     # fit with fit_base (all at once, replacing the state) instead of fit
 
 
@@ -53,7 +65,98 @@ def class_incremental(train_labels, test_labels, order, num_classes, base_classe
             generator = torch.Generator().manual_seed(shuffle_seed * 100_003 + i)
             train_indices = train_indices[torch.randperm(len(train_indices), generator=generator).numpy()]
         plan.append(Batch(i + 1, train_indices, np.flatnonzero(np.isin(test_labels, order[:classes_seen])),
-                          classes_seen, base_init=i == 0 and base_classes > 0))
+                          classes_seen, f'min_trained_0_max_trained_{classes_seen}', i == 0 and base_classes > 0))
+    return plan
+
+
+def iid(train_labels, test_labels, images_per_batch, seed, base_init=False):
+    """Every training image in a random order (seeded), ``images_per_batch`` at a time; all test images after
+    each batch. With ``base_init`` the first batch initialises the model with fit_base."""
+    order = _permutation(len(train_labels), _generator(seed))
+    return _plan(_chunks(order, images_per_batch), train_labels, test_labels, False, base_init)
+
+
+def class_iid(train_labels, test_labels, classes_per_batch, seed, base_init=False):
+    """The classes in a random order, ``classes_per_batch`` per batch; within a batch, class after class, each
+    class's images in a random order; the test images of the classes seen after each batch."""
+    generator = _generator(seed)
+    classes = [run[_permutation(len(run), generator)] for run in _shuffled_runs(train_labels, generator)]
+    return _plan(_class_chunks(classes, classes_per_batch), train_labels, test_labels, True, base_init)
+
+
+def instance(train_labels, clips, test_labels, images_per_batch, seed, base_init=False):
+    """The clips in a random order, each clip's frames together and in dataset (temporal) order,
+    ``images_per_batch`` images at a time (a clip may straddle two batches); all test images after each batch.
+    ``clips`` (n,) gives each training image's clip; a clip's frames must be contiguous in dataset order."""
+    order = np.concatenate(_shuffled_runs(_check_clips(clips, train_labels), _generator(seed)))
+    return _plan(_chunks(order, images_per_batch), train_labels, test_labels, False, base_init)
+
+
+def class_instance(train_labels, clips, test_labels, classes_per_batch, seed, base_init=False):
+    """The classes in a random order, ``classes_per_batch`` per batch; within a class its clips in a random
+    order, frames in dataset (temporal) order; the test images of the classes seen after each batch."""
+    clips = _check_clips(clips, train_labels)
+    generator = _generator(seed)
+    classes = []
+    for run in _shuffled_runs(train_labels, generator):
+        classes.append(np.concatenate([run[clip] for clip in _shuffled_runs(clips[run], generator)]))
+    return _plan(_class_chunks(classes, classes_per_batch), train_labels, test_labels, True, base_init)
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _permutation(n, generator):
+    return torch.randperm(n, generator=generator).numpy()
+
+
+def _run_bounds(keys):
+    """[(start, end), ...] of the runs of equal values in ``keys``."""
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
+    return list(zip(starts.tolist(), np.r_[starts[1:], len(keys)].tolist()))
+
+
+def _shuffled_runs(keys, generator):
+    """The runs of equal values of ``keys``, each an array of indices into ``keys`` in order, in a random
+    order."""
+    runs = [np.arange(start, end) for start, end in _run_bounds(np.asarray(keys))]
+    return [runs[i] for i in _permutation(len(runs), generator)]
+
+
+def _check_clips(clips, train_labels):
+    clips = np.asarray(clips)
+    if clips.shape != np.shape(train_labels):
+        raise ValueError(f'clips must give one clip per training image: {clips.shape} for {len(train_labels)}')
+    if len(_run_bounds(clips)) != len(np.unique(clips)):
+        raise ValueError('the frames of each clip must be contiguous in dataset order')
+    return clips
+
+
+def _chunks(order, size):
+    if size < 1:
+        raise ValueError(f'images_per_batch must be at least 1, got {size}')
+    return [order[start:start + size] for start in range(0, len(order), size)]
+
+
+def _class_chunks(classes, per_batch):
+    """Batches of ``per_batch`` classes from a list of per-class index arrays in stream order."""
+    if per_batch < 1:
+        raise ValueError(f'classes_per_batch must be at least 1, got {per_batch}')
+    return [np.concatenate(classes[start:start + per_batch]) for start in range(0, len(classes), per_batch)]
+
+
+def _plan(chunks, train_labels, test_labels, test_seen_classes, base_init):
+    """The plan of training ``chunks`` (index arrays in fit order): after each, the test images of the classes
+    seen so far, or all of them; files named batch_1, ..., zero-padded so that they sort in order."""
+    width = len(str(len(chunks)))
+    plan, seen = [], set()
+    for i, chunk in enumerate(chunks):
+        seen.update(np.unique(train_labels[chunk]).tolist())
+        test = np.flatnonzero(np.isin(test_labels, sorted(seen))) if test_seen_classes else \
+            np.arange(len(test_labels))
+        plan.append(Batch(i + 1, chunk.astype(np.int64), test, len(seen), f'batch_{i + 1:0{width}d}',
+                          base_init and i == 0))
     return plan
 
 

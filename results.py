@@ -1,28 +1,25 @@
 """The results folder of a run: what it holds, in which order files are written, and how a run resumes.
 
-After every batch of the plan, with X the classes seen so far (the original's file names):
-    preds_min_trained_0_max_trained_X.pt              test probabilities (unless --save_preds says otherwise)
-    accuracies_min_trained_0_max_trained_X.json       {"seen_classes_top1": [...], "seen_classes_top5": [...]}
-    summary.json                                      per batch and totals, "finished": false until the end
-    slda_model_weights_min_trained_0_max_trained_X.pth   the SLDA state; written last, it marks the batch finished
-and at the end slda_model_weights_final.pth and summary.json with "finished": true. config.json and the
-class-order label files are written before any work. Files are written atomically, in this order, on a
-background thread (utils.BackgroundFiles); a write that fails stops the ones after it, so a model file always
-means its batch's other files are complete.
+After every batch of the plan, with NAME the batch's name (for the class-incremental ordering the original's
+min_trained_0_max_trained_X, X the classes seen so far; batch_1, batch_2, ... for the others):
+    preds_NAME.pt                       test probabilities (unless --save_preds says otherwise)
+    accuracies_NAME.json                {"seen_classes_top1": [...], "seen_classes_top5": [...]}, in percent
+    summary.json                        per batch and totals, "finished": false until the end
+    slda_model_weights_NAME.pth         the SLDA state; written last, it marks the batch finished
+and at the end slda_model_weights_final.pth and summary.json with "finished": true. config.json, the
+class-order label files (class-incremental ordering) and stream_order.txt are written before any work. Files
+are written atomically, in this order, on a background thread (utils.BackgroundFiles); a write that fails
+stops the ones after it, so a model file always means its batch's other files are complete.
 """
 import os
 import time
 
 from protocol import save_class_order
-from utils import UserError, load_json, save_json, save_tensor
+from utils import UserError, load_json, save_json, save_tensor, save_text
 
 # Arguments that do not change any number a run produces; everything else must match to --resume.
 ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
                        'save_preds', 'cache_check'}
-
-
-def batch_name(batch):
-    return f'min_trained_0_max_trained_{batch.classes_seen}'
 
 
 def read_offline_accuracies(path, num_batches):
@@ -45,6 +42,13 @@ def read_offline_accuracies(path, num_batches):
             raise ValueError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies, one per '
                              f'increment, as fractions in (0, 1] or percentages in (0, 100]')
     return {key: [v * scale for v in values] for key, values in lists.items()}
+
+
+def stream_order(train, plan):
+    """stream_order.txt: a line per training image in the order planned, <batch number><TAB><image name>
+    (its path relative to the images folder, or its index); yields the text in pieces."""
+    for batch in plan:
+        yield ''.join(f'{batch.number}\t{train.image_name(index)}\n' for index in batch.train_indices.tolist())
 
 
 def omega(rows, offline):
@@ -97,20 +101,23 @@ class ResultsFolder:
             details = '; '.join(f'--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in differing)
             raise UserError(f'cannot --resume {self.path} with different settings ({details})')
 
-    def save_config(self, config, splits, order):
-        """config.json and the class order as label files in the original's format, written now."""
-        save_class_order(splits, order, self.path)
+    def save_config(self, config, splits, order, plan):
+        """config.json, stream_order.txt and (with a class ``order``) the class order as label files in the
+        original's format, written now."""
+        if order is not None:
+            save_class_order(splits, order, self.path)
         save_json(self.file('config.json'), config)
+        self.files.write(save_text, self.file('stream_order.txt'), stream_order(splits.train, plan))
 
     def resume(self, plan, slda):
         """Load the state after the last finished batch of ``plan`` into ``slda``; returns how many batches
         are finished (0 when none is)."""
         finished = [i for i, batch in enumerate(plan)
-                    if os.path.exists(self.file(f'slda_model_weights_{batch_name(batch)}.pth'))]
+                    if os.path.exists(self.file(f'slda_model_weights_{batch.name}.pth'))]
         if not finished:
             return 0
         done = finished[-1]
-        name = batch_name(plan[done])
+        name = plan[done].name
         slda.load_model(self.path, f'slda_model_weights_{name}')
         self.accuracies = load_json(self.file(f'accuracies_{name}.json'))
         if os.path.exists(self.file('summary.json')):
@@ -120,10 +127,11 @@ class ResultsFolder:
     def record(self, batch, row, probabilities, model, save_preds, summary):
         """Queue the files of a finished batch: ``row`` (its summary line, with top1 and top5), its test
         probabilities when ``save_preds``, the model checkpoint (last) and ``summary(rows)``'s summary."""
+        row['train_images_so_far'] = sum(previous['train_images'] for previous in self.rows) + row['train_images']
         self.rows.append(row)
         self.accuracies = {'seen_classes_top1': self.accuracies['seen_classes_top1'] + [row['top1']],
                            'seen_classes_top5': self.accuracies['seen_classes_top5'] + [row['top5']]}
-        name = batch_name(batch)
+        name = batch.name
         if save_preds:
             self.files.write(save_tensor, self.file(f'preds_{name}.pt'), probabilities)
         self.files.write(save_json, self.file(f'accuracies_{name}.json'), self.accuracies)

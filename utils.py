@@ -114,6 +114,12 @@ def save_json(path, obj, indent=2):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=indent) + '\n').encode()))
 
 
+def save_text(path, pieces):
+    """Write the strings of the iterable ``pieces``, UTF-8, atomically; file names that were not UTF-8 (read as
+    surrogate escapes) keep their bytes."""
+    atomic_write(path, lambda f: f.writelines(piece.encode(errors='surrogateescape') for piece in pieces))
+
+
 def save_tensor(path, obj):
     atomic_write(path, lambda f: torch.save(obj, f))
 

@@ -33,9 +33,12 @@ def test_digits_reduced_configuration(tmp_path, capsys):
                     capsys)
     assert code == 0, out.err
     expected = increment_files(3) | increment_files(6) | {
-        'slda_model_weights_final.pth', 'config.json', 'summary.json',
+        'slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt',
         'digits_train_labels.npy', 'digits_val_labels.npy'}
     assert set(os.listdir(save)) == expected
+    train_labels = np.load(save / 'digits_train_labels.npy')           # sorted class order: positions = labels
+    expected_order = [f'{1 + label // 3}\t{index}' for index, label in enumerate(train_labels) if label < 6]
+    assert (save / 'stream_order.txt').read_text().splitlines() == expected_order
     accuracies = json.loads((save / 'accuracies_min_trained_0_max_trained_6.json').read_text())
     assert set(accuracies) == {'seen_classes_top1', 'seen_classes_top5'}
     assert len(accuracies['seen_classes_top1']) == 2
@@ -466,17 +469,33 @@ def test_imagenet_without_label_files_warns_before_any_work_and_records_it(tmp_p
     assert config['class_order_warning'] in out.err
 
 
-@pytest.mark.parametrize('argv,flag', [
-    (['--images_dir', '{root}', '--dataset', 'digits'], '--images_dir'),
-    (['--image_size', 64], '--image_size'),
-    (['--test_split', 'test'], '--test_split'),
-    (['--skip_bad_images'], '--skip_bad_images'),
-    (['--cache_check', 'listing'], '--cache_check'),
+@pytest.mark.parametrize('argv,message', [
+    (['--images_dir', '{root}', '--dataset', 'digits'], '--images_dir is for --dataset imagenet, imagefolder, core50; '
+                                                        '--dataset digits does not use it'),
+    (['--image_size', 64], '--image_size is for --dataset imagenet, imagefolder, core50; --dataset digits does not '
+                           'use it'),
+    (['--test_split', 'test'], '--test_split is for --dataset imagenet, imagefolder; --dataset digits does not use it'),
+    (['--skip_bad_images'], '--skip_bad_images is for --dataset imagenet, imagefolder, core50; --dataset digits '
+                            'does not use it'),
+    (['--cache_check', 'listing'], '--cache_check is for --dataset imagenet, imagefolder, core50; --dataset digits '
+                                   'does not use it'),
+    (['--dataset', 'imagefolder', '--images_dir', '{root}', '--frame_stride', 10],
+     '--frame_stride is for --dataset core50; --dataset imagefolder does not use it'),
+    (['--ordering_seed', 3], '--ordering_seed is for --ordering iid, class_iid, instance, class_instance, not '
+                             'class_incremental'),
+    (['--ordering', 'iid', '--shuffle_data'], '--shuffle_data is for --ordering class_incremental, not iid'),
+    (['--ordering', 'iid', '--class_increment', 2], '--class_increment is for --ordering class_incremental, '
+                                                    'class_iid, class_instance, not iid'),
+    (['--ordering', 'class_iid', '--images_per_batch', 100], '--images_per_batch is for --ordering iid, instance, '
+                                                             'not class_iid'),
+    (['--ordering', 'instance'], '--ordering instance needs a dataset that knows its clips (core50); --dataset '
+                                 'digits does not'),
+    (['--base_init', '--no_base_init'], '--no_base_init and --base_init contradict each other; give one'),
 ])
-def test_a_flag_the_dataset_does_not_use_is_an_error(tmp_path, image_folder, capsys, argv, flag):
+def test_a_flag_the_run_does_not_use_is_an_error(tmp_path, image_folder, capsys, argv, message):
     root, _ = image_folder
     code, out = run([str(a).format(root=root) for a in argv] + ['--save_dir', tmp_path / 'out'], capsys)
-    assert code == 2 and out.err == f'error: {flag} is for image-folder datasets; --dataset digits does not use it\n'
+    assert code == 2 and out.err == f'error: {message}\n'
     assert not (tmp_path / 'out').exists()
 
 
