@@ -187,3 +187,62 @@ def test_core50_defaults_to_imagenet_weights_from_the_local_cache(core50, tmp_pa
     code, out = run(['--dataset', 'core50', '--images_dir', root, '--save_dir', tmp_path / 'out'], capsys)
     expected = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'
     assert code == 2 and f'expected {expected}' in out.err and 'never downloads' in out.err
+
+
+def write_run(folder, dataset, ordering, covariance, top1, top5, omega=None, finished=True):
+    folder.mkdir(parents=True)
+    (folder / 'config.json').write_text(json.dumps({'arguments': {'dataset': dataset}, 'ordering': ordering,
+                                                    'covariance': covariance}))
+    (folder / 'summary.json').write_text(json.dumps({'finished': finished, 'final_top1': top1, 'final_top5': top5,
+                                                     'omega_all': omega}))
+
+
+def test_summarize_runs_gives_mean_and_sample_std_per_ordering_and_covariance(tmp_path, capsys):
+    import statistics
+
+    import summarize_runs
+    top1 = {'plastic': [80.0, 84.5, 83.0], 'fixed': [70.25, 71.0, 69.5]}
+    for covariance, values in top1.items():
+        for seed, value in enumerate(values):
+            write_run(tmp_path / f'{covariance}{seed}', 'core50', 'iid', covariance, value, value + 10,
+                      {'top1': value / 90, 'top5': 1.0})
+    write_run(tmp_path / 'unfinished', 'core50', 'iid', 'plastic', 0.0, 0.0, finished=False)
+    (tmp_path / 'feature_cache').mkdir()
+    folders = sorted(str(p) for p in tmp_path.iterdir())
+    assert summarize_runs.main(folders + ['--output', str(tmp_path / 'table.md')]) == 0
+    out = capsys.readouterr()
+    assert (tmp_path / 'table.md').read_text() == out.out and 'unfinished' in out.err
+    rows = {line.split(' | ')[2]: line.split(' | ') for line in out.out.splitlines()[2:]}
+    for covariance, values in top1.items():
+        row = rows[covariance]
+        assert row[3] == '3'
+        assert row[4] == f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
+        omegas = [v / 90 for v in values]
+        assert row[6] == f'{statistics.mean(omegas):.3f} ± {statistics.stdev(omegas):.3f}'
+
+
+@pytest.mark.slow
+def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_tabulates(core50, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    root, checkpoint = core50
+    env = dict(os.environ, CORE50_DIR=str(root), SAVE_ROOT=str(tmp_path / 'results'), SEEDS='0 1',
+               ORDERINGS='class_instance', PYTHON=sys.executable)
+    command = ['bash', os.path.join(REPO, 'slda_core50.sh'), '--base_init_ckpt', str(checkpoint), '--image_size',
+               '32', '--num_workers', '0']
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    folders = sorted(p for p in (tmp_path / 'results').iterdir() if p.name.startswith('core50_'))
+    assert [p.name for p in folders] == ['core50_class_instance_seed0_fixed', 'core50_class_instance_seed0_plastic',
+                                         'core50_class_instance_seed1_fixed', 'core50_class_instance_seed1_plastic']
+    extracted = [summary(p)['images_extracted_this_process'] for p in folders]
+    assert sorted(extracted) == [0, 0, 0, 240 + 90]
+    table = (tmp_path / 'results' / 'table_core50.md').read_text()
+    assert table in done.stdout
+    for covariance in ('plastic', 'fixed'):
+        values = [summary(p)['final_top1'] for p in folders if p.name.endswith(covariance)]
+        assert f'| core50 | class_instance | {covariance} | 2 | {sum(values) / 2:.2f} ± ' in table
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and '== class_instance' not in again.stdout        # every run was finished

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Deep SLDA on CORe50, as in Hayes et al.'s experiments: the four orderings of the stream (iid, class_iid,
+# instance, class_instance), 10 seeds each, with a plastic and a fixed covariance, a ResNet-18 pre-trained on
+# ImageNet-1K and no base initialisation. Every run shares one feature cache, so the network sees each image
+# once. Finished runs are skipped and interrupted ones resumed, so the script can be run again after a stop.
+# Ends with a table of mean and standard deviation over seeds (printed, and saved as Markdown).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+usage() {
+  cat >&2 <<USAGE
+usage: CORE50_DIR=/path/to/core50_128x128 [SAVE_ROOT=...] [FEATURE_CACHE=...] [OFFLINE_DIR=...] [SEEDS=...] \\
+       [ORDERINGS=...] [PYTHON=...] bash slda_core50.sh [extra experiment.py flags]
+
+  CORE50_DIR     CORe50's core50_128x128/ folder, with s1 ... s11 (required)
+  SAVE_ROOT      where results go (default: streaming_experiments/core50)
+  FEATURE_CACHE  feature cache shared by every run (default: \$SAVE_ROOT/feature_cache)
+  OFFLINE_DIR    folder with <ordering>.json offline accuracies per ordering, for Omega_all (optional)
+  SEEDS          ordering seeds (default: 0 1 2 3 4 5 6 7 8 9)
+  ORDERINGS      (default: iid class_iid instance class_instance)
+  PYTHON         interpreter (default: this project's .venv/bin/python if present, else python3)
+USAGE
+  exit 2
+}
+
+[ -n "${CORE50_DIR:-}" ] || { echo "error: CORE50_DIR is not set" >&2; usage; }
+SAVE_ROOT=${SAVE_ROOT:-streaming_experiments/core50}
+FEATURE_CACHE=${FEATURE_CACHE:-$SAVE_ROOT/feature_cache}
+SEEDS=${SEEDS:-0 1 2 3 4 5 6 7 8 9}
+ORDERINGS=${ORDERINGS:-iid class_iid instance class_instance}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; else PYTHON=python3; fi
+fi
+
+for ordering in $ORDERINGS; do
+  offline=()
+  if [ -n "${OFFLINE_DIR:-}" ] && [ -f "$OFFLINE_DIR/$ordering.json" ]; then
+    offline=(--offline_accuracies "$OFFLINE_DIR/$ordering.json")
+  fi
+  for seed in $SEEDS; do
+    for covariance in plastic fixed; do
+      save_dir=$SAVE_ROOT/core50_${ordering}_seed${seed}_$covariance
+      resume=()
+      if [ -f "$save_dir/summary.json" ] && grep -q '"finished": true' "$save_dir/summary.json"; then
+        continue
+      elif [ -f "$save_dir/config.json" ]; then
+        resume=(--resume)
+      fi
+      if [ "$covariance" = plastic ]; then sigma=--streaming_update_sigma; else sigma=--no-streaming_update_sigma; fi
+      echo "== $ordering, seed $seed, $covariance covariance =="
+      "$PYTHON" "$here/experiment.py" --dataset core50 --images_dir "$CORE50_DIR" --ordering "$ordering" \
+        --ordering_seed "$seed" $sigma --feature_cache "$FEATURE_CACHE" --save_dir "$save_dir" \
+        "${offline[@]}" "${resume[@]}" "$@"
+    done
+  done
+done
+"$PYTHON" "$here/summarize_runs.py" "$SAVE_ROOT"/core50_* --output "$SAVE_ROOT/table_core50.md"
+echo "table saved to $SAVE_ROOT/table_core50.md"
