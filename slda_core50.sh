@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 usage() {
   cat >&2 <<USAGE
 usage: CORE50_DIR=/path/to/core50_128x128 [SAVE_ROOT=...] [FEATURE_CACHE=...] [OFFLINE_DIR=...] [SEEDS=...] \\
-       [ORDERINGS=...] [PYTHON=...] bash slda_core50.sh [extra experiment.py flags]
+       [ORDERINGS=...] [COVARIANCES=...] [PYTHON=...] bash slda_core50.sh [extra experiment.py flags]
 
   CORE50_DIR     CORe50's core50_128x128/ folder, with s1 ... s11 (required)
   SAVE_ROOT      where results go (default: streaming_experiments/core50)
@@ -18,6 +18,7 @@ usage: CORE50_DIR=/path/to/core50_128x128 [SAVE_ROOT=...] [FEATURE_CACHE=...] [O
   OFFLINE_DIR    folder with <ordering>.json offline accuracies per ordering, for Omega_all (optional)
   SEEDS          ordering seeds (default: 0 1 2 3 4 5 6 7 8 9)
   ORDERINGS      (default: iid class_iid instance class_instance)
+  COVARIANCES    (default: plastic fixed)
   PYTHON         interpreter (default: this project's .venv/bin/python if present, else python3)
 USAGE
   exit 2
@@ -28,6 +29,7 @@ SAVE_ROOT=${SAVE_ROOT:-streaming_experiments/core50}
 FEATURE_CACHE=${FEATURE_CACHE:-$SAVE_ROOT/feature_cache}
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7 8 9}
 ORDERINGS=${ORDERINGS:-iid class_iid instance class_instance}
+COVARIANCES=${COVARIANCES:-plastic fixed}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -38,7 +40,7 @@ for ordering in $ORDERINGS; do
     offline=(--offline_accuracies "$OFFLINE_DIR/$ordering.json")
   fi
   for seed in $SEEDS; do
-    for covariance in plastic fixed; do
+    for covariance in $COVARIANCES; do
       save_dir=$SAVE_ROOT/core50_${ordering}_seed${seed}_$covariance
       resume=()
       if [ -f "$save_dir/summary.json" ] && grep -q '"finished": true' "$save_dir/summary.json"; then

@@ -30,7 +30,8 @@ def read_run(folder):
     key = (config['arguments']['dataset'], config.get('ordering', 'class_incremental'), config['covariance'])
     values = {'final top-1': summary['final_top1'], 'final top-5': summary['final_top5']}
     if summary.get('omega_all'):
-        values.update({'Omega_all top-1': summary['omega_all']['top1'], 'Omega_all top-5': summary['omega_all']['top5']})
+        omega = summary['omega_all']
+        values.update({'Omega_all top-1': omega['top1'], 'Omega_all top-5': omega['top5']})
     return key, values
 
 

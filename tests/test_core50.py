@@ -229,20 +229,21 @@ def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_ta
     from conftest import REPO
     root, checkpoint = core50
     env = dict(os.environ, CORE50_DIR=str(root), SAVE_ROOT=str(tmp_path / 'results'), SEEDS='0 1',
-               ORDERINGS='class_instance', PYTHON=sys.executable)
+               ORDERINGS='class_instance', COVARIANCES='fixed', PYTHON=sys.executable)
     command = ['bash', os.path.join(REPO, 'slda_core50.sh'), '--base_init_ckpt', str(checkpoint), '--image_size',
                '32', '--num_workers', '0']
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     folders = sorted(p for p in (tmp_path / 'results').iterdir() if p.name.startswith('core50_'))
-    assert [p.name for p in folders] == ['core50_class_instance_seed0_fixed', 'core50_class_instance_seed0_plastic',
-                                         'core50_class_instance_seed1_fixed', 'core50_class_instance_seed1_plastic']
-    extracted = [summary(p)['images_extracted_this_process'] for p in folders]
-    assert sorted(extracted) == [0, 0, 0, 240 + 90]
+    assert [p.name for p in folders] == ['core50_class_instance_seed0_fixed', 'core50_class_instance_seed1_fixed']
+    assert [summary(p)['images_extracted_this_process'] for p in folders] == [240 + 90, 0]
+    for seed, folder in enumerate(folders):             # core50's default is plastic: the script chose fixed
+        config = json.loads((folder / 'config.json').read_text())
+        assert (config['covariance'], config['ordering'], config['arguments']['ordering_seed']) == \
+            ('fixed', 'class_instance', seed)
     table = (tmp_path / 'results' / 'table_core50.md').read_text()
     assert table in done.stdout
-    for covariance in ('plastic', 'fixed'):
-        values = [summary(p)['final_top1'] for p in folders if p.name.endswith(covariance)]
-        assert f'| core50 | class_instance | {covariance} | 2 | {sum(values) / 2:.2f} ± ' in table
+    values = [summary(p)['final_top1'] for p in folders]
+    assert f'| core50 | class_instance | fixed | 2 | {sum(values) / 2:.2f} ± ' in table
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and '== class_instance' not in again.stdout        # every run was finished

@@ -508,17 +508,17 @@ def test_label_files_and_a_class_order_seed_are_a_conflict(tmp_path, image_folde
 
 def wide_imagenet(directory, classes=101):
     """An ImageNet-shaped tree with enough classes for the original's defaults (100 base classes, increments
-    of 100): 2 training and 1 test image of 16x12 pixels per class, and a shuffled stream order."""
+    of 100): a training and a test image of 16x12 pixels per class, and a shuffled stream order."""
     root = directory / 'imagenet'
     positions = np.random.default_rng(0).permutation(classes)
-    for split, count in (('train', 2), ('val', 1)):
+    for split, count in (('train', 1), ('val', 1)):
         for k in range(classes):
             (root / split / f'n{k:08d}').mkdir(parents=True)
             for j in range(count):
                 write_jpeg(root / split / f'n{k:08d}' / f'{j}.JPEG', seed=k * 10 + j, size=(16, 12))
     labels = directory / 'labels'
     labels.mkdir()
-    for split, count in (('train', 2), ('val', 1)):
+    for split, count in (('train', 1), ('val', 1)):
         np.save(labels / f'imagenet_{split}_labels.npy', np.repeat(positions, count).astype(np.int64))
     return root, labels, positions
 
@@ -548,6 +548,6 @@ def test_the_originals_slda_imagenet_command_lines_run_unchanged(tmp_path):
         assert all(value in {100 * hits / tests for hits in range(tests + 1)}
                    for value, tests in zip(accuracies['seen_classes_top5'], (100, 101)))
         base = torch.load(save / 'slda_model_weights_min_trained_0_max_trained_100.pth', weights_only=True)
-        assert base['cK'][np.argsort(positions)[:100]].tolist() == [2] * 100      # the label files' base classes
+        assert base['cK'][np.argsort(positions)[:100]].tolist() == [1] * 100      # the label files' base classes
         final = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
         assert torch.equal(final['Sigma'], base['Sigma']) is (covariance == 'fixed')

@@ -32,8 +32,7 @@ def assert_matches(got, expected, bitwise):
                     assert have[stat] == pytest.approx(want[stat], rel=1e-3, abs=1e-3), (file_name, key, stat)
 
 
-@pytest.mark.parametrize('name', [pytest.param(name, marks=pytest.mark.slow) if name.endswith('_resumed') else name
-                                  for name in RUNS])
+@pytest.mark.parametrize('name', list(RUNS))
 def test_outputs_equal_the_stored_reference(tmp_path, inputs, name):
     save_dir = tmp_path / name
     execute(name, inputs, save_dir)

@@ -12,8 +12,10 @@ import torch
 
 import results
 from conftest import REPO, make_checkpoint, run
+from reference_runs import DIGITS_SHUFFLED, outputs, platform
+from test_reference_outputs import STORED, assert_matches
 
-DIGITS = ['--num_classes', '6', '--class_increment', '2', '--shuffle_data']
+DIGITS = [str(a) for a in DIGITS_SHUFFLED]
 RESULT_FILES = [f'{kind}_min_trained_0_max_trained_{seen}.{ext}' for seen in (2, 4, 6)
                 for kind, ext in (('preds', 'pt'), ('accuracies', 'json'), ('slda_model_weights', 'pth'))] + \
                ['slda_model_weights_final.pth', 'digits_train_labels.npy', 'digits_val_labels.npy']
@@ -37,25 +39,38 @@ def assert_same_results(a, b):
     assert sorted(os.listdir(a)) == sorted(os.listdir(b))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('crash_at', [
+CRASH_POINTS = [
     'extract_batch:2',                                           # inside the first increment's extraction
     'extract_batch:5',                                           # inside the second increment's extraction
+    'increment_start:3',                                         # between the second and third increments
     'write/preds_min_trained_0_max_trained_4',                   # mid-write of an output
     'write/slda_model_weights_min_trained_0_max_trained_4',      # after accuracies, before the model file
-    'write/summary.json:2',
-])
-def test_resume_after_sigkill_gives_identical_results(tmp_path, uninterrupted, crash_at):
-    save = tmp_path / 'out'
-    command = [sys.executable, os.path.join(REPO, 'experiment.py')] + DIGITS + ['--save_dir', str(save),
-                                                                                 '--no-progress']
-    killed = subprocess.run(command, env=dict(os.environ, SLDA_CRASH_AT=crash_at), capture_output=True,
-                            text=True, cwd=tmp_path, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert not (save / 'slda_model_weights_final.pth').exists()
-    resumed = subprocess.run(command + ['--resume'], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert_same_results(uninterrupted, save)
+]
+
+
+def in_parallel(commands, env_of, cwd):
+    """Run ``commands`` ({key: argv}) at once, each with environment ``env_of(key)``; {key: (exit code, stderr)}.
+    Most of a short run is starting Python and importing torch, which overlaps well."""
+    running = {key: subprocess.Popen(argv, env=env_of(key), cwd=cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True) for key, argv in commands.items()}
+    return {key: (process.wait(timeout=300), process.stderr.read()) for key, process in running.items()}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_identical_results_and_the_stored_reference(tmp_path, uninterrupted):
+    commands = {point: [sys.executable, os.path.join(REPO, 'experiment.py')] + DIGITS +
+                ['--save_dir', str(tmp_path / f'out{i}'), '--no-progress'] for i, point in enumerate(CRASH_POINTS)}
+    killed = in_parallel(commands, lambda point: dict(os.environ, SLDA_CRASH_AT=point), tmp_path)
+    for i, (point, (code, stderr)) in enumerate(killed.items()):
+        assert code == -signal.SIGKILL, (point, stderr)
+        assert not (tmp_path / f'out{i}' / 'slda_model_weights_final.pth').exists(), point
+    resumed = in_parallel({point: argv + ['--resume'] for point, argv in commands.items()},
+                          lambda point: dict(os.environ), tmp_path)
+    for i, (point, (code, stderr)) in enumerate(resumed.items()):
+        assert code == 0, (point, stderr)
+        assert_same_results(uninterrupted, tmp_path / f'out{i}')
+        assert_matches(outputs(tmp_path / f'out{i}'), STORED['runs']['digits_shuffled'],
+                       bitwise=platform() == STORED['platform'])
 
 
 def test_resume_refuses_different_settings(tmp_path, capsys):
