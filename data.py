@@ -176,11 +176,12 @@ class TensorImages(Dataset):
 class SplitPair:
     """The train and test splits of one dataset plus what the protocol needs to know about them."""
 
-    def __init__(self, name, classes, train, test, transform_description, test_name='val'):
+    def __init__(self, name, classes, train, test, transform_description, test_name='val', source=None):
         check_split(train, len(classes), 'train')
         check_split(test, len(classes), 'test')
         self.name = name
         self.test_name = test_name      # the test split's name: its folder, and its name in the feature cache
+        self.source = source or name    # where the images come from (an images folder's resolved path)
         self.classes = classes
         self.train = train
         self.test = test
@@ -285,7 +286,8 @@ def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'
         images.clips = np.array(clips, dtype=np.int64)
         made[split] = images
     return SplitPair('core50', classes, made['train'], made['test'],
-                     f'CORe50 {labels} labels, PIL, resize {image_size}x{image_size}, ImageNet normalisation', 'test')
+                     f'CORe50 {labels} labels, PIL, resize {image_size}x{image_size}, ImageNet normalisation', 'test',
+                     os.path.realpath(images_dir))
 
 
 def imagenet_normalize(images):
@@ -457,4 +459,4 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
         save_json(listing_file, listing, indent=None)     # compact: the file is read by every rerun
     return SplitPair(name, classes, splits['train'], splits[test_split],
                      f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
-                     f'centre-crop {image_size}, ImageNet normalisation', test_split)
+                     f'centre-crop {image_size}, ImageNet normalisation', test_split, os.path.realpath(images_dir))

@@ -25,7 +25,7 @@ import protocol
 from datasets import DATASETS, ListingOptions
 from feature_cache import FeatureCache, cache_key, listings_folder
 from features import BadImageError, Extraction, FeatureExtractor, FeatureReader, cpu_supports_bfloat16
-from results import ResultsFolder, make_summary, read_offline_accuracies
+from results import ResultsFolder, make_summary, read_offline_accuracies, test_images_digest
 from slda_model import StreamingLDA
 from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
 
@@ -361,7 +361,7 @@ def build_readers(args, splits, plan, device, files):
     cache = None
     if args.feature_cache:
         dtype = getattr(torch, args.cache_dtype)
-        key = cache_key(extractor.identity, splits.name, splits.transform_description, dtype)
+        key = cache_key(extractor.identity, splits, dtype)
         cache = FeatureCache(args.feature_cache, key, dtype, check_sizes=args.cache_check == 'sizes')
     decoding = {}
     if args.decode_on_device:
@@ -392,7 +392,8 @@ def describe_run(args, order, order_source, order_warning, extractor, feature_di
         'arguments': vars(args), 'covariance': covariance_name(args), 'ordering': args.ordering,
         'class_order': None if order is None else order.tolist(), 'class_order_source': order_source,
         'class_order_warning': order_warning,
-        'feature_dim': feature_dim, 'weights': extractor.weights_report, 'autocast_bfloat16': extractor.amp,
+        'feature_dim': feature_dim, 'weights': extractor.weights_report, 'network': extractor.identity,
+        'autocast_bfloat16': extractor.amp,
         'versions': {'python': platform.python_version(), 'torch': torch.__version__,
                      'torchvision': version('torchvision'), 'numpy': np.__version__},
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
@@ -447,12 +448,15 @@ def run(args):
     offline = read_offline_accuracies(args.offline_accuracies, len(plan))
     files = BackgroundFiles()
     folder = ResultsFolder(args.save_dir, files)
-    folder.claim(vars(args), args.resume)
+    continuing = folder.claim(vars(args), args.resume)
     device = torch.device(args.device)
     try:
         train, test, extractor, feature_dim = build_readers(args, splits, plan, device, files)
-        folder.save_config(describe_run(args, order, order_source, order_warning, extractor, feature_dim, device),
-                           splits, order, plan)
+        config = describe_run(args, order, order_source, order_warning, extractor, feature_dim, device)
+        config['test_images'] = test_images_digest(splits.test, plan)
+        if continuing:
+            folder.check_resume(config, splits, plan)
+        folder.save_config(config, splits, order, plan)
         print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
               f'images; streaming {plan[-1].classes_seen} classes as {[b.classes_seen for b in plan]}; class order '
               f'{order_source}')

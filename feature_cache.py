@@ -6,9 +6,9 @@ Layout under the cache's root folder:
     listings/                      file listings of image folders kept between runs (see data.list_split)
 
 The key covers everything besides the image files that changes features (network, layer, weights, autocast,
-dataset, transform, stored precision); the fingerprints cover the files, so an edited class is computed
-again on its own. Files are replaced by renaming a finished temporary file, never rewritten in place, so a
-reader (which memory-maps them) never sees half a file.
+dataset and its folder's resolved path, transform, stored precision); the fingerprints cover the files, so an
+edited class is computed again on its own. Files are replaced by renaming a finished temporary file, never
+rewritten in place, so a reader (which memory-maps them) never sees half a file.
 """
 import hashlib
 import json
@@ -19,10 +19,12 @@ import torch
 from utils import safe_torch_load, save_tensor
 
 
-def cache_key(extractor_identity, dataset_name, transform_description, dtype):
-    """A short hash of everything besides the image files that changes cached features."""
-    text = json.dumps({'extractor': extractor_identity, 'dataset': dataset_name,
-                       'transform': transform_description, 'dtype': str(dtype)}, sort_keys=True)
+def cache_key(extractor_identity, splits, dtype):
+    """A short hash of everything besides the image files that changes cached features: the network, the
+    dataset and its images folder (a class's fingerprint covers names and sizes, which two folders of
+    fixed-size images can share), the transform, the stored precision."""
+    text = json.dumps({'extractor': extractor_identity, 'dataset': splits.name, 'source': splits.source,
+                       'transform': splits.transform_description, 'dtype': str(dtype)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -11,8 +11,16 @@ class-order label files (class-incremental ordering) and stream_order.txt are wr
 are written atomically, in this order, on a background thread (utils.BackgroundFiles); a write that fails
 stops the ones after it, so a model file always means its batch's other files are complete.
 """
+import hashlib
 import os
 import time
+
+try:
+    import fcntl
+except ImportError:       # Windows: runs into one folder are not guarded against each other
+    fcntl = None
+
+import numpy as np
 
 from protocol import save_class_order
 from utils import UserError, load_json, save_json, save_tensor, save_text
@@ -44,6 +52,13 @@ def read_offline_accuracies(path, num_batches):
     return {key: [v * scale for v in values] for key, values in lists.items()}
 
 
+def test_images_digest(test, plan):
+    """A hash of the names of every test image the plan evaluates, for config.json."""
+    indices = sorted(set(np.concatenate([batch.test_indices for batch in plan]).tolist()))
+    text = '\n'.join(test.image_name(index) for index in indices)
+    return hashlib.sha256(text.encode(errors='surrogateescape')).hexdigest()
+
+
 def stream_order(train, plan):
     """stream_order.txt: a line per training image in the order planned, <batch number><TAB><image name>
     (its path relative to the images folder, or its index); yields the text in pieces."""
@@ -65,6 +80,7 @@ class ResultsFolder:
     def __init__(self, path, files):
         self.path = path
         self.files = files
+        self.lock = None        # the open lock file, held while this process lives
         self.rows = []          # summary.json's "increments": one dict per finished batch
         self.accuracies = {'seen_classes_top1': [], 'seen_classes_top5': []}
 
@@ -72,9 +88,10 @@ class ResultsFolder:
         return os.path.join(self.path, name)
 
     def claim(self, arguments, resume):
-        """Create the folder and prove it writable before any work. A folder holding a run is refused unless
-        ``resume``, and then only when ``arguments`` (a dict of the command line's) match the saved ones in
-        everything that changes results; temporary files of interrupted writes are removed."""
+        """Create the folder, prove it writable and lock it before any work. A folder holding a run is refused
+        unless ``resume``, and then only when ``arguments`` (a dict of the command line's) match the saved ones
+        in everything that changes results; temporary files of interrupted writes are removed. Returns True
+        when the folder holds a run to continue."""
         try:
             os.makedirs(self.path, exist_ok=True)
             probe = self.file('.write_test')
@@ -83,8 +100,9 @@ class ResultsFolder:
             os.remove(probe)
         except OSError as e:
             raise UserError(f'cannot write to --save_dir {self.path}: {e.strerror}') from None
+        self._lock()
         if not os.path.exists(self.file('config.json')):
-            return
+            return False
         if not resume:
             raise UserError(f'{self.path} already holds a run (config.json); pass --resume to continue it, '
                             f'or choose another --save_dir / --expt_name')
@@ -100,6 +118,50 @@ class ResultsFolder:
         if differing:
             details = '; '.join(f'--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in differing)
             raise UserError(f'cannot --resume {self.path} with different settings ({details})')
+        return True
+
+    def _lock(self):
+        """Own the folder while this process lives: an exclusive lock on .lock, which the operating system
+        releases when the process ends, however it ends, so a killed run leaves no stale lock."""
+        if fcntl is None:
+            return
+        lock = open(self.file('.lock'), 'a+')
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or 'unknown'
+            lock.close()
+            raise UserError(f'{self.path} is in use by another run (process {holder}); wait for it to end, or '
+                            f'choose another --save_dir / --expt_name') from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self.lock = lock
+
+    def check_resume(self, config, splits, plan):
+        """On --resume: refuse, naming it, when what the saved run's results depend on has changed since: the
+        class order (label files), the network (its weights' hash), the training stream (stream_order.txt)
+        or the test images of the plan."""
+        saved = load_json(self.file('config.json'))
+        for key, what in (('class_order', 'the class order differs from the saved run (label files changed?)'),
+                          ('network', 'the network differs from the saved run (checkpoint or weights changed?)'),
+                          ('test_images', 'the test images differ from the saved run (files added or removed?)')):
+            if saved.get(key) != config[key]:
+                raise UserError(f'cannot --resume {self.path}: {what}')
+        path = self.file('stream_order.txt')
+        saved_lines = open(path, encoding='utf-8', errors='surrogateescape').read().splitlines() \
+            if os.path.exists(path) else []
+        lines = ''.join(stream_order(splits.train, plan)).splitlines()
+        if saved_lines != lines:
+            first = next((i for i, (a, b) in enumerate(zip(saved_lines, lines)) if a != b),
+                         min(len(saved_lines), len(lines)))
+            saved_line = saved_lines[first] if first < len(saved_lines) else 'nothing'
+            line = lines[first] if first < len(lines) else 'nothing'
+            raise UserError(f'cannot --resume {self.path}: the training stream differs from the saved run '
+                            f'(stream_order.txt line {first + 1}: saved {saved_line!r}, now {line!r}); images '
+                            f'added, removed or renamed?')
 
     def save_config(self, config, splits, order, plan):
         """config.json, stream_order.txt and (with a class ``order``) the class order as label files in the

@@ -52,8 +52,7 @@ def cached_splits(argv):
     plan = experiment.make_plan(args, splits, np.arange(splits.num_classes))
     extractor = experiment.build_extractor(args, torch.device(args.device)).load()
     dtype = getattr(torch, args.cache_dtype)
-    cache = FeatureCache(args.feature_cache, cache_key(extractor.identity, splits.name, splits.transform_description,
-                                                       dtype), dtype)
+    cache = FeatureCache(args.feature_cache, cache_key(extractor.identity, splits, dtype), dtype)
     return args, splits, plan, extractor, cache
 
 
