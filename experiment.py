@@ -24,7 +24,8 @@ import torch
 import protocol
 from datasets import DATASETS, ListingOptions
 from feature_cache import FeatureCache, cache_key, listings_folder
-from features import BadImageError, Extraction, FeatureExtractor, FeatureReader, cpu_supports_bfloat16
+from features import (BadImageError, Extraction, FeatureExtractor, FeatureReader, PartialCheckpointError,
+                      cpu_supports_bfloat16)
 from results import ResultsFolder, make_summary, read_offline_accuracies, test_images_digest
 from slda_model import StreamingLDA
 from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
@@ -103,6 +104,9 @@ def add_network_arguments(parser):
                        help='checkpoint of the network trained on the base classes (default for imagenet: '
                             'imagenet_100_class_ckpt.pth in the first of ./imagenet_files/, this project\'s '
                             'image_files/ and imagenet_files/ that holds it)')
+    group.add_argument('--allow_partial_checkpoint', action='store_true',
+                       help='use a checkpoint that lacks tensors the feature layer depends on (they keep their '
+                            'random initialisation; said on standard error and in config.json)')
     group.add_argument('--weights', metavar='NAME', default=None,
                        help='a torchvision weight set already in the local torch cache, e.g. IMAGENET1K_V1')
     group.add_argument('--input_feature_size', metavar='N', type=int, default=None,
@@ -349,7 +353,7 @@ def build_extractor(args, device):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')   # the random-init warning is printed by run() with the rest
         return FeatureExtractor(args.arch, args.extract_layer, args.weights, args.base_init_ckpt, device,
-                                amp, input_size, args.seed)
+                                amp, input_size, args.seed, args.allow_partial_checkpoint)
 
 
 def build_readers(args, splits, plan, device, files):
@@ -393,6 +397,7 @@ def describe_run(args, order, order_source, order_warning, extractor, feature_di
         'class_order': None if order is None else order.tolist(), 'class_order_source': order_source,
         'class_order_warning': order_warning,
         'feature_dim': feature_dim, 'weights': extractor.weights_report, 'network': extractor.identity,
+        'partial_checkpoint': extractor.partial or None,
         'autocast_bfloat16': extractor.amp,
         'versions': {'python': platform.python_version(), 'torch': torch.__version__,
                      'torchvision': version('torchvision'), 'numpy': np.__version__},
@@ -448,10 +453,15 @@ def run(args):
     offline = read_offline_accuracies(args.offline_accuracies, len(plan))
     files = BackgroundFiles()
     folder = ResultsFolder(args.save_dir, files)
-    continuing = folder.claim(vars(args), args.resume)
     device = torch.device(args.device)
     try:
+        continuing = folder.claim(vars(args), args.resume)
         train, test, extractor, feature_dim = build_readers(args, splits, plan, device, files)
+        if extractor.partial:
+            print(f'WARNING: partial checkpoint (--allow_partial_checkpoint): {len(extractor.partial)} tensors '
+                  f'that {args.extract_layer} depends on keep their random initialisation: '
+                  f'{", ".join(extractor.partial[:6])}{" ..." if len(extractor.partial) > 6 else ""}',
+                  file=sys.stderr, flush=True)
         config = describe_run(args, order, order_source, order_warning, extractor, feature_dim, device)
         config['test_images'] = test_images_digest(splits.test, plan)
         if continuing:
@@ -472,7 +482,8 @@ def run(args):
         if first:
             print(f'resuming after increment {first}/{len(plan)} ({plan[first - 1].classes_seen} classes seen)')
         summary = functools.partial(make_summary, offline=offline, readers=(train, test), started=started,
-                                    prepare_seconds=time.perf_counter() - started)
+                                    prepare_seconds=time.perf_counter() - started,
+                                    skipped_before=folder.skipped_before)
         if first < len(plan):
             train.prefetch(plan[first].train_indices)
             test.prefetch(plan[first].test_indices)
@@ -488,6 +499,7 @@ def run(args):
         summary = folder.finish(slda.checkpoint(), summary)
     finally:
         files.close()
+        folder.release()
     omega_text = ''
     if summary['omega_all']:
         omega_text = f'; Omega_all top-1 {summary["omega_all"]["top1"]:.3f}, top-5 {summary["omega_all"]["top5"]:.3f}'
@@ -505,6 +517,9 @@ def main(argv=None):
         return 2
     except BadImageError as e:
         print(f'error: {e}; fix or remove it, or pass --skip_bad_images', file=sys.stderr)
+        return 2
+    except PartialCheckpointError as e:
+        print(f'error: {e} Pass --allow_partial_checkpoint to use it anyway', file=sys.stderr)
         return 2
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)

@@ -34,11 +34,46 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def load_checkpoint_into(model, path):
+class PartialCheckpointError(ValueError):
+    """A checkpoint lacks tensors that the features depend on; ``tensors`` names them."""
+
+    def __init__(self, message, tensors):
+        super().__init__(message)
+        self.tensors = tensors
+
+
+def tensors_used_by(model, layer, input_size):
+    """Names of the state-dict tensors that the output of ``layer`` depends on: those of every module whose
+    forward ends before the layer's does (the layer's own included) and those held directly by the modules
+    that contain it, found by running ``model`` on a dummy input. Batch-norm batch counts are left out: an
+    eval()-mode output does not use them."""
+    modules = dict(model.named_modules())
+    finished = []
+    handles = [module.register_forward_hook(lambda *_, name=name: finished.append(name))
+               for name, module in modules.items() if name]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    used = finished[:finished.index(layer) + 1] if layer in finished else finished
+    parts = layer.split('.')
+    used += ['.'.join(parts[:i]) for i in range(len(parts))]         # the layer's containers, the model first
+    names = set()
+    for name in used:
+        tensors = list(modules[name].named_parameters(recurse=False)) + list(modules[name].named_buffers(recurse=False))
+        names.update(f'{name}.{key}' if name else key for key, _ in tensors if key != 'num_batches_tracked')
+    return names
+
+
+def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_by='the features'):
     """Load the tensors of a checkpoint that match ``model`` by name and shape; report the rest.
 
     The checkpoint is a state dict, or a dict holding one under ``state_dict`` or ``model_state``; key
-    prefixes ``module.`` (DataParallel) and ``model.`` are removed. Returns a one-line report.
+    prefixes ``module.`` (DataParallel) and ``model.`` are removed. A tensor of ``required`` (names) that the
+    checkpoint lacks, or holds in another shape, raises PartialCheckpointError unless ``allow_partial``.
+    Returns (a one-line report, the sorted names of the required tensors not loaded).
     """
     checkpoint = safe_torch_load(path)
     state = checkpoint
@@ -60,6 +95,11 @@ def load_checkpoint_into(model, path):
         raise ValueError(f'no tensor of {path} matches the {type(model).__name__} being built '
                          f'(checkpoint keys start {list(cleaned)[:3]}, model keys start {list(own)[:3]}); '
                          f'check the architecture')
+    lacking = sorted(k for k in required if k not in matched)
+    if lacking and not allow_partial:
+        raise PartialCheckpointError(f'{path} lacks tensors that {needed_by} depends on, or holds them in another '
+                                     f'shape: {", ".join(lacking[:6])}{" ..." if len(lacking) > 6 else ""} '
+                                     f'({len(lacking)} in all); is it a checkpoint of this architecture?', lacking)
     model.load_state_dict(matched, strict=False)
     wrong_shape = sorted(k for k in cleaned if k in own and k not in matched)
     unexpected = sorted(k for k in cleaned if k not in own)
@@ -68,7 +108,7 @@ def load_checkpoint_into(model, path):
     for label, keys in (('shape differs', wrong_shape), ('not in model', unexpected), ('missing', missing)):
         if keys:
             report += f'; {label}: {", ".join(keys[:6])}{" ..." if len(keys) > 6 else ""}'
-    return report
+    return report, lacking
 
 
 def cached_torchvision_weights(arch, weights_name):
@@ -99,11 +139,13 @@ class FeatureExtractor:
     """
 
     def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
-                 amp=True, input_size=224, seed=0):
+                 amp=True, input_size=224, seed=0, allow_partial=False):
         if weights and checkpoint:
             raise ValueError('give either weights or checkpoint, not both')
         self.arch, self.layer, self.weights, self.checkpoint = arch, layer, weights, checkpoint
         self.input_size, self.seed = input_size, seed
+        self.allow_partial = allow_partial
+        self.partial = []       # tensors the features depend on that the checkpoint lacked (with allow_partial)
         self.device = torch.device(device)
         self.amp = bool(amp)
         self.network = None
@@ -138,12 +180,15 @@ class FeatureExtractor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = torchvision.models.get_model(self.arch, weights=None)
+        network = ModelWrapper(model, [self.layer], return_single=True)     # checks the layer's name
         if self.checkpoint:
-            self.weights_report = load_checkpoint_into(model, self.checkpoint)
+            required = tensors_used_by(model, self.layer, self.input_size)
+            self.weights_report, self.partial = load_checkpoint_into(model, self.checkpoint, required,
+                                                                     self.allow_partial, self.layer)
         elif self.weights:
             model.load_state_dict(safe_torch_load(self.weights_path))
             self.weights_report = f'loaded torchvision weights {self.weights} from {self.weights_path}'
-        network = ModelWrapper(model, [self.layer], return_single=True).eval().to(self.device)
+        network = network.eval().to(self.device)
         network.to(memory_format=torch.channels_last)
         for p in network.parameters():
             p.requires_grad_(False)

@@ -82,6 +82,7 @@ class ResultsFolder:
         self.files = files
         self.lock = None        # the open lock file, held while this process lives
         self.rows = []          # summary.json's "increments": one dict per finished batch
+        self.skipped_before = []    # images skipped as unreadable before a resume
         self.accuracies = {'seen_classes_top1': [], 'seen_classes_top5': []}
 
     def file(self, name):
@@ -140,6 +141,12 @@ class ResultsFolder:
         lock.flush()
         self.lock = lock
 
+    def release(self):
+        """Give up the folder: the end of the process does it too, this for a run within a longer one."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
     def check_resume(self, config, splits, plan):
         """On --resume: refuse, naming it, when what the saved run's results depend on has changed since: the
         class order (label files), the network (its weights' hash), the training stream (stream_order.txt)
@@ -183,7 +190,9 @@ class ResultsFolder:
         slda.load_model(self.path, f'slda_model_weights_{name}')
         self.accuracies = load_json(self.file(f'accuracies_{name}.json'))
         if os.path.exists(self.file('summary.json')):
-            self.rows = load_json(self.file('summary.json'))['increments'][:done + 1]
+            saved = load_json(self.file('summary.json'))
+            self.rows = saved['increments'][:done + 1]
+            self.skipped_before = saved.get('skipped_images', [])
         return done + 1
 
     def record(self, batch, row, probabilities, model, save_preds, summary):
@@ -209,8 +218,10 @@ class ResultsFolder:
         return finished
 
 
-def make_summary(rows, offline, readers, started, prepare_seconds, finished):
-    """summary.json: per batch ``rows``, final accuracies, Omega_all, seconds and extraction counts."""
+def make_summary(rows, offline, readers, started, prepare_seconds, finished, skipped_before=()):
+    """summary.json: per batch ``rows``, final accuracies, Omega_all, seconds and extraction counts, and the
+    images skipped as unreadable (sorted, with ``skipped_before`` a resume, so that an interrupted run lists
+    what an uninterrupted one does)."""
     extract = sum(row['extract_seconds'] for row in rows)
     images = sum(reader.images_extracted for reader in readers)
     return {
@@ -226,5 +237,5 @@ def make_summary(rows, offline, readers, started, prepare_seconds, finished):
                     'total_this_process': round(time.perf_counter() - started, 3)},
         'images_extracted_this_process': images,
         'images_per_second': round(images / extract, 1) if extract > 0 and images else None,
-        'skipped_images': [path for reader in readers for path in reader.skipped],
+        'skipped_images': sorted(set(skipped_before).union(*(reader.skipped for reader in readers))),
     }

@@ -129,7 +129,7 @@ def test_iid_and_instance_batches_are_fixed_sizes_evaluated_on_all_test_images(r
         assert sorted(os.listdir(runs[name])) == sorted(
             [f'{kind}_batch_{i}.{ext}' for i in range(1, 6) for kind, ext in
              (('preds', 'pt'), ('accuracies', 'json'), ('slda_model_weights', 'pth'))] +
-            ['slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt'])
+            ['slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt', '.lock'])
     assert clips_in_order(stream(runs['instance']))
     assert not clips_in_order(stream(runs['iid']))
 

@@ -33,7 +33,7 @@ def test_digits_reduced_configuration(tmp_path, capsys):
                     capsys)
     assert code == 0, out.err
     expected = increment_files(3) | increment_files(6) | {
-        'slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt',
+        'slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt', '.lock',
         'digits_train_labels.npy', 'digits_val_labels.npy'}
     assert set(os.listdir(save)) == expected
     train_labels = np.load(save / 'digits_train_labels.npy')           # sorted class order: positions = labels

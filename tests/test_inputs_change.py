@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SYNSETS, make_checkpoint, run, write_jpeg
+from conftest import REPO, SYNSETS, make_checkpoint, run
 
 SMALL = ['--class_increment', 2, '--image_size', 32, '--num_workers', 0]
 
@@ -26,8 +26,9 @@ def tree_args(root, labels, ckpt, save):
 def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tmp_path, capsys):
     save = tmp_path / 'out'
     holder = subprocess.Popen(
-        [sys.executable, '-c', 'import sys, time; from results import ResultsFolder; from utils import BackgroundFiles; '
-         'folder = ResultsFolder(sys.argv[1], BackgroundFiles()); folder.claim({}, resume=False); '
+        [sys.executable, '-c', 'import sys, time; from results import ResultsFolder; '
+         'from utils import BackgroundFiles; folder = ResultsFolder(sys.argv[1], BackgroundFiles()); '
+         'folder.claim({}, resume=False); '
          'print("claimed", flush=True); time.sleep(120)', str(save)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'claimed'
@@ -114,7 +115,7 @@ def test_the_feature_cache_never_serves_another_folders_features(tmp_path, capsy
 
 
 @pytest.mark.parametrize('damage,tensors', [
-    ('resnet50', 'conv1.weight'), ('no layer4', 'layer4.0.conv1.weight'),
+    ('resnet50', 'layer1.0.conv1.weight'), ('no layer4', 'layer4.0.bn1.bias'),
     ('no batchnorm statistics', 'bn1.running_mean'),
 ])
 def test_a_checkpoint_without_the_layers_the_features_come_from_is_refused(tmp_path, image_folder, capsys, damage,

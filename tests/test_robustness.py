@@ -195,7 +195,7 @@ def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
     assert not [name for name in os.listdir(save) if name.endswith('.tmp')]
     monkeypatch.setattr(results, 'save_tensor', real_save)
     code, out = run(['--num_classes', 6, '--save_dir', save, '--resume'], capsys)
-    assert code == 0 and 'resuming after increment 1/3' in out.out
+    assert code == 0 and 'resuming after increment 1/3' in out.out, out.err
 
 
 @pytest.mark.parametrize('argv,message', [
