@@ -22,6 +22,11 @@ from utils import load_json, save_json
 # rerun from the feature cache never needs
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
+# Images with more pixels than this are treated as unreadable: decoding one takes memory in proportion (about
+# 1.2 GB for this many), and one so large is more likely a decompression bomb than a photograph. PIL's own
+# decompression-bomb threshold.
+MAX_IMAGE_PIXELS = 89_478_485
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_SIZE = 32
@@ -121,9 +126,11 @@ class ImageList(Dataset):
         if self.transform is None:
             self.transform = self.make_transform(self.image_size)
         try:
-            with Image.open(self.path(index)) as image:
+            with Image.open(self.path(index)) as image:      # reads the header only; decoding comes later
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise ValueError('too many pixels')
                 return self.transform(image.convert('RGB')), index, True
-        except (OSError, ValueError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), index, False
 
     def describe(self, index):
@@ -145,7 +152,7 @@ class ImageList(Dataset):
             stamps = [os.stat(folder).st_mtime_ns for folder in folders]
         relative_prefix = os.sep + os.path.join(self.class_folders[label], '')
         text = relative_prefix + names.replace('\n', '\n' + relative_prefix) + '\0' + ' '.join(map(str, stamps))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(text.encode(errors='surrogateescape')).hexdigest()    # names need not be UTF-8
 
 
 class TensorImages(Dataset):
@@ -336,15 +343,19 @@ def list_image_files(class_folder):
     folders = []
     folder_times = {}
     prefix_length = len(os.path.join(class_folder, ''))
-    pending = [class_folder]
+    pending = [(class_folder, ())]        # (folder, (device, inode) of the folders above it and itself)
     while pending:
-        folder = pending.pop()
-        folder_times[folder[prefix_length:]] = os.stat(folder).st_mtime_ns
+        folder, above = pending.pop()
+        status = os.stat(folder)
+        if (status.st_dev, status.st_ino) in above:
+            raise ValueError(f'{folder} leads back to a folder above it (a link loop); remove the link')
+        above += ((status.st_dev, status.st_ino),)
+        folder_times[folder[prefix_length:]] = status.st_mtime_ns
         names = []
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir():
-                    pending.append(entry.path)
+                    pending.append((entry.path, above))
                 elif entry.name.lower().endswith(IMG_EXTENSIONS):
                     names.append(entry.name)
         folders.append((folder, sorted(names)))
@@ -455,8 +466,11 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
                              f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
         splits[split] = list_class(root, classes, class_files, image_size, relative_root=split)
     if listing_file and listing != saved:
-        os.makedirs(listing_dir, exist_ok=True)
-        save_json(listing_file, listing, indent=None)     # compact: the file is read by every rerun
+        try:
+            os.makedirs(listing_dir, exist_ok=True)
+            save_json(listing_file, listing, indent=None)     # compact: the file is read by every rerun
+        except OSError:
+            pass        # a read-only shared cache: the listing is only a shortcut for the next run
     return SplitPair(name, classes, splits['train'], splits[test_split],
                      f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
                      f'centre-crop {image_size}, ImageNet normalisation', test_split, os.path.realpath(images_dir))

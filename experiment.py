@@ -28,7 +28,7 @@ from features import (BadImageError, Extraction, FeatureExtractor, FeatureReader
                       cpu_supports_bfloat16)
 from results import ResultsFolder, make_summary, read_offline_accuracies, test_images_digest
 from slda_model import StreamingLDA
-from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
+from utils import BackgroundFiles, UserError, crash_point, remove_stale_temporaries, topk_accuracy
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))
 IMAGE_FILES = os.path.join(PROJECT, 'image_files')
@@ -210,8 +210,13 @@ def complete_defaults(args):
         args.num_workers = min(32, os.cpu_count() or 1) if dataset.image_files else 0
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if args.batch_size < 1:
-        raise UserError(f'--batch_size must be at least 1, got {args.batch_size}')
+    for flag in ('batch_size', 'image_size', 'num_workers', 'frame_stride'):
+        least = 0 if flag == 'num_workers' else 1
+        if getattr(args, flag) is not None and getattr(args, flag) < least:
+            raise UserError(f'--{flag} must be at least {least}, got {getattr(args, flag)}')
+    for flag in ('seed', 'class_order_seed', 'ordering_seed'):
+        if getattr(args, flag) is not None and not 0 <= getattr(args, flag) < 2 ** 32:
+            raise UserError(f'--{flag} must be in [0, 2**32), got {getattr(args, flag)}')
     if not 0 <= args.shrinkage <= 1:
         raise UserError(f'--shrinkage must be in [0, 1], got {args.shrinkage}')
 
@@ -283,8 +288,17 @@ def check_inputs(args):
     if args.labels_dir and args.class_order_seed is not None:
         raise UserError(f'--class_order_seed {args.class_order_seed} and --labels_dir {args.labels_dir} both '
                         f'give a class order; give one')
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f'--device {args.device}: CUDA is not available here; use --device cpu')
+    try:
+        device_type = torch.device(args.device).type
+    except (RuntimeError, ValueError):
+        raise UserError(f'--device {args.device} is not a device name: use auto, cpu, cuda, cuda:N or mps') from None
+    available = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
+    if not available.get(device_type, False):
+        raise UserError(f'--device {args.device}: {device_type} is not available here'
+                        f'{"" if device_type in available else " (this program runs on cpu, cuda or mps)"}; '
+                        f'use --device cpu')
+    if args.feature_cache and os.path.exists(args.feature_cache) and not os.path.isdir(args.feature_cache):
+        raise UserError(f'--feature_cache {args.feature_cache} is a file; it must be a folder (or not exist yet)')
 
 
 def list_splits(args):
@@ -367,6 +381,8 @@ def build_readers(args, splits, plan, device, files):
         dtype = getattr(torch, args.cache_dtype)
         key = cache_key(extractor.identity, splits, dtype)
         cache = FeatureCache(args.feature_cache, key, dtype, check_sizes=args.cache_check == 'sizes')
+        cache.remove_leftovers(['train', splits.test_name])
+        remove_stale_temporaries(listings_folder(args.feature_cache))
     decoding = {}
     if args.decode_on_device:
         from device_decode import BatchDecoder, collate_encoded
@@ -384,6 +400,8 @@ def build_readers(args, splits, plan, device, files):
     cached_dims = {reader.feature_dim(reader.classes_of(np.concatenate([getattr(batch, field) for batch in plan])))
                    for reader, field in ((train, 'train_indices'), (test, 'test_indices'))}
     feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
+    if cache:
+        cache.dim = feature_dim
     if args.input_feature_size is not None and args.input_feature_size != feature_dim:
         raise UserError(f'--input_feature_size {args.input_feature_size} does not match the network: '
                         f'{args.arch} {args.extract_layer} gives {feature_dim} features')

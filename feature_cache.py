@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from utils import safe_torch_load, save_tensor
+from utils import remove_stale_temporaries, safe_torch_load, save_tensor
 
 
 def cache_key(extractor_identity, splits, dtype):
@@ -44,6 +44,13 @@ class FeatureCache:
         self.folder = os.path.join(root, key)
         self.dtype = dtype
         self.check_sizes = check_sizes
+        self.dim = None         # once known, the feature size: an entry of another width is not served
+
+    def remove_leftovers(self, split_names):
+        """Remove the temporary files that killed writers left in the folders of ``split_names``; those of runs
+        still writing (into a cache shared with them) stay."""
+        for split_name in split_names:
+            remove_stale_temporaries(os.path.join(self.folder, split_name))
 
     def path(self, split_name, label):
         return os.path.join(self.folder, split_name, f'class_{label:05d}.pt')
@@ -58,11 +65,22 @@ class FeatureCache:
             entry = safe_torch_load(path, mmap=True)
         except (OSError, ValueError):
             return None      # unreadable or unsafe: the class is extracted again and the file replaced
-        stored = entry.get('fingerprint' if self.check_sizes else 'listing_fingerprint') \
-            if isinstance(entry, dict) else None
+        if not self._well_formed(entry):
+            return None
+        stored = entry['fingerprint' if self.check_sizes else 'listing_fingerprint']
         if stored != split.class_fingerprint(label, sizes=self.check_sizes):
             return None
         return entry['features'], entry['indices'], entry['skipped'].tolist()
+
+    def _well_formed(self, entry):
+        """Whether a loaded class file has what this cache writes, features of the known width included."""
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str)
+                                                  for key in ('fingerprint', 'listing_fingerprint')):
+            return False
+        features, indices, skipped = (entry.get(key) for key in ('features', 'indices', 'skipped'))
+        return (all(torch.is_tensor(t) for t in (features, indices, skipped)) and features.dim() == 2
+                and indices.dim() == 1 and skipped.dim() == 1 and len(features) == len(indices)
+                and (self.dim is None or features.shape[1] == self.dim))
 
     def write(self, split, split_name, label, features, indices, skipped, files=None):
         """Store class ``label``: features (n, d), their dataset indices (n,), unreadable images' indices (k,).

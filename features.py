@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+import data
 from data import imagenet_normalize
 from retrieve_any_layer import ModelWrapper
 from utils import crash_point, safe_torch_load
@@ -114,6 +115,9 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
 def cached_torchvision_weights(arch, weights_name):
     """Path of a torchvision weight file in the local torch cache; never downloads."""
     import torchvision
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f'arch {arch} is not a torchvision classification model '
+                         f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
     try:
         weight_enum = torchvision.models.get_model_weights(arch)
         weights = weight_enum[weights_name] if weights_name != 'DEFAULT' else weight_enum.DEFAULT
@@ -267,7 +271,10 @@ class Extraction:
             if self.decoder is not None:
                 images, ok = self.decoder(images, ok)
             report_bad(indices[~ok].tolist())
-            features = self.extractor(images if ok.all() else images[ok]).cpu()
+            if not ok.any():     # a batch of unreadable images only: nothing to run (cuDNN refuses empty batches)
+                features = torch.zeros(0, 1)
+            else:
+                features = self.extractor(images if ok.all() else images[ok]).cpu()
             if not torch.isfinite(features).all():
                 raise ValueError(f'the network produced NaN or infinite features for the batch starting at '
                                  f'image {split.describe(int(indices[0]))}')
@@ -285,18 +292,25 @@ class Extraction:
                 if remaining[label] == 0:
                     features_of_class, indices_of_class, unreadable = pending.pop(label)
                     if not features_of_class:
-                        raise ValueError(f'every image of class {label} in {description} is unreadable')
+                        raise ValueError(f'every image of class {class_name(split, label)} in {description} is '
+                                         f'unreadable (for example {split.describe(index)})')
                     yield (label, torch.cat(features_of_class), torch.cat(indices_of_class),
                            torch.tensor(unreadable, dtype=torch.int64))
             bar.update(len(indices))
         bar.close()
 
 
+def class_name(split, label):
+    classes = getattr(split, 'classes', None)
+    return classes[label] if classes else label
+
+
 class BadImageError(ValueError):
     """An image that cannot be read, met while bad images are not to be skipped; ``path`` names it."""
 
     def __init__(self, path):
-        super().__init__(f'cannot read image {path} (not a readable image or truncated)')
+        super().__init__(f'cannot read image {path} (not a readable image, truncated, or more than '
+                         f'{data.MAX_IMAGE_PIXELS:,} pixels)')
         self.path = path
 
 

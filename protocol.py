@@ -176,8 +176,13 @@ def class_order_from_label_files(splits, labels_dir):
         path = os.path.join(labels_dir, file_name)
         try:
             positions = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ValueError(f'cannot read class order file {path}: {e}') from None
+        except FileNotFoundError:
+            raise FileNotFoundError(f'class order file {path} not found') from None
+        except (OSError, ValueError):
+            positions = None
+        if not isinstance(positions, np.ndarray):
+            raise ValueError(f'{path} is not a .npy array as numpy.save writes one (an .npz archive or a text '
+                             f'file?): one int64 per image is needed')
         if positions.ndim != 1 or positions.shape[0] != len(split.labels):
             raise ValueError(f'{path} holds {positions.shape} values but its split has {len(split.labels)} '
                              f'images: one label per image, in ImageFolder order, is needed')

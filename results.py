@@ -102,14 +102,14 @@ class ResultsFolder:
         except OSError as e:
             raise UserError(f'cannot write to --save_dir {self.path}: {e.strerror}') from None
         self._lock()
+        for name in os.listdir(self.path):        # the folder is ours: any temporary file is a killed write's
+            if name.startswith('.') and name.endswith('.tmp'):
+                os.remove(self.file(name))
         if not os.path.exists(self.file('config.json')):
             return False
         if not resume:
             raise UserError(f'{self.path} already holds a run (config.json); pass --resume to continue it, '
                             f'or choose another --save_dir / --expt_name')
-        for name in os.listdir(self.path):
-            if name.startswith('.') and name.endswith('.tmp'):
-                os.remove(self.file(name))
         saved = load_json(self.file('config.json'))['arguments']
         current = dict(arguments)
         for compared in (saved, current):   # where the cache lives is free; whether features are cached is not

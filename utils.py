@@ -1,9 +1,13 @@
 """Small helpers shared by the model, the driver and the feature cache: atomic files, safe loading, metrics."""
+import errno
 import json
 import os
 import pickle
+import shutil
 import signal
+import socket
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -46,13 +50,20 @@ def _umask():
 NEW_FILE_MODE = 0o666 & ~_umask()
 
 
+# Temporary files are named .<file name>.<host>-<pid>.<random>.tmp, so that a later run can tell the
+# leftovers of a killed process from the files of one still writing (into a feature cache shared with it).
+HOST = socket.gethostname().replace('.', '_')
+STALE_AFTER_SECONDS = 86400     # a temporary file of another host's process this old is a leftover too
+
+
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     A reader sees either the old file or the complete new one, whenever the process dies.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.{HOST}-{os.getpid()}.',
+                               suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:      # owns fd from here: closed whatever happens next
             os.chmod(tmp, NEW_FILE_MODE)     # os.fchmod is missing on Windows before Python 3.13
@@ -65,6 +76,38 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def is_stale_temporary(name, age_seconds):
+    """Whether ``name`` is a temporary file of ``atomic_write`` whose writer is gone: a process of this host that
+    no longer runs, or any writer after ``STALE_AFTER_SECONDS``."""
+    if not (name.startswith('.') and name.endswith('.tmp')):
+        return False
+    if age_seconds > STALE_AFTER_SECONDS:
+        return True
+    host, _, pid = name[:-len('.tmp')].rsplit('.', 2)[-2].rpartition('-')
+    if host != HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:      # a process of another user
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files that killed writers left in ``folder`` (if it exists)."""
+    if not os.path.isdir(folder):
+        return
+    now = time.time()
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_file() and is_stale_temporary(entry.name, now - entry.stat().st_mtime):
+                os.remove(entry.path)
+        except FileNotFoundError:
+            pass        # removed meanwhile, or renamed into place by its writer
 
 
 class BackgroundFiles:
@@ -121,7 +164,17 @@ def save_text(path, pieces):
 
 
 def save_tensor(path, obj):
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save, atomically. PyTorch reports a failed write as a RuntimeError; it is raised here as the
+    OSError it is, naming the file, and as ENOSPC when the disk is (nearly) full."""
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except RuntimeError as e:
+        if 'write' not in str(e):
+            raise
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        if free < 64 * 2 ** 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
+        raise OSError(errno.EIO, f'writing failed ({str(e).strip().splitlines()[-1]})', path) from None
 
 
 def save_npy(path, array):
@@ -147,8 +200,9 @@ def safe_torch_load(path, mmap=False):
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise ValueError(f'refusing to load {path}: it holds objects other than tensors and plain data, and '
-                         f'loading it could run code ({first_line}). Re-save it as a plain state dict.') from None
+        raise ValueError(f'refusing to load {path}: it holds objects other than tensors and plain Python data '
+                         f'(numpy arrays, classes of other programs), which are loaded only by unpickling them '
+                         f'({first_line}). Re-save it as a plain state dict of tensors.') from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f'could not read {path} as a PyTorch file: {e}') from None
 

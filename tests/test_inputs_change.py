@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import experiment
 from conftest import REPO, SYNSETS, make_checkpoint, run
 
 SMALL = ['--class_increment', 2, '--image_size', 32, '--num_workers', 0]
@@ -147,22 +148,28 @@ def test_a_checkpoint_missing_only_the_classifier_loads(tmp_path, image_folder, 
     assert code == 0 and 'WARNING' not in out.err
 
 
-@pytest.mark.slow
-def test_skipped_images_survive_a_resume(tmp_path, image_folder):
+def test_skipped_images_survive_a_resume(tmp_path, image_folder, capsys, monkeypatch):
     root, labels = image_folder
     ckpt = tmp_path / 'base.pth'
     make_checkpoint(ckpt)
     bad = root / 'train' / SYNSETS[1] / f'{SYNSETS[1]}_0001.JPEG'      # stream class 0: the first increment
     bad.write_bytes(bad.read_bytes()[:100])
-    argv = [str(a) for a in tree_args(root, labels, ckpt, tmp_path / 'killed')] + ['--skip_bad_images', '--no-progress']
-    command = [sys.executable, os.path.join(REPO, 'experiment.py')] + argv
-    crash = 'write/slda_model_weights_min_trained_0_max_trained_4'     # the first increment's files are written
-    killed = subprocess.run(command, env=dict(os.environ, SLDA_CRASH_AT=crash), capture_output=True, text=True,
-                            timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    resumed = subprocess.run(command + ['--resume'], capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    argv = tree_args(root, labels, ckpt, tmp_path / 'interrupted') + ['--skip_bad_images']
+
+    def interrupt_before_the_second_increment(name):
+        if name == 'increment_start' and (tmp_path / 'interrupted' / 'config.json').exists():
+            interrupt_before_the_second_increment.hits += 1
+            if interrupt_before_the_second_increment.hits == 2:
+                raise KeyboardInterrupt
+
+    interrupt_before_the_second_increment.hits = 0
+    monkeypatch.setattr(experiment, 'crash_point', interrupt_before_the_second_increment)
+    code, out = run(argv, capsys)
+    assert code == 130 and 'rerun with --resume' in out.err
+    assert (tmp_path / 'interrupted' / 'slda_model_weights_min_trained_0_max_trained_2.pth').exists()
+    code, out = run(argv + ['--resume'], capsys)
+    assert code == 0 and 'resuming after increment 1/3' in out.out
     code, _ = run(tree_args(root, labels, ckpt, tmp_path / 'whole') + ['--skip_bad_images'])
     assert code == 0
-    summaries = [json.loads((tmp_path / name / 'summary.json').read_text()) for name in ('killed', 'whole')]
+    summaries = [json.loads((tmp_path / name / 'summary.json').read_text()) for name in ('interrupted', 'whole')]
     assert summaries[0]['skipped_images'] == summaries[1]['skipped_images'] == [str(bad)]
