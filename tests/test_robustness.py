@@ -41,7 +41,6 @@ def assert_same_results(a, b):
 
 CRASH_POINTS = [
     'extract_batch:2',                                           # inside the first increment's extraction
-    'extract_batch:5',                                           # inside the second increment's extraction
     'increment_start:3',                                         # between the second and third increments
     'write/preds_min_trained_0_max_trained_4',                   # mid-write of an output
     'write/slda_model_weights_min_trained_0_max_trained_4',      # after accuracies, before the model file
