@@ -24,6 +24,7 @@ import torch
 import protocol
 from datasets import DATASETS, ListingOptions
 from feature_cache import FeatureCache, cache_key, listings_folder
+from heads import HEADS, NearestClassMean, OfflineSoftmax, SoftmaxStream
 from features import (BadImageError, Extraction, FeatureExtractor, FeatureReader, PartialCheckpointError,
                       cpu_supports_bfloat16)
 from results import ResultsFolder, make_summary, read_offline_accuracies, test_images_digest
@@ -152,6 +153,15 @@ def add_protocol_arguments(parser):
                        help='JSON file {"top1": [...], "top5": [...]} with an offline model\'s accuracy after each '
                             'increment, as fractions in (0, 1] or in percent (read as percent when any value '
                             'exceeds 1); adds Omega_all (mean of ours / offline) to summary.json')
+    group.add_argument('--heads', metavar='LIST', default='slda',
+                       help='output layers fitted on the same features in the same stream order, comma-separated: '
+                            'slda (always), ncm (nearest class mean), softmax_stream (one pass of SGD), offline '
+                            '(softmax trained to convergence on all features so far, after each batch); '
+                            'summary.json gets each one\'s accuracies (default: %(default)s)')
+    group.add_argument('--softmax_lr', metavar='LR', type=float, default=0.01,
+                       help='softmax_stream head: SGD learning rate (default: %(default)s)')
+    group.add_argument('--softmax_batch_size', metavar='N', type=int, default=1,
+                       help='softmax_stream head: samples per SGD step (default: %(default)s, one at a time)')
     group.add_argument('--seed', metavar='N', type=int, default=0,
                        help='seed for shuffling and random initialisation (default: %(default)s)')
 
@@ -180,6 +190,8 @@ def add_running_arguments(parser):
     group.add_argument('--save_preds', choices=['every', 'final', 'none'], default='every',
                        help='write the test probabilities (preds_*.pt) after every increment, after the last '
                             'only, or never; at ImageNet scale they total 1.1 GB (default: %(default)s)')
+    group.add_argument('--plot', action=argparse.BooleanOptionalAction, default=True,
+                       help='write learning_curve.png into the save folder at the end (default: on)')
     group.add_argument('--resume', action='store_true',
                        help='continue an interrupted run in --save_dir from its last finished increment')
     group.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
@@ -219,6 +231,14 @@ def complete_defaults(args):
             raise UserError(f'--{flag} must be in [0, 2**32), got {getattr(args, flag)}')
     if not 0 <= args.shrinkage <= 1:
         raise UserError(f'--shrinkage must be in [0, 1], got {args.shrinkage}')
+    heads = args.heads.split(',')
+    unknown = [head for head in heads if head not in HEADS]
+    if unknown or 'slda' not in heads or len(set(heads)) != len(heads):
+        raise UserError(f'--heads {args.heads}: a comma-separated list of {", ".join(HEADS)}, without repeats, '
+                        f'slda included')
+    if args.softmax_lr <= 0 or args.softmax_batch_size < 1:
+        raise UserError(f'--softmax_lr must be positive and --softmax_batch_size at least 1, got '
+                        f'{args.softmax_lr} and {args.softmax_batch_size}')
 
 
 def complete_protocol(args, dataset):
@@ -427,9 +447,19 @@ def covariance_name(args):
     return 'plastic' if args.streaming_update_sigma else 'fixed'
 
 
-def fit_and_evaluate(slda, batch, following, train, test, device):
-    """Fit one batch of the plan, evaluate on its test images and start reading the following batch's cached
-    features; returns (the batch's summary row, test probabilities)."""
+def build_heads(args, slda, feature_dim, num_classes, device):
+    """The output layers of --heads besides SLDA, by name."""
+    makers = {'ncm': lambda: NearestClassMean(slda),
+              'softmax_stream': lambda: SoftmaxStream(feature_dim, num_classes, args.softmax_lr,
+                                                      args.softmax_batch_size, device),
+              'offline': lambda: OfflineSoftmax(feature_dim, num_classes, device)}
+    return {name: makers[name]() for name in args.heads.split(',') if name != 'slda'}
+
+
+def fit_and_evaluate(slda, heads, batch, following, train, test, device):
+    """Fit one batch of the plan with SLDA and the other ``heads``, evaluate each on the batch's test images and
+    start reading the following batch's cached features; returns (the batch's summary row, SLDA's test
+    probabilities)."""
     tick = time.perf_counter()
     X, y = train.take(batch.train_indices)
     extract_seconds = time.perf_counter() - tick
@@ -457,6 +487,14 @@ def fit_and_evaluate(slda, batch, following, train, test, device):
     row = {'classes_seen': batch.classes_seen, 'train_images': len(y), 'test_images': len(y_test),
            'top1': top1, 'top5': top5, 'extract_seconds': round(extract_seconds, 3),
            'fit_seconds': round(fit_seconds, 3), 'eval_seconds': round(eval_seconds, 3)}
+    if heads:
+        row['heads'] = {}
+    for name, head in heads.items():
+        tick = time.perf_counter()
+        head.fit(X, y)
+        head_top1, head_top5 = topk_accuracy(head.decision_function(X_test), y_test)
+        row['heads'][name] = {'top1': head_top1, 'top5': head_top5, 'samples_seen': head.samples_seen,
+                              'seconds': round(time.perf_counter() - tick, 3)}
     return row, probabilities
 
 
@@ -496,6 +534,10 @@ def run(args):
         slda = StreamingLDA(feature_dim, splits.num_classes, shrinkage_param=args.shrinkage,
                             streaming_update_sigma=args.streaming_update_sigma, device=device,
                             dtype=getattr(torch, args.slda_dtype), mask_unseen_classes=args.mask_unseen_classes)
+        heads = build_heads(args, slda, feature_dim, splits.num_classes, device)
+        if continuing and heads:
+            raise UserError(f'--resume with --heads {args.heads}: only SLDA\'s state is saved after each '
+                            f'increment; start a new run (another --save_dir) to compare output layers')
         first = folder.resume(plan, slda) if args.resume else 0
         if first:
             print(f'resuming after increment {first}/{len(plan)} ({plan[first - 1].classes_seen} classes seen)')
@@ -507,13 +549,14 @@ def run(args):
             test.prefetch(plan[first].test_indices)
         for batch, following in zip(plan[first:], plan[first + 1:] + [None]):
             crash_point('increment_start')
-            row, probabilities = fit_and_evaluate(slda, batch, following, train, test, device)
+            row, probabilities = fit_and_evaluate(slda, heads, batch, following, train, test, device)
             save_preds = args.save_preds == 'every' or (args.save_preds == 'final' and following is None)
             folder.record(batch, row, probabilities, slda.checkpoint(), save_preds, summary)
             print(f'[{batch.number}/{len(plan)}] {batch.classes_seen:5d} classes seen | +{row["train_images"]} train '
                   f'images | top-1 {row["top1"]:6.2f}% top-5 {row["top5"]:6.2f}% | extract '
-                  f'{row["extract_seconds"]:.1f}s fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s',
-                  flush=True)
+                  f'{row["extract_seconds"]:.1f}s fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s' +
+                  ''.join(f' | {name} {head["top1"]:.2f}%/{head["top5"]:.2f}%'
+                          for name, head in row.get('heads', {}).items()), flush=True)
         summary = folder.finish(slda.checkpoint(), summary)
     finally:
         files.close()
@@ -523,7 +566,19 @@ def run(args):
         omega_text = f'; Omega_all top-1 {summary["omega_all"]["top1"]:.3f}, top-5 {summary["omega_all"]["top5"]:.3f}'
     print(f'final top-1 {summary["final_top1"]:.2f}%, top-5 {summary["final_top5"]:.2f}% on {plan[-1].classes_seen} '
           f'classes{omega_text}; results in {args.save_dir}')
+    if args.plot:
+        plot_learning_curve(args.save_dir)
     return summary
+
+
+def plot_learning_curve(save_dir):
+    """learning_curve.png in the save folder; a failure to plot is reported and never fails the run."""
+    import plot_results     # here: it imports matplotlib, which a run without the figure does not need
+    try:
+        plot_results.plot_runs([plot_results.load_run(save_dir)], os.path.join(save_dir, 'learning_curve.png'))
+    except Exception as e:      # noqa: BLE001 - the results are written; the figure is a convenience
+        print(f'warning: learning_curve.png not written ({type(e).__name__}: {e}); the results are complete',
+              file=sys.stderr)
 
 
 def main(argv=None):

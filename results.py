@@ -59,6 +59,21 @@ def test_images_digest(test, plan):
     return hashlib.sha256(text.encode(errors='surrogateescape')).hexdigest()
 
 
+def omega_vs_offline(rows):
+    """With an offline head: for SLDA and every other head, the mean over batches of its accuracy / the offline
+    head's, top-1 and top-5 (None where the offline head scored 0 on a batch)."""
+    if not rows or 'offline' not in rows[0].get('heads', {}):
+        return None
+    accuracies = {'slda': rows}
+    accuracies.update({name: [row['heads'][name] for row in rows] for name in rows[0]['heads'] if name != 'offline'})
+    offline = [row['heads']['offline'] for row in rows]
+    ratios = {}
+    for name, values in accuracies.items():
+        ratios[name] = {key: None if any(o[key] == 0 for o in offline) else
+                        sum(v[key] / o[key] for v, o in zip(values, offline)) / len(rows) for key in ('top1', 'top5')}
+    return ratios
+
+
 def stream_order(train, plan):
     """stream_order.txt: a line per training image in the order planned, <batch number><TAB><image name>
     (its path relative to the images folder, or its index); yields the text in pieces."""
@@ -231,6 +246,7 @@ def make_summary(rows, offline, readers, started, prepare_seconds, finished, ski
         'final_top1': rows[-1]['top1'] if rows else None,
         'final_top5': rows[-1]['top5'] if rows else None,
         'omega_all': omega(rows, offline),
+        'omega_vs_offline': omega_vs_offline(rows),
         'seconds': {'prepare': round(prepare_seconds, 3), 'extract': round(extract, 3),
                     'fit': round(sum(row['fit_seconds'] for row in rows), 3),
                     'evaluate': round(sum(row['eval_seconds'] for row in rows), 3),

@@ -1,0 +1,105 @@
+"""Baseline output layers, fitted beside SLDA on the same features in the same stream order, to show what
+SLDA's accuracy is worth on those features:
+
+- ``NearestClassMean``: the class means SLDA keeps, Euclidean distance: what the shared covariance adds;
+- ``SoftmaxStream``: a softmax layer trained by one pass of SGD over the stream, no replay: the paper's
+  lower bound for an output layer trained incrementally;
+- ``OfflineSoftmax``: after each batch, a softmax layer trained to convergence on every training feature so
+  far: the upper bound for an output layer on these features.
+
+Each has ``fit(X, y)`` (a batch of the stream, in order), ``decision_function(X)`` (scores (n, C) on the CPU)
+and ``samples_seen``.
+"""
+import torch
+
+HEADS = ('slda', 'ncm', 'softmax_stream', 'offline')
+
+
+class NearestClassMean:
+    """Scores -||x - mu_k||^2 with the means of ``slda`` (a StreamingLDA, exact and streaming); classes with no
+    sample yet score -inf."""
+
+    def __init__(self, slda, test_batch_size=1024):
+        self.slda = slda
+        self.test_batch_size = test_batch_size
+        self.samples_seen = 0
+
+    def fit(self, X, y):
+        self.samples_seen += len(y)        # the means are SLDA's, updated by its own fit
+
+    @torch.no_grad()
+    def decision_function(self, X):
+        means = self.slda.muK.double()
+        unseen = self.slda.cK == 0
+        out = []
+        for start in range(0, len(X), self.test_batch_size):
+            rows = X[start:start + self.test_batch_size].to(means.device, torch.float64)
+            scores = -torch.cdist(rows, means).pow(2)
+            out.append(scores.masked_fill(unseen, float('-inf')).float().cpu())
+        return torch.cat(out)
+
+
+class SoftmaxStream:
+    """A linear softmax layer (weights start at zero) trained by plain SGD on the cross-entropy, ``batch_size``
+    samples per step (1: one sample at a time), each sample once, learning rate ``lr``."""
+
+    def __init__(self, dim, num_classes, lr=0.01, batch_size=1, device='cpu'):
+        if lr <= 0 or batch_size < 1:
+            raise ValueError(f'lr must be positive and batch_size at least 1, got {lr} and {batch_size}')
+        self.weight = torch.zeros(num_classes, dim, device=device)
+        self.bias = torch.zeros(num_classes, device=device)
+        self.lr, self.batch_size = lr, batch_size
+        self.samples_seen = 0
+
+    @torch.no_grad()
+    def fit(self, X, y):
+        for start in range(0, len(y), self.batch_size):
+            rows = X[start:start + self.batch_size].to(self.weight.device, torch.float32)
+            labels = y[start:start + self.batch_size].to(self.weight.device)
+            # gradient of the mean cross-entropy: (softmax - one-hot) per row
+            error = torch.softmax(rows @ self.weight.T + self.bias, dim=1)
+            error[torch.arange(len(labels)), labels] -= 1
+            self.weight -= self.lr * error.T @ rows / len(labels)
+            self.bias -= self.lr * error.mean(dim=0)
+        self.samples_seen += len(y)
+
+    @torch.no_grad()
+    def decision_function(self, X):
+        return (X.to(self.weight.device, torch.float32) @ self.weight.T + self.bias).cpu()
+
+
+class OfflineSoftmax:
+    """After every ``fit``, a linear softmax layer trained on all features given so far by full-batch L-BFGS
+    (strong Wolfe line search, warm-started from the previous solution) on the cross-entropy plus
+    ``l2 / 2 * ||W||^2``, until the gradient or the change falls below L-BFGS's tolerances or ``max_iter``
+    iterations pass."""
+
+    def __init__(self, dim, num_classes, device='cpu', l2=1e-4, max_iter=500):
+        self.weight = torch.zeros(num_classes, dim, device=device)
+        self.bias = torch.zeros(num_classes, device=device)
+        self.l2, self.max_iter = l2, max_iter
+        self.features, self.labels = [], []
+        self.samples_seen = 0
+
+    def fit(self, X, y):
+        self.features.append(X.to(self.weight.device, torch.float32))
+        self.labels.append(y.to(self.weight.device))
+        self.samples_seen += len(y)
+        X, y = torch.cat(self.features), torch.cat(self.labels)
+        weight = self.weight.clone().requires_grad_()
+        bias = self.bias.clone().requires_grad_()
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=self.max_iter, history_size=20,
+                                      tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn='strong_wolfe')
+
+        def loss():
+            optimizer.zero_grad()
+            value = torch.nn.functional.cross_entropy(X @ weight.T + bias, y) + self.l2 / 2 * weight.pow(2).sum()
+            value.backward()
+            return value
+
+        optimizer.step(loss)
+        self.weight, self.bias = weight.detach(), bias.detach()
+
+    @torch.no_grad()
+    def decision_function(self, X):
+        return (X.to(self.weight.device, torch.float32) @ self.weight.T + self.bias).cpu()
