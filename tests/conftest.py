@@ -59,8 +59,10 @@ def make_checkpoint(path, prefix='module.', wrap='state_dict', num_classes=100, 
 
 
 def run(argv, capsys=None):
-    """experiment.main on ``argv`` (any values, made strings) without progress bars; (exit code, captured)."""
-    code = experiment.main([str(a) for a in argv] + ['--no-progress'])
+    """experiment.main on ``argv`` (any values, made strings) without progress bars, and without the learning
+    curve unless ``argv`` asks for it with --plot; (exit code, captured)."""
+    argv = [str(a) for a in argv]
+    code = experiment.main(argv + ['--no-progress'] + ([] if '--plot' in argv else ['--no-plot']))
     return code, (capsys.readouterr() if capsys else None)
 
 

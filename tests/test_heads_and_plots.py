@@ -19,7 +19,7 @@ ALL_HEADS = 'slda,ncm,softmax_stream,offline'
 def digits_with_heads(tmp_path_factory):
     """The digits default run with every head, features kept in a cache to check against."""
     out = tmp_path_factory.mktemp('heads')
-    code, _ = run(['--heads', ALL_HEADS, '--feature_cache', out / 'cache', '--save_dir', out / 'run'])
+    code, _ = run(['--heads', ALL_HEADS, '--feature_cache', out / 'cache', '--save_dir', out / 'run', '--plot'])
     assert code == 0
     return out
 
@@ -123,7 +123,7 @@ def test_a_run_writes_its_learning_curve_unless_told_not_to_and_a_failing_plot_n
         raise RuntimeError('no display')
 
     monkeypatch.setattr(plot_results, 'plot_runs', broken)
-    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'broken'], capsys)
+    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'broken', '--plot'], capsys)
     assert code == 0 and 'learning_curve.png not written (RuntimeError: no display)' in out.err
     assert json.loads((tmp_path / 'broken' / 'summary.json').read_text())['finished']
 

@@ -58,7 +58,8 @@ def in_parallel(commands, env_of, cwd):
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_results_and_the_stored_reference(tmp_path, uninterrupted):
     commands = {point: [sys.executable, os.path.join(REPO, 'experiment.py')] + DIGITS +
-                ['--save_dir', str(tmp_path / f'out{i}'), '--no-progress'] for i, point in enumerate(CRASH_POINTS)}
+                ['--save_dir', str(tmp_path / f'out{i}'), '--no-progress', '--no-plot']
+                for i, point in enumerate(CRASH_POINTS)}
     killed = in_parallel(commands, lambda point: dict(os.environ, SLDA_CRASH_AT=point), tmp_path)
     for i, (point, (code, stderr)) in enumerate(killed.items()):
         assert code == -signal.SIGKILL, (point, stderr)
