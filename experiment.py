@@ -21,6 +21,7 @@ from importlib.metadata import version
 import numpy as np
 import torch
 
+import distributed
 import protocol
 from datasets import DATASETS, ListingOptions
 from feature_cache import FeatureCache, cache_key, listings_folder
@@ -192,6 +193,10 @@ def add_running_arguments(parser):
                             'only, or never; at ImageNet scale they total 1.1 GB (default: %(default)s)')
     group.add_argument('--plot', action=argparse.BooleanOptionalAction, default=True,
                        help='write learning_curve.png into the save folder at the end (default: on)')
+    group.add_argument('--dist_timeout', metavar='SECONDS', type=int, default=7200,
+                       help='under torchrun: how long a process waits for the others at each exchange, the end of '
+                            'their feature extraction included; raise it when a share takes longer (default: '
+                            '%(default)s)')
     group.add_argument('--resume', action='store_true',
                        help='continue an interrupted run in --save_dir from its last finished increment')
     group.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
@@ -317,6 +322,9 @@ def check_inputs(args):
         raise UserError(f'--device {args.device}: {device_type} is not available here'
                         f'{"" if device_type in available else " (this program runs on cpu, cuda or mps)"}; '
                         f'use --device cpu')
+    if distributed.started_by_torchrun() and not args.feature_cache:
+        raise UserError('under torchrun, --feature_cache DIR is needed: the processes share the extracted features '
+                        'through it (a folder every process can reach), and rank 0 streams SLDA from it')
     if args.feature_cache and os.path.exists(args.feature_cache) and not os.path.isdir(args.feature_cache):
         raise UserError(f'--feature_cache {args.feature_cache} is a file; it must be a folder (or not exist yet)')
 
@@ -498,9 +506,38 @@ def fit_and_evaluate(slda, heads, batch, following, train, test, device):
     return row, probabilities
 
 
+def claim_folder(args, folder, group):
+    """Rank 0 (or the only process) claims the save folder; under torchrun the others learn whether it could.
+    Returns whether the folder holds a run to continue."""
+    refusal, continuing = None, False
+    if group is None or group.rank == 0:
+        try:
+            continuing = folder.claim(vars(args), args.resume)
+        except UserError as e:
+            refusal = e
+    if group is not None:
+        message = group.broadcast(None if refusal is None else str(refusal))
+        if message and refusal is None:
+            raise UserError(message)
+    if refusal:
+        raise refusal
+    return continuing
+
+
 def run(args):
+    """The experiment of ``args``; returns its summary (None on the processes of a torchrun group but rank 0,
+    which only extract features)."""
     started = time.perf_counter()
     check_inputs(args)
+    group = distributed.Group(args.dist_timeout) if distributed.started_by_torchrun() else None
+    try:
+        return stream(args, group, started)
+    finally:
+        if group:
+            group.close()
+
+
+def stream(args, group, started):
     splits = list_splits(args)
     order, order_source, order_warning = class_order(args, splits)
     if order_warning:
@@ -510,9 +547,16 @@ def run(args):
     files = BackgroundFiles()
     folder = ResultsFolder(args.save_dir, files)
     device = torch.device(args.device)
+    if group and device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', group.local_rank)
     try:
-        continuing = folder.claim(vars(args), args.resume)
+        continuing = claim_folder(args, folder, group)
         train, test, extractor, feature_dim = build_readers(args, splits, plan, device, files)
+        per_process = None
+        if group:
+            per_process = distributed.extract_shares(group, {'train': train, splits.test_name: test}, files)
+            if group.rank != 0:
+                return None
         if extractor.partial:
             print(f'WARNING: partial checkpoint (--allow_partial_checkpoint): {len(extractor.partial)} tensors '
                   f'that {args.extract_layer} depends on keep their random initialisation: '
@@ -543,7 +587,7 @@ def run(args):
             print(f'resuming after increment {first}/{len(plan)} ({plan[first - 1].classes_seen} classes seen)')
         summary = functools.partial(make_summary, offline=offline, readers=(train, test), started=started,
                                     prepare_seconds=time.perf_counter() - started,
-                                    skipped_before=folder.skipped_before)
+                                    skipped_before=folder.skipped_before, images_per_process=per_process)
         if first < len(plan):
             train.prefetch(plan[first].train_indices)
             test.prefetch(plan[first].test_indices)
@@ -591,6 +635,9 @@ def main(argv=None):
     except BadImageError as e:
         print(f'error: {e}; fix or remove it, or pass --skip_bad_images', file=sys.stderr)
         return 2
+    except distributed.ProcessFailed as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     except PartialCheckpointError as e:
         print(f'error: {e} Pass --allow_partial_checkpoint to use it anyway', file=sys.stderr)
         return 2

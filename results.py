@@ -233,10 +233,11 @@ class ResultsFolder:
         return finished
 
 
-def make_summary(rows, offline, readers, started, prepare_seconds, finished, skipped_before=()):
+def make_summary(rows, offline, readers, started, prepare_seconds, finished, skipped_before=(),
+                 images_per_process=None):
     """summary.json: per batch ``rows``, final accuracies, Omega_all, seconds and extraction counts, and the
     images skipped as unreadable (sorted, with ``skipped_before`` a resume, so that an interrupted run lists
-    what an uninterrupted one does)."""
+    what an uninterrupted one does). Under torchrun, ``images_per_process`` lists what each process extracted."""
     extract = sum(row['extract_seconds'] for row in rows)
     images = sum(reader.images_extracted for reader in readers)
     return {
@@ -252,6 +253,8 @@ def make_summary(rows, offline, readers, started, prepare_seconds, finished, ski
                     'evaluate': round(sum(row['eval_seconds'] for row in rows), 3),
                     'total_this_process': round(time.perf_counter() - started, 3)},
         'images_extracted_this_process': images,
+        'processes': len(images_per_process) if images_per_process else 1,
+        'images_extracted_per_process': images_per_process or [images],
         'images_per_second': round(images / extract, 1) if extract > 0 and images else None,
         'skipped_images': sorted(set(skipped_before).union(*(reader.skipped for reader in readers))),
     }

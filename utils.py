@@ -23,11 +23,12 @@ def crash_point(name):
     """Fault injection for the resume tests: SIGKILL this process at a named point when asked to.
 
     SLDA_CRASH_AT is ``PREFIX`` or ``PREFIX:N``: die the N-th time (1-based) a point whose name starts with
-    PREFIX is reached. Points: ``increment_start``, ``extract_batch``, and ``write/<file name>`` between
-    writing a temporary file and renaming it. Unset in normal use, where this is one dictionary lookup.
+    PREFIX is reached; with SLDA_CRASH_RANK, only in the torchrun process of that rank. Points:
+    ``increment_start``, ``extract_batch``, and ``write/<file name>`` between writing a temporary file and
+    renaming it. Unset in normal use, where this is one dictionary lookup.
     """
     target = os.environ.get('SLDA_CRASH_AT')
-    if not target:
+    if not target or os.environ.get('SLDA_CRASH_RANK', os.environ.get('RANK', '0')) != os.environ.get('RANK', '0'):
         return
     prefix, _, nth = target.partition(':')
     if name.startswith(prefix):

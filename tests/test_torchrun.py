@@ -1,0 +1,107 @@
+"""Feature extraction across processes with torchrun, on the CPU (gloo): the same outputs as one process,
+shares for every process, a failing process stops the group, and a rerun extracts only what is missing."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import distributed
+from conftest import REPO, make_checkpoint, run
+
+RESULTS = [f'{kind}_min_trained_0_max_trained_{seen}.{ext}' for seen in (2, 4, 6)
+           for kind, ext in (('preds', 'pt'), ('accuracies', 'json'), ('slda_model_weights', 'pth'))] + \
+          ['slda_model_weights_final.pth', 'imagenet_train_labels.npy', 'imagenet_val_labels.npy', 'stream_order.txt']
+TOTAL_IMAGES = 17 + 10
+
+
+def arguments(root, labels, ckpt, cache, save):
+    return ['--dataset', 'imagenet', '--images_dir', str(root), '--labels_dir', str(labels), '--base_init_ckpt',
+            str(ckpt), '--class_increment', '2', '--image_size', '32', '--num_workers', '0', '--batch_size', '4',
+            '--feature_cache', str(cache), '--save_dir', str(save), '--no-plot']
+
+
+def torchrun(argv, env=None):
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+               os.path.join(REPO, 'experiment.py'), *argv, '--no-progress']
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def summary(save):
+    return json.loads((save / 'summary.json').read_text())
+
+
+@pytest.fixture
+def single(tmp_path, image_folder):
+    """A single-process run from an empty cache, to compare with."""
+    root, labels = image_folder
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt)
+    assert run(arguments(root, labels, ckpt, tmp_path / 'single_cache', tmp_path / 'single'))[0] == 0
+    return root, labels, ckpt
+
+
+def assert_same_outputs(a, b):
+    for name in RESULTS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_outputs_of_one_each_extracting_a_share(tmp_path, single):
+    root, labels, ckpt = single
+    done = torchrun(arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two'))
+    assert done.returncode == 0, done.stderr
+    assert_same_outputs(tmp_path / 'single', tmp_path / 'two')
+    two = summary(tmp_path / 'two')
+    assert two['processes'] == 2 and sum(two['images_extracted_per_process']) == TOTAL_IMAGES
+    assert min(two['images_extracted_per_process']) > 0
+    assert two['images_extracted_this_process'] == two['images_extracted_per_process'][0]
+    assert run(arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'rerun'))[0] == 0
+    assert summary(tmp_path / 'rerun')['images_extracted_this_process'] == 0
+    assert_same_outputs(tmp_path / 'single', tmp_path / 'rerun')
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_group_and_a_rerun_extracts_only_what_is_missing(tmp_path, single):
+    root, labels, ckpt = single
+    argv = arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two')
+    killed = torchrun(argv, env=dict(os.environ, SLDA_CRASH_AT='extract_batch:2', SLDA_CRASH_RANK='1'))
+    assert killed.returncode != 0           # torchrun stops the other process and names the one that died
+    assert re.search(r'Root Cause.*rank\s*: 1 \(local_rank: 1\)\s*exitcode\s*: -9 .*SIGKILL', killed.stderr, re.S), \
+        killed.stderr
+    assert not (tmp_path / 'two' / 'summary.json').exists()
+    done = torchrun(argv + ['--resume'])
+    assert done.returncode == 0, done.stderr
+    assert 0 < sum(summary(tmp_path / 'two')['images_extracted_per_process']) < TOTAL_IMAGES
+    assert_same_outputs(tmp_path / 'single', tmp_path / 'two')
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_stops_the_group_naming_its_rank_and_the_cause(tmp_path, single):
+    root, labels, ckpt = single
+    bad = root / 'train' / 'n01000005' / 'n01000005_0002.JPEG'
+    bad.write_bytes(b'not an image')
+    done = torchrun(arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two'))
+    assert done.returncode != 0
+    assert re.search(rf'error: process [01] of 2 failed while extracting features: BadImageError: cannot read image '
+                     rf'{re.escape(str(bad))}', done.stderr), done.stderr
+
+
+def test_more_than_one_process_needs_the_feature_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '0')
+    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 2 and 'under torchrun, --feature_cache DIR is needed' in out.err
+
+
+def test_shares_are_balanced_by_image_count_and_deterministic():
+    sizes = {('train', k): count for k, count in enumerate([50, 40, 30, 20, 10, 10])}
+    shares = distributed.deal(sizes, 2)
+    assert shares == distributed.deal(dict(reversed(list(sizes.items()))), 2)
+    assert sorted(item for share in shares for item in share) == sorted(sizes)
+    loads = [sum(sizes[item] for item in share) for share in shares]
+    assert loads == [80, 80]
+    assert distributed.deal(sizes, 3) == [[('train', 0), ('train', 5)], [('train', 1), ('train', 4)],
+                                         [('train', 2), ('train', 3)]]
