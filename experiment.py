@@ -538,6 +538,7 @@ def run(args):
 
 
 def stream(args, group, started):
+    """Build the stream and the model, then for each batch of the plan fit, evaluate and record."""
     splits = list_splits(args)
     order, order_source, order_warning = class_order(args, splits)
     if order_warning:
@@ -557,24 +558,12 @@ def stream(args, group, started):
             per_process = distributed.extract_shares(group, {'train': train, splits.test_name: test}, files)
             if group.rank != 0:
                 return None
-        if extractor.partial:
-            print(f'WARNING: partial checkpoint (--allow_partial_checkpoint): {len(extractor.partial)} tensors '
-                  f'that {args.extract_layer} depends on keep their random initialisation: '
-                  f'{", ".join(extractor.partial[:6])}{" ..." if len(extractor.partial) > 6 else ""}',
-                  file=sys.stderr, flush=True)
         config = describe_run(args, order, order_source, order_warning, extractor, feature_dim, device)
         config['test_images'] = test_images_digest(splits.test, plan)
         if continuing:
             folder.check_resume(config, splits, plan)
         folder.save_config(config, splits, order, plan)
-        print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
-              f'images; streaming {plan[-1].classes_seen} classes as {[b.classes_seen for b in plan]}; class order '
-              f'{order_source}')
-        print(f'{args.arch} {args.extract_layer}: {feature_dim}-d features on {device} '
-              f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
-        print(f'covariance: {covariance_name(args)} (' + ('--streaming_update_sigma: updated by every sample'
-              if args.streaming_update_sigma else '--no-streaming_update_sigma: the base initialisation\'s, kept')
-              + f'); shrinkage {args.shrinkage}; accuracies in percent')
+        announce(args, splits, plan, order_source, extractor, feature_dim, device)
         slda = StreamingLDA(feature_dim, splits.num_classes, shrinkage_param=args.shrinkage,
                             streaming_update_sigma=args.streaming_update_sigma, device=device,
                             dtype=getattr(torch, args.slda_dtype), mask_unseen_classes=args.mask_unseen_classes)
@@ -596,11 +585,7 @@ def stream(args, group, started):
             row, probabilities = fit_and_evaluate(slda, heads, batch, following, train, test, device)
             save_preds = args.save_preds == 'every' or (args.save_preds == 'final' and following is None)
             folder.record(batch, row, probabilities, slda.checkpoint(), save_preds, summary)
-            print(f'[{batch.number}/{len(plan)}] {batch.classes_seen:5d} classes seen | +{row["train_images"]} train '
-                  f'images | top-1 {row["top1"]:6.2f}% top-5 {row["top5"]:6.2f}% | extract '
-                  f'{row["extract_seconds"]:.1f}s fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s' +
-                  ''.join(f' | {name} {head["top1"]:.2f}%/{head["top5"]:.2f}%'
-                          for name, head in row.get('heads', {}).items()), flush=True)
+            print_batch(batch, len(plan), row)
         summary = folder.finish(slda.checkpoint(), summary)
     finally:
         files.close()
@@ -613,6 +598,32 @@ def stream(args, group, started):
     if args.plot:
         plot_learning_curve(args.save_dir)
     return summary
+
+
+def print_batch(batch, batches, row):
+    print(f'[{batch.number}/{batches}] {batch.classes_seen:5d} classes seen | +{row["train_images"]} train '
+          f'images | top-1 {row["top1"]:6.2f}% top-5 {row["top5"]:6.2f}% | extract '
+          f'{row["extract_seconds"]:.1f}s fit {row["fit_seconds"]:.2f}s eval {row["eval_seconds"]:.2f}s' +
+          ''.join(f' | {name} {head["top1"]:.2f}%/{head["top5"]:.2f}%' for name, head in row.get('heads', {}).items()),
+          flush=True)
+
+
+def announce(args, splits, plan, order_source, extractor, feature_dim, device):
+    """What the run streams, with which network and covariance, on standard output (a partial checkpoint on
+    standard error)."""
+    if extractor.partial:
+        print(f'WARNING: partial checkpoint (--allow_partial_checkpoint): {len(extractor.partial)} tensors '
+              f'that {args.extract_layer} depends on keep their random initialisation: '
+              f'{", ".join(extractor.partial[:6])}{" ..." if len(extractor.partial) > 6 else ""}',
+              file=sys.stderr, flush=True)
+    print(f'{splits.name}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.test)} test '
+          f'images; streaming {plan[-1].classes_seen} classes as {[b.classes_seen for b in plan]}; class order '
+          f'{order_source}')
+    print(f'{args.arch} {args.extract_layer}: {feature_dim}-d features on {device} '
+          f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
+    print(f'covariance: {covariance_name(args)} (' + ('--streaming_update_sigma: updated by every sample'
+          if args.streaming_update_sigma else '--no-streaming_update_sigma: the base initialisation\'s, kept')
+          + f'); shrinkage {args.shrinkage}; accuracies in percent')
 
 
 def plot_learning_curve(save_dir):

@@ -8,23 +8,21 @@ run has not finished are listed and left out. Accuracies are in percent; the sta
 sample one (n - 1), blank for a single run.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
 
+from plot_results import load_run
 from utils import save_text
 
 
 def read_run(folder):
     """(row key, {measure: value}) of a finished run folder, or None when its run has not finished."""
     try:
-        with open(os.path.join(folder, 'config.json')) as f:
-            config = json.load(f)
-        with open(os.path.join(folder, 'summary.json')) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
+        run = load_run(folder)
+    except ValueError:
         return None
+    config, summary = run['config'], run['summary']
     if not summary.get('finished'):
         return None
     key = (config['arguments']['dataset'], config.get('ordering', 'class_incremental'), config['covariance'])
