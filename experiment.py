@@ -142,7 +142,7 @@ def add_protocol_arguments(parser):
                        help='plastic covariance, updated by every sample; --no-streaming_update_sigma keeps '
                             'the base-initialisation covariance fixed (default: ' +
                             ', '.join(f'{"plastic" if e.plastic_covariance else "fixed"} for {e.name}'
-                                      for e in DATASETS.values()) + '; fixed for imagenet as in the original)')
+                                      for e in DATASETS.values()) + '; imagenet\'s is the original\'s)')
     group.add_argument('--shrinkage', metavar='EPS', type=float, default=1e-4,
                        help='covariance shrinkage (default: %(default)s)')
     group.add_argument('--mask_unseen_classes', action='store_true',
@@ -227,8 +227,9 @@ def complete_defaults(args):
         args.num_workers = min(32, os.cpu_count() or 1) if dataset.image_files else 0
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    for flag in ('batch_size', 'image_size', 'num_workers', 'frame_stride'):
-        least = 0 if flag == 'num_workers' else 1
+    for flag in ('batch_size', 'image_size', 'num_workers', 'frame_stride', 'class_increment', 'images_per_batch',
+                 'base_init_classes'):
+        least = 0 if flag in ('num_workers', 'base_init_classes') else 1
         if getattr(args, flag) is not None and getattr(args, flag) < least:
             raise UserError(f'--{flag} must be at least {least}, got {getattr(args, flag)}')
     for flag in ('seed', 'class_order_seed', 'ordering_seed'):
@@ -274,10 +275,6 @@ def complete_protocol(args, dataset):
     if args.labels_dir is None and args.class_order_seed is None and class_incremental:
         args.labels_dir = next((folder for folder in support_folders() if all(
             os.path.exists(os.path.join(folder, name)) for name in protocol.label_file_names(args.dataset))), None)
-    for flag in ('class_increment', 'images_per_batch', 'base_init_classes'):
-        least = 0 if flag == 'base_init_classes' else 1
-        if getattr(args, flag) is not None and getattr(args, flag) < least:
-            raise UserError(f'--{flag} must be at least {least}, got {getattr(args, flag)}')
 
 
 def complete_network(args, dataset):

@@ -27,7 +27,7 @@ from utils import UserError, load_json, save_json, save_tensor, save_text
 
 # Arguments that do not change any number a run produces; everything else must match to --resume.
 ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
-                       'save_preds', 'cache_check'}
+                       'save_preds', 'cache_check', 'plot', 'dist_timeout'}
 
 
 def read_offline_accuracies(path, num_batches):

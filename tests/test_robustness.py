@@ -83,6 +83,9 @@ def test_resume_refuses_different_settings(tmp_path, capsys):
     assert code == 2 and '--feature_cache: saved False, now True' in out.err      # float16 features differ
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--num_workers', 0], capsys)
     assert code == 0, out.err
+    code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--plot', '--dist_timeout', 60], capsys)
+    assert code == 0, out.err                 # neither changes a result
+    assert (save / 'learning_curve.png').exists()
 
 
 def test_same_seed_is_bit_identical_on_cpu(tmp_path, uninterrupted):
