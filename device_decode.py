@@ -6,10 +6,14 @@ bytes; decoding, resizing and cropping happen on the device, a batch at a time. 
 antialiased bilinear on tensors, which is close to PIL's but not bit-identical, so features (and the
 feature cache key) differ slightly from the PIL path.
 """
+import io
+
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
+import data
 from data import ImageList
 
 JPEG_START = b'\xff\xd8'
@@ -29,6 +33,18 @@ def jpeg_is_complete(encoded):
     return last_scan != -1 and encoded.find(END_OF_IMAGE, last_scan) != -1
 
 
+def within_pixel_limit(encoded):
+    """False for an image of more than data.MAX_IMAGE_PIXELS pixels (read from its header; PIL decodes
+    nothing here), or one whose header PIL cannot read (the decoder judges those)."""
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            return image.width * image.height <= data.MAX_IMAGE_PIXELS
+    except (OSError, ValueError, SyntaxError):
+        return True
+    except Image.DecompressionBombError:
+        return False
+
+
 class EncodedImageList(ImageList):
     """Like ImageList, but item i is (the file's bytes as a uint8 tensor, i, ok); decoding comes later."""
 
@@ -38,7 +54,7 @@ class EncodedImageList(ImageList):
                 encoded = f.read()
         except OSError:
             encoded = b''
-        if not encoded or not jpeg_is_complete(encoded):
+        if not encoded or not jpeg_is_complete(encoded) or not within_pixel_limit(encoded):
             return torch.zeros(0, dtype=torch.uint8), index, False
         return torch.frombuffer(bytearray(encoded), dtype=torch.uint8), index, True
 

@@ -78,3 +78,12 @@ def test_experiment_with_device_decoding(tmp_path, image_folder, capsys):
     capsys.readouterr()
     assert experiment.main([str(a) for a in argv + ['--save_dir', tmp_path / 'bad', '--decode_on_device']]) == 2
     assert f'cannot read image {bad}' in capsys.readouterr().err
+
+
+def test_images_over_the_pixel_limit_are_bad_when_decoded_on_the_device(tmp_path, monkeypatch):
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'images' / 'big.JPEG').write_bytes(encode(photo(7, (50, 40)), 'JPEG'))      # 2,000 pixels
+    (tmp_path / 'images' / 'small.JPEG').write_bytes(encode(photo(8, (30, 20)), 'JPEG'))    # 600 pixels
+    monkeypatch.setattr(data, 'MAX_IMAGE_PIXELS', 1000)
+    encoded = EncodedImageList(str(tmp_path), ['images'], ['big.JPEG\nsmall.JPEG'], 16)
+    assert [encoded[i][2] for i in range(2)] == [False, True]
