@@ -17,16 +17,20 @@ class ProcessFailed(RuntimeError):
 
 
 class Group:
-    """This process's place among the processes torchrun started: ``rank``, ``world_size``, ``local_rank``."""
+    """This process's place among the processes torchrun started: ``rank``, ``world_size``, ``local_rank``.
+    With ``cuda`` each process uses GPU ``local_rank`` and NCCL; otherwise the CPU and gloo."""
 
-    def __init__(self, timeout_seconds):
+    def __init__(self, timeout_seconds, cuda):
         import torch.distributed as dist
         self.dist = dist
         self.rank = int(os.environ['RANK'])
         self.world_size = int(os.environ['WORLD_SIZE'])
         self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-        if backend == 'nccl':
+        backend = 'nccl' if cuda else 'gloo'
+        if cuda:
+            if self.local_rank >= torch.cuda.device_count():
+                raise ValueError(f'LOCAL_RANK {self.local_rank} needs a GPU of that number, but this machine has '
+                                 f'{torch.cuda.device_count()}: start at most that many processes per machine')
             torch.cuda.set_device(self.local_rank)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
         # objects travel over gloo even when the extraction runs on NCCL: no GPU memory for them

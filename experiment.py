@@ -526,7 +526,8 @@ def run(args):
     which only extract features)."""
     started = time.perf_counter()
     check_inputs(args)
-    group = distributed.Group(args.dist_timeout) if distributed.started_by_torchrun() else None
+    group = distributed.Group(args.dist_timeout, cuda=torch.device(args.device).type == 'cuda') \
+        if distributed.started_by_torchrun() else None
     try:
         return stream(args, group, started)
     finally:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU check for an NVIDIA H100 machine, at most about 5 minutes: the SLDA benchmark (including an
-# ImageNet-sized 1.28M-sample stream), a cached rerun at a tenth of ImageNet's training images, and the
-# pipeline benchmark from JPEG on CUDA, with the machine's description. A step that fails or runs out of
-# time is reported and the next one still runs.
+# GPU check for an NVIDIA H100 machine, at most about 8 minutes: the tests with their CUDA variants, the SLDA
+# benchmark (including an ImageNet-sized 1.28M-sample stream), a cached rerun at a tenth of ImageNet's
+# training images, and the pipeline benchmark from JPEG on CUDA, with the machine's description. A step that
+# fails or runs out of time is reported and the next one still runs. The tests need pytest and matplotlib.
 # Usage: bash bench/gpu_check.sh   (uses .venv after bash setup.sh, else python3: on a GPU machine without
 # internet access whose python3 already has torch, torchvision, scikit-learn, pillow and tqdm, no setup is
 # needed; PYTHON=... picks another interpreter)
@@ -24,6 +24,8 @@ step() {   # step TITLE SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "CPU cores: $(nproc)"
 "$PYTHON" -c 'import torch, torchvision; print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
+step "Tests without the subprocess ones, on this machine (the CUDA variants of the SLDA oracles run here)" 150 \
+  "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests
 step "SLDA: batched fit vs per-sample loops on CUDA" 100 \
   "$PYTHON" bench/bench_slda.py --device cuda --samples 50000 --original_samples 5000 --ours_samples 1281167
 step "SLDA on the CPU of the same machine, for comparison" 40 \

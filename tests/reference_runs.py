@@ -56,8 +56,10 @@ def prepare(directory):
 
 
 def command(name, inputs, save_dir):
+    """Run ``name``'s command line; on the CPU, where the references were made, even on a machine with a GPU."""
     arguments, _ = RUNS[name]
-    return [str(a).format(**{k: str(v) for k, v in inputs.items()}) for a in arguments] + ['--save_dir', str(save_dir)]
+    return [str(a).format(**{k: str(v) for k, v in inputs.items()}) for a in arguments] + \
+        ['--save_dir', str(save_dir), '--device', 'cpu']
 
 
 def execute(name, inputs, save_dir):

@@ -20,7 +20,7 @@ TOTAL_IMAGES = 17 + 10
 def arguments(root, labels, ckpt, cache, save):
     return ['--dataset', 'imagenet', '--images_dir', str(root), '--labels_dir', str(labels), '--base_init_ckpt',
             str(ckpt), '--class_increment', '2', '--image_size', '32', '--num_workers', '0', '--batch_size', '4',
-            '--feature_cache', str(cache), '--save_dir', str(save), '--no-plot']
+            '--feature_cache', str(cache), '--save_dir', str(save), '--no-plot', '--device', 'cpu']
 
 
 def torchrun(argv, env=None):
