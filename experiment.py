@@ -417,13 +417,14 @@ def build_readers(args, splits, plan, device, files):
     # Test features are kept in memory (scored after every batch), and training features too when a class
     # recurs in several batches, as in the iid and instance orderings.
     batch_classes = [np.unique(splits.train.labels[batch.train_indices]) for batch in plan]
-    recurring = sum(map(len, batch_classes)) > len(np.unique(np.concatenate(batch_classes)))
+    train_classes = np.unique(np.concatenate(batch_classes)).tolist()
+    recurring = sum(map(len, batch_classes)) > len(train_classes)
     train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,
                                  skip_bad_images=args.skip_bad_images)
                    for split, name, keep in ((splits.train, 'train', recurring),
                                              (splits.test, splits.test_name, True)))
-    cached_dims = {reader.feature_dim(reader.classes_of(np.concatenate([getattr(batch, field) for batch in plan])))
-                   for reader, field in ((train, 'train_indices'), (test, 'test_indices'))}
+    test_classes = test.classes_of(np.concatenate([batch.test_indices for batch in plan]))
+    cached_dims = {train.feature_dim(train_classes), test.feature_dim(test_classes)}
     feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
     if cache:
         cache.dim = feature_dim

@@ -112,12 +112,18 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
     return report, lacking
 
 
-def cached_torchvision_weights(arch, weights_name):
-    """Path of a torchvision weight file in the local torch cache; never downloads."""
+def check_arch(arch):
+    """Raise ValueError unless ``arch`` names a torchvision classification model."""
     import torchvision
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f'arch {arch} is not a torchvision classification model '
                          f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
+
+
+def cached_torchvision_weights(arch, weights_name):
+    """Path of a torchvision weight file in the local torch cache; never downloads."""
+    import torchvision
+    check_arch(arch)
     try:
         weight_enum = torchvision.models.get_model_weights(arch)
         weights = weight_enum[weights_name] if weights_name != 'DEFAULT' else weight_enum.DEFAULT
@@ -178,9 +184,7 @@ class FeatureExtractor:
         if self.network is not None:
             return self
         import torchvision
-        if self.arch not in torchvision.models.list_models(module=torchvision.models):
-            raise ValueError(f'arch {self.arch} is not a torchvision classification model '
-                             f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
+        check_arch(self.arch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = torchvision.models.get_model(self.arch, weights=None)
