@@ -59,18 +59,22 @@ def test_images_digest(test, plan):
     return hashlib.sha256(text.encode(errors='surrogateescape')).hexdigest()
 
 
+def mean_ratio(ours, reference):
+    """{'top1', 'top5'}: the mean over batches of our accuracy / the reference's; ``ours`` and ``reference`` are
+    lists of {'top1', 'top5'} per batch. None for a key where the reference scored 0 on a batch."""
+    return {key: None if any(r[key] == 0 for r in reference) else
+            sum(o[key] / r[key] for o, r in zip(ours, reference)) / len(ours) for key in ('top1', 'top5')}
+
+
 def omega_vs_offline(rows):
     """With an offline head: for SLDA and every other head, the mean over batches of its accuracy / the offline
-    head's, top-1 and top-5 (None where the offline head scored 0 on a batch)."""
+    head's."""
     if not rows or 'offline' not in rows[0].get('heads', {}):
         return None
-    accuracies = {'slda': rows}
-    accuracies.update({name: [row['heads'][name] for row in rows] for name in rows[0]['heads'] if name != 'offline'})
     offline = [row['heads']['offline'] for row in rows]
-    ratios = {}
-    for name, values in accuracies.items():
-        ratios[name] = {key: None if any(o[key] == 0 for o in offline) else
-                        sum(v[key] / o[key] for v, o in zip(values, offline)) / len(rows) for key in ('top1', 'top5')}
+    ratios = {'slda': mean_ratio(rows, offline)}
+    ratios.update({name: mean_ratio([row['heads'][name] for row in rows], offline)
+                   for name in rows[0]['heads'] if name != 'offline'})
     return ratios
 
 
@@ -85,8 +89,7 @@ def omega(rows, offline):
     """Omega_all of Hayes et al.: the mean over batches so far of our accuracy / the offline model's."""
     if offline is None or not rows:
         return None
-    return {key: sum(row[key] / offline[key][i] for i, row in enumerate(rows)) / len(rows)
-            for key in ('top1', 'top5')}
+    return mean_ratio(rows, [{'top1': top1, 'top5': top5} for top1, top5 in zip(offline['top1'], offline['top5'])])
 
 
 class ResultsFolder:
