@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from errors import InputError, MissingFileError
 from utils import load_json, save_json
 
 # torchvision's ImageFolder extensions, here so that listing files does not import torchvision (slow), which a
@@ -70,9 +71,9 @@ def check_split(split, num_classes, name):
     if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype != np.int64:
         raise TypeError(f'{name} split: labels must be a 1-D int64 numpy array')
     if len(labels) != len(split):
-        raise ValueError(f'{name} split has {len(split)} images but {len(labels)} labels')
+        raise InputError(f'{name} split has {len(split)} images but {len(labels)} labels')
     if len(labels) and (labels[0] < 0 or labels[-1] >= num_classes or (np.diff(labels) < 0).any()):
-        raise ValueError(f'{name} split: labels must be sorted by class and lie in [0, {num_classes})')
+        raise InputError(f'{name} split: labels must be sorted by class and lie in [0, {num_classes})')
 
 
 class ImageList(Dataset):
@@ -128,7 +129,7 @@ class ImageList(Dataset):
         try:
             with Image.open(self.path(index)) as image:      # reads the header only; decoding comes later
                 if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise ValueError('too many pixels')
+                    raise InputError('too many pixels')
                 return self.transform(image.convert('RGB')), index, True
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), index, False
@@ -244,11 +245,11 @@ def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'
     frame; its ``clips`` (n,) give each image's clip, numbered in that order.
     """
     if labels not in ('category', 'object'):
-        raise ValueError(f'labels must be category or object, got {labels!r}')
+        raise InputError(f'labels must be category or object, got {labels!r}')
     if frame_stride < 1:
-        raise ValueError(f'frame_stride must be at least 1, got {frame_stride}')
+        raise InputError(f'frame_stride must be at least 1, got {frame_stride}')
     if not os.path.isdir(images_dir):
-        raise FileNotFoundError(f'images_dir {images_dir} does not exist or is not a folder; it must hold CORe50\'s '
+        raise MissingFileError(f'images_dir {images_dir} does not exist or is not a folder; it must hold CORe50\'s '
                                 f'session folders s1 ... s11')
     splits = {}
     for split, sessions in (('train', CORE50_TRAIN_SESSIONS), ('test', CORE50_TEST_SESSIONS)):
@@ -256,7 +257,7 @@ def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'
         for session in sessions:
             folder = os.path.join(images_dir, f's{session}')
             if not os.path.isdir(folder):
-                raise FileNotFoundError(f'{folder} is missing: images_dir must hold CORe50\'s session folders '
+                raise MissingFileError(f'{folder} is missing: images_dir must hold CORe50\'s session folders '
                                         f's1 ... s11 (sessions {", ".join(map(str, sessions))} are the {split} split)')
             for object_folder in sorted(os.listdir(folder)):
                 match = re.fullmatch(r'o(\d+)', object_folder)
@@ -268,7 +269,7 @@ def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'
                         frames.append((int(match[1]), session, int(parts[3]),
                                        os.path.join(f's{session}', object_folder, name)))
         if not frames:
-            raise ValueError(f'no CORe50 frames (C_SS_OO_FFF.png) in the {split} sessions of {images_dir}')
+            raise InputError(f'no CORe50 frames (C_SS_OO_FFF.png) in the {split} sessions of {images_dir}')
         splits[split] = frames
     objects = sorted({frame[0] for frames in splits.values() for frame in frames})
     if labels == 'category':
@@ -287,7 +288,7 @@ def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'
             clips.append(clip_keys.setdefault((obj, session), len(clip_keys)))
         empty = [name for name, files in zip(classes, names) if not files]
         if empty:
-            raise ValueError(f'CORe50 {split} split of {images_dir} has no frames of {", ".join(empty)}')
+            raise InputError(f'CORe50 {split} split of {images_dir} has no frames of {", ".join(empty)}')
         images = ImageList(images_dir, classes, ['\n'.join(files) for files in names], image_size,
                            class_folders=[''] * len(classes), make_transform=square_transform)
         images.clips = np.array(clips, dtype=np.int64)
@@ -348,7 +349,7 @@ def list_image_files(class_folder):
         folder, above = pending.pop()
         status = os.stat(folder)
         if (status.st_dev, status.st_ino) in above:
-            raise ValueError(f'{folder} leads back to a folder above it (a link loop); remove the link')
+            raise InputError(f'{folder} leads back to a folder above it (a link loop); remove the link')
         above += ((status.st_dev, status.st_ino),)
         folder_times[folder[prefix_length:]] = status.st_mtime_ns
         names = []
@@ -397,7 +398,7 @@ def list_split(root, classes, saved, now_ns=None):
             names, folder_times = list_image_files(class_folder)
             if '\n' in ''.join(names):
                 bad = next(file_name for file_name in names if '\n' in file_name)
-                raise ValueError(f'{os.path.join(class_folder, bad)!r}: file names with a line break are not '
+                raise InputError(f'{os.path.join(class_folder, bad)!r}: file names with a line break are not '
                                  f'supported; rename the file')
             entry = [folder_times, '\n'.join(names)]
         class_files.append(entry[1])
@@ -434,7 +435,7 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
     listed again (see ``list_split``).
     """
     if not os.path.isdir(images_dir):
-        raise FileNotFoundError(f'images_dir {images_dir} does not exist or is not a folder; it must hold '
+        raise MissingFileError(f'images_dir {images_dir} does not exist or is not a folder; it must hold '
                                 f'train/ and {test_split}/ with one sub-folder per class')
     listing_file = None
     if listing_dir:
@@ -447,22 +448,22 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
     for split in ('train', test_split):
         root = os.path.join(images_dir, split)
         if not os.path.isdir(root):
-            raise FileNotFoundError(f'{root} is missing: images_dir must hold train/ and {test_split}/ '
+            raise MissingFileError(f'{root} is missing: images_dir must hold train/ and {test_split}/ '
                                     f'folders with one sub-folder per class')
         split_classes = list_classes(root)
         if not split_classes:
-            raise ValueError(f'{root} has no class sub-folders; put each class\'s images in a folder of its own')
+            raise InputError(f'{root} has no class sub-folders; put each class\'s images in a folder of its own')
         if classes is None:
             classes = split_classes
         elif split_classes != classes:
             only_train = sorted(set(classes) - set(split_classes))[:5]
             only_test = sorted(set(split_classes) - set(classes))[:5]
-            raise ValueError(f'train/ and {split}/ in {images_dir} have different class folders '
+            raise InputError(f'train/ and {split}/ in {images_dir} have different class folders '
                              f'(only in train: {only_train}, only in {split}: {only_test})')
         class_files, listing[split] = list_split(root, classes, saved.get(split, {}))
         empty = [class_name for class_name, names in zip(classes, class_files) if not names]
         if empty:
-            raise ValueError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
+            raise InputError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
                              f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
         splits[split] = list_class(root, classes, class_files, image_size, relative_root=split)
     if listing_file and listing != saved:

@@ -1,43 +1,69 @@
-"""The datasets experiment.py can stream, one entry each: how to list its splits, and its defaults.
+"""The datasets experiment.py can stream, one entry each: its options, how to list its splits, and its defaults.
 
-Adding a dataset is one ``DatasetEntry`` in ``DATASETS`` plus its lister: a function taking ``ListingOptions``
-and returning a ``data.SplitPair`` whose splits meet the ``data.Split`` contract.
+Adding a dataset is one ``DatasetEntry`` in ``DATASETS``: a ``Settings`` subclass declaring the options it takes
+(their flags come with them), and a lister that receives those options whole and returns a ``data.SplitPair``
+whose splits meet the ``data.Split`` contract.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import data
+from options import Settings, at_least, option
+
+IMAGE_SIZE = 224
 
 
-@dataclass
-class ListingOptions:
-    """What a lister may need; a lister uses what applies to it."""
-    images_dir: Optional[str] = None
-    image_size: int = 224
-    test_split: str = 'val'
-    decode_on_device: bool = False     # list files for decoding in batches on ``device_type``
-    device_type: str = 'cpu'
-    listing_dir: Optional[str] = None  # where a file listing may be kept between runs (see data.list_split)
-    frame_stride: int = 20             # CORe50: keep one frame in this many
-    labels: str = 'category'           # CORe50: category or object labels
+@dataclass(frozen=True)
+class NoOptions(Settings):
+    """A dataset that takes no options (the digits). The class attributes are what other code reads of any
+    dataset's options; a dataset that declares them as fields takes them from the command line."""
+    images_dir = None
+    image_size = None
+    skip_bad_images = False
+    cache_check = 'sizes'
+    decode_on_device = False
 
 
-IMAGE_FOLDER_FLAGS = frozenset({'images_dir', 'test_split', 'image_size', 'decode_on_device', 'skip_bad_images',
-                                'cache_check'})
-CORE50_FLAGS = frozenset({'images_dir', 'image_size', 'skip_bad_images', 'cache_check', 'frame_stride',
-                          'core50_labels'})
+@dataclass(frozen=True)
+class ImageFilesOptions(NoOptions):
+    """Options of every dataset read from image files."""
+    images_dir: Optional[str] = option(None, 'the dataset\'s folder (image folders: train/ and val/ with a '
+                                             'sub-folder per class; core50: core50_128x128/)', metavar='DIR')
+    image_size: int = option(IMAGE_SIZE, 'network input size in pixels; image folders are resized to size / 0.875 '
+                                         'and centre-cropped', metavar='N', check=at_least(1))
+    skip_bad_images: bool = option(False, 'skip unreadable images (listed in summary.json) instead of stopping',
+                                   changes_results=False)
+    cache_check: str = option('sizes', 'how cached features are matched to image files: sizes checks every '
+                                       'file\'s name and size (a stat per file, a few seconds for ImageNet); '
+                                       'listing trusts folder modification times, for the names and for a file '
+                                       'listing kept in the cache, and misses files rewritten in place',
+                              choices=('sizes', 'listing'), changes_results=False)
+
+
+@dataclass(frozen=True)
+class ImageFolderOptions(ImageFilesOptions):
+    test_split: str = option('val', 'name of the test folder beside train/', metavar='NAME')
+    decode_on_device: bool = option(False, 'decode JPEG files in batches on the network\'s device (nvJPEG on CUDA) '
+                                           'instead of with PIL in the workers, which then only read files')
+
+
+@dataclass(frozen=True)
+class CORe50Options(ImageFilesOptions):
+    frame_stride: int = option(20, 'keep frames N/2, N/2 + N, ... of each clip (20: one frame per second, '
+                                   '10, 30, ..., 290)', metavar='N', check=at_least(1))
+    class_labels: str = option('category', 'the 10 categories or the 50 objects as classes',
+                               flags=('--core50_labels',), choices=('category', 'object'))
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
     name: str
     help: str
-    list_splits: Callable[[ListingOptions], data.SplitPair]
-    class_increment: int                    # classes per increment (per batch in the class orderings) by default
-    image_files: bool                       # read from an images folder: decoding workers and listings apply
-    flags: frozenset = frozenset()          # the experiment.py flags only some datasets use that this one uses
-    plastic_covariance: bool = True         # --streaming_update_sigma's default
-    ordering: str = 'class_incremental'     # --ordering's default (see protocol.py)
+    list_splits: Callable[..., data.SplitPair]   # (options, listing_dir=None, device_type='cpu') -> SplitPair
+    options: type = NoOptions               # the Settings subclass of the options it takes
+    class_increment: int = 10               # classes per batch of the class orderings by default
+    plastic_covariance: bool = True         # the covariance's default
+    ordering: str = 'class_incremental'     # the ordering's default (see protocol.ORDERINGS)
     images_per_batch: Optional[int] = None  # iid and instance orderings; None: a tenth of the training images
     base_init: bool = True                  # whether the first batch is a base initialisation by default
     input_size: Optional[int] = None        # the network's input size when the data fixes it
@@ -45,40 +71,43 @@ class DatasetEntry:
     default_weights: Optional[str] = None   # torchvision weights used when neither weights nor checkpoint is given
     paper_class_order: bool = False         # its label files give the paper's class order: warn without them
 
+    @property
+    def image_files(self):
+        """Read from image files: decoding workers and file listings apply."""
+        return issubclass(self.options, ImageFilesOptions)
 
-def list_digits(options):
+
+def list_digits(options, listing_dir=None, device_type='cpu'):
     return data.digits_splits()
 
 
-def list_core50(options):
-    if options.decode_on_device:
-        raise ValueError('decode_on_device is for JPEG image folders; CORe50 is PNG files')
-    return data.core50_splits(options.images_dir, options.image_size, options.frame_stride, options.labels)
+def list_core50(options, listing_dir=None, device_type='cpu'):
+    return data.core50_splits(options.images_dir, options.image_size, options.frame_stride, options.class_labels)
 
 
 def image_folder_lister(name):
-    def list_image_folder(options):
+    def list_image_folder(options, listing_dir=None, device_type='cpu'):
         list_class, decoder = data.ImageList, 'PIL'
         if options.decode_on_device:
             from device_decode import EncodedImageList    # here: it imports torchvision, which cached reruns skip
-            list_class, decoder = EncodedImageList, f'torchvision on {options.device_type}'
+            list_class, decoder = EncodedImageList, f'torchvision on {device_type}'
         return data.image_folder_splits(name, options.images_dir, options.image_size, options.test_split,
-                                        list_class, decoder, options.listing_dir)
+                                        list_class, decoder, listing_dir)
     return list_image_folder
 
 
 DATASETS = {entry.name: entry for entry in [
     DatasetEntry('digits', "scikit-learn's bundled handwritten digits (no download)", list_digits,
-                 class_increment=2, image_files=False, input_size=data.DIGITS_SIZE),
+                 class_increment=2, input_size=data.DIGITS_SIZE),
     # The original's defaults: a fixed covariance unless --streaming_update_sigma (its store-true flag).
     DatasetEntry('imagenet', 'ImageNet-1K as ImageFolder train/ and val/', image_folder_lister('imagenet'),
-                 class_increment=100, image_files=True, flags=IMAGE_FOLDER_FLAGS, plastic_covariance=False,
+                 ImageFolderOptions, class_increment=100, plastic_covariance=False,
                  default_checkpoint='imagenet_100_class_ckpt.pth', paper_class_order=True),
     DatasetEntry('imagefolder', 'your own train/ and val/ class folders', image_folder_lister('imagefolder'),
-                 class_increment=10, image_files=True, flags=IMAGE_FOLDER_FLAGS),
+                 ImageFolderOptions),
     # The protocol of Hayes et al.'s CORe50 experiments: an ImageNet-1K-pretrained network, no base
     # initialisation, batches of 1,200 images or of 2 categories.
-    DatasetEntry('core50', 'CORe50\'s core50_128x128/ folder (sessions s1 ... s11)', list_core50,
-                 class_increment=2, image_files=True, flags=CORE50_FLAGS, ordering='iid', images_per_batch=1200,
-                 base_init=False, default_weights='IMAGENET1K_V1'),
+    DatasetEntry('core50', 'CORe50\'s core50_128x128/ folder (sessions s1 ... s11)', list_core50, CORe50Options,
+                 class_increment=2, ordering='iid', images_per_batch=1200, base_init=False,
+                 default_weights='IMAGENET1K_V1'),
 ]}

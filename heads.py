@@ -7,12 +7,19 @@ SLDA's accuracy is worth on those features:
 - ``OfflineSoftmax``: after each batch, a softmax layer trained to convergence on every training feature so
   far: the upper bound for an output layer on these features.
 
-Each has ``fit(X, y)`` (a batch of the stream, in order), ``decision_function(X)`` (scores (n, C) on the CPU)
-and ``samples_seen``.
+Each has ``fit(X, y)`` (a batch of the stream, in order), ``fit_base(X, y)`` (a base initialisation batch; the
+same as ``fit`` for the baselines), ``decision_function(X)`` (scores (n, C) on the CPU) and ``samples_seen``.
+
+``HEADS`` is the registry of output layers, SLDA's included: each entry declares the options it takes (their
+flags come with them) and builds the layer. Adding an output layer is a class like these and an entry.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-HEADS = ('slda', 'ncm', 'softmax_stream', 'offline')
+from options import Settings, at_least, fraction, option, positive
+from slda_model import StreamingLDA
 
 
 class NearestClassMean:
@@ -26,6 +33,8 @@ class NearestClassMean:
 
     def fit(self, X, y):
         self.samples_seen += len(y)        # the means are SLDA's, updated by its own fit
+
+    fit_base = fit
 
     @torch.no_grad()
     def decision_function(self, X):
@@ -62,6 +71,8 @@ class SoftmaxStream:
             self.weight -= self.lr * error.T @ rows / len(labels)
             self.bias -= self.lr * error.mean(dim=0)
         self.samples_seen += len(y)
+
+    fit_base = fit
 
     @torch.no_grad()
     def decision_function(self, X):
@@ -100,6 +111,60 @@ class OfflineSoftmax:
         optimizer.step(loss)
         self.weight, self.bias = weight.detach(), bias.detach()
 
+    fit_base = fit
+
     @torch.no_grad()
     def decision_function(self, X):
         return (X.to(self.weight.device, torch.float32) @ self.weight.T + self.bias).cpu()
+
+
+@dataclass(frozen=True)
+class NoOptions(Settings):
+    """An output layer without options of its own."""
+
+
+@dataclass(frozen=True)
+class SLDAOptions(Settings):
+    plastic_covariance: bool = option(
+        True, 'plastic covariance, updated by every sample; --no-streaming_update_sigma keeps the base '
+              'initialisation\'s covariance fixed (default: the dataset\'s: fixed for imagenet, as in the '
+              'original, plastic elsewhere)', flags=('--streaming_update_sigma',),
+        off_flags=('--no-streaming_update_sigma',))
+    shrinkage: float = option(1e-4, 'covariance shrinkage', metavar='EPS', check=fraction)
+    mask_unseen_classes: bool = option(False, 'give classes not seen yet a score of -inf (the paper does not)')
+    slda_dtype: str = option('float32', 'precision of the SLDA state', choices=('float32', 'float64'))
+
+    @property
+    def covariance(self):
+        return 'plastic' if self.plastic_covariance else 'fixed'
+
+
+@dataclass(frozen=True)
+class SoftmaxStreamOptions(Settings):
+    softmax_lr: float = option(0.01, 'softmax_stream: SGD learning rate', metavar='LR', check=positive)
+    softmax_batch_size: int = option(1, 'softmax_stream: samples per SGD step (1: one at a time)', metavar='N',
+                                     check=at_least(1))
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    name: str
+    help: str
+    build: Callable        # (options, slda, feature_dim, num_classes, device) -> the output layer
+    options: type = NoOptions
+
+
+def build_slda(options, slda, feature_dim, num_classes, device):
+    return StreamingLDA(feature_dim, num_classes, shrinkage_param=options.shrinkage,
+                        streaming_update_sigma=options.plastic_covariance, device=device,
+                        dtype=getattr(torch, options.slda_dtype), mask_unseen_classes=options.mask_unseen_classes)
+
+
+HEADS = {entry.name: entry for entry in [
+    HeadEntry('slda', 'streaming LDA, always fitted', build_slda, SLDAOptions),
+    HeadEntry('ncm', 'nearest class mean', lambda options, slda, *_: NearestClassMean(slda)),
+    HeadEntry('softmax_stream', 'one pass of SGD', lambda options, slda, dim, classes, device: SoftmaxStream(
+        dim, classes, options.softmax_lr, options.softmax_batch_size, device), SoftmaxStreamOptions),
+    HeadEntry('offline', 'softmax trained to convergence on all features so far, after each batch',
+              lambda options, slda, dim, classes, device: OfflineSoftmax(dim, classes, device)),
+]}

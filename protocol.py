@@ -14,13 +14,17 @@ walks the plan, so an ordering of the stream is a function that returns one:
   and their frames in temporal order; tested on the classes seen.
 
 The last four are the orderings of Hayes et al.'s CORe50 experiments (their Stream-51 code's make_dataset).
+``ORDERINGS`` holds one entry each: adding an ordering is a builder and an entry, with the options it takes.
 """
 import os
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from errors import InputError, MissingFileError
+from options import Settings, SettingError, at_least, described, fields_of, option, seed
 from utils import save_npy
 
 
@@ -46,14 +50,14 @@ def class_incremental(train_labels, test_labels, order, num_classes, base_classe
     """
     order = np.asarray(order)
     if not 1 <= num_classes <= len(order):
-        raise ValueError(f'num_classes must be between 1 and the {len(order)} classes of the order, got {num_classes}')
+        raise InputError(f'num_classes must be between 1 and the {len(order)} classes of the order, got {num_classes}')
     if class_increment < 1:
-        raise ValueError(f'class_increment must be at least 1, got {class_increment}')
+        raise InputError(f'class_increment must be at least 1, got {class_increment}')
     if base_classes < 0:
-        raise ValueError(f'base_classes must be non-negative, got {base_classes}')
+        raise InputError(f'base_classes must be non-negative, got {base_classes}')
     for name, value in (('class_increment', class_increment), ('base_classes', base_classes)):
         if value > num_classes:
-            raise ValueError(f'{name} {value} is larger than the {num_classes} classes streamed')
+            raise InputError(f'{name} {value} is larger than the {num_classes} classes streamed')
     seen = [base_classes] if base_classes else []
     while (seen[-1] if seen else 0) < num_classes:
         seen.append(min((seen[-1] if seen else 0) + class_increment, num_classes))
@@ -127,22 +131,22 @@ def _shuffled_runs(keys, generator):
 def _check_clips(clips, train_labels):
     clips = np.asarray(clips)
     if clips.shape != np.shape(train_labels):
-        raise ValueError(f'clips must give one clip per training image: {clips.shape} for {len(train_labels)}')
+        raise InputError(f'clips must give one clip per training image: {clips.shape} for {len(train_labels)}')
     if len(_run_bounds(clips)) != len(np.unique(clips)):
-        raise ValueError('the frames of each clip must be contiguous in dataset order')
+        raise InputError('the frames of each clip must be contiguous in dataset order')
     return clips
 
 
 def _chunks(order, size):
     if size < 1:
-        raise ValueError(f'images_per_batch must be at least 1, got {size}')
+        raise InputError(f'images_per_batch must be at least 1, got {size}')
     return [order[start:start + size] for start in range(0, len(order), size)]
 
 
 def _class_chunks(classes, per_batch):
     """Batches of ``per_batch`` classes from a list of per-class index arrays in stream order."""
     if per_batch < 1:
-        raise ValueError(f'classes_per_batch must be at least 1, got {per_batch}')
+        raise InputError(f'classes_per_batch must be at least 1, got {per_batch}')
     return [np.concatenate(classes[start:start + per_batch]) for start in range(0, len(classes), per_batch)]
 
 
@@ -177,29 +181,29 @@ def class_order_from_label_files(splits, labels_dir):
         try:
             positions = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise FileNotFoundError(f'class order file {path} not found') from None
+            raise MissingFileError(f'class order file {path} not found') from None
         except (OSError, ValueError):
             positions = None
         if not isinstance(positions, np.ndarray):
-            raise ValueError(f'{path} is not a .npy array as numpy.save writes one (an .npz archive or a text '
+            raise InputError(f'{path} is not a .npy array as numpy.save writes one (an .npz archive or a text '
                              f'file?): one int64 per image is needed')
         if positions.ndim != 1 or positions.shape[0] != len(split.labels):
-            raise ValueError(f'{path} holds {positions.shape} values but its split has {len(split.labels)} '
+            raise InputError(f'{path} holds {positions.shape} values but its split has {len(split.labels)} '
                              f'images: one label per image, in ImageFolder order, is needed')
         if not np.issubdtype(positions.dtype, np.integer):
-            raise ValueError(f'{path} must hold integers, found {positions.dtype}')
+            raise InputError(f'{path} must hold integers, found {positions.dtype}')
         per_class = np.full(splits.num_classes, -1, dtype=np.int64)
         per_class[split.labels] = positions
         mismatch = per_class[split.labels] != positions
         if mismatch.any():
             first = int(np.flatnonzero(mismatch)[0])
-            raise ValueError(f'{path}: images of class {splits.classes[split.labels[first]]} have different '
+            raise InputError(f'{path}: images of class {splits.classes[split.labels[first]]} have different '
                              f'stream positions (first disagreeing image: {split.describe(first)})')
         if not np.array_equal(np.sort(per_class), np.arange(splits.num_classes)):
-            raise ValueError(f'{path} is not a permutation of 0..{splits.num_classes - 1} over the classes')
+            raise InputError(f'{path} is not a permutation of 0..{splits.num_classes - 1} over the classes')
         split_order = np.argsort(per_class)
         if order is not None and not np.array_equal(order, split_order):
-            raise ValueError(f'{path} gives a different class order from the train labels file')
+            raise InputError(f'{path} gives a different class order from the train labels file')
         order = split_order
     return order
 
@@ -217,3 +221,124 @@ def save_class_order(splits, order, directory):
     position[order] = np.arange(splits.num_classes)
     for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
         save_npy(os.path.join(directory, file_name), position[split.labels])
+
+
+# -------------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class ClassBatches(Settings):
+    classes_per_batch: Optional[int] = option(
+        None, 'classes per batch (the class orderings; default: the dataset\'s, e.g. 100 for imagenet, 2 for '
+              'core50 and the digits)', flags=('--class_increment',), metavar='N', check=at_least(1))
+
+
+@dataclass(frozen=True)
+class ClassIncrementalOptions(ClassBatches):
+    base_init_classes: Optional[int] = option(None, 'classes in the base initialisation (default: one batch\'s)',
+                                              metavar='N', check=at_least(1))
+    labels_dir: Optional[str] = option(
+        None, 'folder with <dataset>_train_labels.npy and <dataset>_val_labels.npy giving the class order '
+              '(default: the first of ./imagenet_files/, this project\'s image_files/ and imagenet_files/ that '
+              'holds them)', metavar='DIR')
+    class_order_seed: Optional[int] = option(None, 'without label files: shuffle the class order with this seed '
+                                                   '(default: sorted order)', metavar='N', check=seed)
+    num_classes: Optional[int] = option(None, 'stream only the first N classes of the class order (default: all)',
+                                        metavar='N', check=at_least(1))
+    shuffle_data: bool = option(False, 'shuffle the images within each batch (with --seed)')
+
+
+@dataclass(frozen=True)
+class SeededOrdering(Settings):
+    ordering_seed: int = option(0, 'seed of the iid, class_iid, instance and class_instance orderings', metavar='N',
+                                check=seed)
+
+
+@dataclass(frozen=True)
+class ImageBatches(SeededOrdering):
+    images_per_batch: Optional[int] = option(None, 'images per batch of the iid and instance orderings (default: '
+                                                   '1200 for core50, else a tenth of the training images)',
+                                             metavar='N', check=at_least(1))
+
+
+@dataclass(frozen=True)
+class SeededClassBatches(SeededOrdering, ClassBatches):
+    pass
+
+
+def refuse(options, name, why):
+    """A SettingError naming option ``name`` of ``options``."""
+    return SettingError(name, f'{described(fields_of(type(options))[name])} {why}')
+
+
+def plan_class_incremental(options, splits, base_init, class_order, shuffle_seed):
+    streamed = splits.num_classes if options.num_classes is None else options.num_classes
+    if streamed > splits.num_classes:
+        raise refuse(options, 'num_classes', f'{streamed}: the dataset has {splits.num_classes} classes')
+    for name in ('classes_per_batch', 'base_init_classes'):
+        value = getattr(options, name)
+        if value is not None and value > streamed:
+            raise refuse(options, name, f'{value} is larger than the {streamed} classes streamed')
+    base_classes = options.base_init_classes if base_init else 0
+    return class_incremental(splits.train.labels, splits.test.labels, class_order, streamed, base_classes,
+                             options.classes_per_batch, shuffle_seed if options.shuffle_data else None)
+
+
+def image_batch_size(options, splits):
+    return options.images_per_batch or -(-len(splits.train.labels) // 10)
+
+
+def class_batch_size(options, splits):
+    if options.classes_per_batch > splits.num_classes:
+        raise refuse(options, 'classes_per_batch', f'{options.classes_per_batch} is larger than the '
+                                                   f'{splits.num_classes} classes')
+    return options.classes_per_batch
+
+
+def plan_iid(options, splits, base_init, class_order, shuffle_seed):
+    return iid(splits.train.labels, splits.test.labels, image_batch_size(options, splits), options.ordering_seed,
+               base_init)
+
+
+def plan_class_iid(options, splits, base_init, class_order, shuffle_seed):
+    return class_iid(splits.train.labels, splits.test.labels, class_batch_size(options, splits),
+                     options.ordering_seed, base_init)
+
+
+def plan_instance(options, splits, base_init, class_order, shuffle_seed):
+    return instance(splits.train.labels, splits.train.clips, splits.test.labels, image_batch_size(options, splits),
+                    options.ordering_seed, base_init)
+
+
+def plan_class_instance(options, splits, base_init, class_order, shuffle_seed):
+    return class_instance(splits.train.labels, splits.train.clips, splits.test.labels,
+                          class_batch_size(options, splits), options.ordering_seed, base_init)
+
+
+@dataclass(frozen=True)
+class OrderingEntry:
+    name: str
+    help: str
+    # (options, splits, base_init, class order or None, shuffle seed) -> [Batch]
+    plan: Callable[..., list]
+    options: type
+    needs_clips: bool = False           # the dataset must know each training image's clip (core50)
+    tests_seen_classes: bool = True     # evaluated on the classes seen so far; False: on every test image
+    x_axis: str = 'classes'             # what learning curves plot against: 'classes' seen or 'images' seen
+
+    @property
+    def uses_class_order(self):
+        """Streams a class order given by label files or a seed (the paper's protocol)."""
+        return issubclass(self.options, ClassIncrementalOptions)
+
+
+ORDERINGS = {entry.name: entry for entry in [
+    OrderingEntry('class_incremental', 'a class order, --class_increment classes at a time', plan_class_incremental,
+                  ClassIncrementalOptions),
+    OrderingEntry('iid', 'every training image in a random order', plan_iid, ImageBatches,
+                  tests_seen_classes=False, x_axis='images'),
+    OrderingEntry('class_iid', 'classes in a random order, each class\'s images shuffled', plan_class_iid,
+                  SeededClassBatches),
+    OrderingEntry('instance', 'clips in a random order, frames in temporal order', plan_instance, ImageBatches,
+                  needs_clips=True, tests_seen_classes=False, x_axis='images'),
+    OrderingEntry('class_instance', 'classes in a random order, each class\'s clips shuffled, frames in order',
+                  plan_class_instance, SeededClassBatches, needs_clips=True),
+]}

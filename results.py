@@ -12,6 +12,7 @@ are written atomically, in this order, on a background thread (utils.BackgroundF
 stops the ones after it, so a model file always means its batch's other files are complete.
 """
 import hashlib
+import json
 import os
 import time
 
@@ -22,12 +23,10 @@ except ImportError:       # Windows: runs into one folder are not guarded agains
 
 import numpy as np
 
+from config import SCHEMA_VERSION
+from errors import InputError, MissingFileError
 from protocol import save_class_order
 from utils import UserError, load_json, save_json, save_tensor, save_text
-
-# Arguments that do not change any number a run produces; everything else must match to --resume.
-ARGS_FREE_TO_CHANGE = {'resume', 'num_workers', 'progress', 'save_dir', 'expt_name', 'skip_bad_images',
-                       'save_preds', 'cache_check', 'plot', 'dist_timeout'}
 
 
 def read_offline_accuracies(path, num_batches):
@@ -38,7 +37,7 @@ def read_offline_accuracies(path, num_batches):
     if path is None:
         return None
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'offline accuracies file {path} not found')
+        raise MissingFileError(f'offline accuracies file {path} not found')
     offline = load_json(path)
     lists = {key: offline.get(key) if isinstance(offline, dict) else None for key in ('top1', 'top5')}
     numbers = [v for values in lists.values() if isinstance(values, list) for v in values
@@ -47,7 +46,7 @@ def read_offline_accuracies(path, num_batches):
     for key, values in lists.items():
         if not isinstance(values, list) or len(values) != num_batches or \
                 not all(isinstance(v, (int, float)) and 0 < v * scale <= 100 for v in values):
-            raise ValueError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies, one per '
+            raise InputError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies, one per '
                              f'increment, as fractions in (0, 1] or percentages in (0, 100]')
     return {key: [v * scale for v in values] for key, values in lists.items()}
 
@@ -67,15 +66,12 @@ def mean_ratio(ours, reference):
 
 
 def omega_vs_offline(rows):
-    """With an offline head: for SLDA and every other head, the mean over batches of its accuracy / the offline
-    head's."""
-    if not rows or 'offline' not in rows[0].get('heads', {}):
+    """With an offline head: for every other head, the mean over batches of its accuracy / the offline head's."""
+    if not rows or 'offline' not in rows[0]['heads']:
         return None
     offline = [row['heads']['offline'] for row in rows]
-    ratios = {'slda': mean_ratio(rows, offline)}
-    ratios.update({name: mean_ratio([row['heads'][name] for row in rows], offline)
-                   for name in rows[0]['heads'] if name != 'offline'})
-    return ratios
+    return {name: mean_ratio([row['heads'][name] for row in rows], offline)
+            for name in rows[0]['heads'] if name != 'offline'}
 
 
 def stream_order(train, plan):
@@ -89,7 +85,8 @@ def omega(rows, offline):
     """Omega_all of Hayes et al.: the mean over batches so far of our accuracy / the offline model's."""
     if offline is None or not rows:
         return None
-    return mean_ratio(rows, [{'top1': top1, 'top5': top5} for top1, top5 in zip(offline['top1'], offline['top5'])])
+    return mean_ratio([row['heads']['slda'] for row in rows],
+                      [{'top1': top1, 'top5': top5} for top1, top5 in zip(offline['top1'], offline['top5'])])
 
 
 class ResultsFolder:
@@ -106,11 +103,11 @@ class ResultsFolder:
     def file(self, name):
         return os.path.join(self.path, name)
 
-    def claim(self, arguments, resume):
+    def claim(self, settings, resume):
         """Create the folder, prove it writable and lock it before any work. A folder holding a run is refused
-        unless ``resume``, and then only when ``arguments`` (a dict of the command line's) match the saved ones
-        in everything that changes results; temporary files of interrupted writes are removed. Returns True
-        when the folder holds a run to continue."""
+        unless ``resume``, and then only when ``settings`` (config.Config.results_settings()) match the saved
+        ones; temporary files of interrupted writes are removed. Returns True when the folder holds a run to
+        continue."""
         try:
             os.makedirs(self.path, exist_ok=True)
             probe = self.file('.write_test')
@@ -128,14 +125,17 @@ class ResultsFolder:
         if not resume:
             raise UserError(f'{self.path} already holds a run (config.json); pass --resume to continue it, '
                             f'or choose another --save_dir / --expt_name')
-        saved = load_json(self.file('config.json'))['arguments']
-        current = dict(arguments)
-        for compared in (saved, current):   # where the cache lives is free; whether features are cached is not
-            compared['feature_cache'] = compared.get('feature_cache') is not None
-        differing = sorted(k for k in set(saved) | set(current)
-                           if k not in ARGS_FREE_TO_CHANGE and saved.get(k) != current.get(k))
+        config = load_json(self.file('config.json'))
+        if config.get('schema_version') != SCHEMA_VERSION:
+            raise UserError(f'cannot --resume {self.path}: it was written by another release of this program '
+                            f'(config.json schema {config.get("schema_version", 1)}, this one reads '
+                            f'{SCHEMA_VERSION}); its results stay readable by plot_results.py and '
+                            f'summarize_runs.py, but continuing it needs a new --save_dir')
+        saved = config['results_settings']
+        current = json.loads(json.dumps(settings))      # as saved: tuples become lists
+        differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if differing:
-            details = '; '.join(f'--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in differing)
+            details = '; '.join(f'{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in differing)
             raise UserError(f'cannot --resume {self.path} with different settings ({details})')
         return True
 
@@ -218,8 +218,9 @@ class ResultsFolder:
         probabilities when ``save_preds``, the model checkpoint (last) and ``summary(rows)``'s summary."""
         row['train_images_so_far'] = sum(previous['train_images'] for previous in self.rows) + row['train_images']
         self.rows.append(row)
-        self.accuracies = {'seen_classes_top1': self.accuracies['seen_classes_top1'] + [row['top1']],
-                           'seen_classes_top5': self.accuracies['seen_classes_top5'] + [row['top5']]}
+        slda = row['heads']['slda']
+        self.accuracies = {'seen_classes_top1': self.accuracies['seen_classes_top1'] + [slda['top1']],
+                           'seen_classes_top5': self.accuracies['seen_classes_top5'] + [slda['top5']]}
         name = batch.name
         if save_preds:
             self.files.write(save_tensor, self.file(f'preds_{name}.pt'), probabilities)
@@ -243,17 +244,19 @@ def make_summary(rows, offline, readers, started, prepare_seconds, finished, ski
     what an uninterrupted one does). Under torchrun, ``images_per_process`` lists what each process extracted."""
     extract = sum(row['extract_seconds'] for row in rows)
     images = sum(reader.images_extracted for reader in readers)
+    heads = [head for row in rows for head in row['heads'].values()]
     return {
+        'schema_version': SCHEMA_VERSION,
         'finished': finished,
         'accuracy_unit': 'percent',
         'increments': list(rows),
-        'final_top1': rows[-1]['top1'] if rows else None,
-        'final_top5': rows[-1]['top5'] if rows else None,
+        'final': {name: {'top1': head['top1'], 'top5': head['top5']} for name, head in rows[-1]['heads'].items()}
+        if rows else None,
         'omega_all': omega(rows, offline),
         'omega_vs_offline': omega_vs_offline(rows),
         'seconds': {'prepare': round(prepare_seconds, 3), 'extract': round(extract, 3),
-                    'fit': round(sum(row['fit_seconds'] for row in rows), 3),
-                    'evaluate': round(sum(row['eval_seconds'] for row in rows), 3),
+                    'fit': round(sum(head['fit_seconds'] for head in heads), 3),
+                    'evaluate': round(sum(head['eval_seconds'] for head in heads), 3),
                     'total_this_process': round(time.perf_counter() - started, 3)},
         'images_extracted_this_process': images,
         'processes': len(images_per_process) if images_per_process else 1,

@@ -347,6 +347,11 @@ class StreamingLDA(nn.Module):
             out[start:start + chunk.shape[0]] = scores.cpu()
         return out
 
+    @property
+    def samples_seen(self):
+        """Samples fitted so far (``num_updates``), as the baseline output layers of heads.py report it."""
+        return int(self.num_updates)
+
     # ------------------------------------------------------------------ persistence
     def _apply(self, fn, *args, **kwargs):
         self._derived.clear()  # .to()/.cuda()/.double() move or convert the buffers; rebuild the head there

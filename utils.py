@@ -13,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from errors import ProjectError
 
-class UserError(Exception):
+
+class UserError(ProjectError):
     """A problem with the command line or the results folder, raised by the driver (experiment.py, results.py)
     and printed without a traceback. Library modules raise ValueError, TypeError or FileNotFoundError."""
 

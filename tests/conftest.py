@@ -71,3 +71,19 @@ def age_folders(root, seconds=3600):
     past = time.time() - seconds
     for folder, _, _ in os.walk(root):
         os.utime(folder, (past, past))
+
+
+def setting(config, name):
+    """The value of setting ``name`` (a field name, unique across groups) in config.json's ``settings``."""
+    def find(group):
+        for key, value in group.items():
+            if key == name:
+                return [value]
+            if isinstance(value, dict):
+                found = find(value)
+                if found:
+                    return found
+        return []
+    found = find(config['settings'])
+    assert found, f'no setting {name} in config.json'
+    return found[0]

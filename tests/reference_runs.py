@@ -96,7 +96,8 @@ def outputs(save_dir):
         if path.suffix in ('.pt', '.pth', '.npy') or path.name.startswith('accuracies_'):
             described[path.name] = {key: describe(t) for key, t in tensors_of(path).items()}
     summary = json.loads((Path(save_dir) / 'summary.json').read_text())
-    described['summary.json'] = {'accuracies': [[row['top1'], row['top5']] for row in summary['increments']],
+    described['summary.json'] = {'accuracies': [[row['heads']['slda']['top1'], row['heads']['slda']['top5']]
+                                              for row in summary['increments']],
                                  'train_images': [row['train_images'] for row in summary['increments']],
                                  'test_images': [row['test_images'] for row in summary['increments']]}
     return described

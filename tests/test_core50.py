@@ -10,7 +10,7 @@ from PIL import Image
 
 import data
 import protocol
-from conftest import make_checkpoint, run
+from conftest import make_checkpoint, run, setting
 
 OBJECTS = [1, 6, 11, 16, 21, 26, 31, 36, 41, 46]       # one object of each category
 KEPT_FRAMES = [10, 30, 50]
@@ -160,8 +160,8 @@ def test_seeds_reproduce_and_change_the_order_and_other_orderings_rerun_from_the
     for name in ('iid', 'iid_seed1', 'class_iid', 'instance', 'class_instance_again'):
         assert summary(runs[name])['images_extracted_this_process'] == 0, name
     config = json.loads((runs['iid_seed1'] / 'config.json').read_text())
-    assert config['ordering'] == 'iid' and config['arguments']['ordering_seed'] == 1
-    assert config['arguments']['base_init'] is False and config['class_order'] is None
+    assert config['ordering'] == 'iid' and setting(config, 'ordering_seed') == 1
+    assert setting(config, 'base_init') is False and config['class_order'] is None
 
 
 def test_orderings_give_every_training_image_once_in_the_stated_order():
@@ -239,11 +239,11 @@ def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_ta
     assert [summary(p)['images_extracted_this_process'] for p in folders] == [240 + 90, 0]
     for seed, folder in enumerate(folders):             # core50's default is plastic: the script chose fixed
         config = json.loads((folder / 'config.json').read_text())
-        assert (config['covariance'], config['ordering'], config['arguments']['ordering_seed']) == \
+        assert (config['covariance'], config['ordering'], setting(config, 'ordering_seed')) == \
             ('fixed', 'class_instance', seed)
     table = (tmp_path / 'results' / 'table_core50.md').read_text()
     assert table in done.stdout
-    values = [summary(p)['final_top1'] for p in folders]
+    values = [summary(p)['final']['slda']['top1'] for p in folders]
     assert f'| core50 | class_instance | fixed | 2 | {sum(values) / 2:.2f} ± ' in table
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and '== class_instance' not in again.stdout        # every run was finished

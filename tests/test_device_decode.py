@@ -8,7 +8,7 @@ from PIL import Image
 
 import data
 import experiment
-from conftest import make_checkpoint
+from conftest import make_checkpoint, setting
 from device_decode import BatchDecoder, EncodedImageList, collate_encoded, jpeg_is_complete
 
 
@@ -72,7 +72,7 @@ def test_experiment_with_device_decoding(tmp_path, image_folder, capsys):
     assert torch.equal(pil['cK'], dev['cK'])
     assert (pil['muK'] - dev['muK']).abs().max() < 0.05 * pil['muK'].abs().max()
     config = json.loads((tmp_path / 'dev' / 'config.json').read_text())
-    assert config['arguments']['decode_on_device'] is True
+    assert setting(config, 'decode_on_device') is True
     bad = root / 'val' / 'n01000003' / 'n01000003_0001.JPEG'
     bad.write_bytes(bad.read_bytes()[:200])
     capsys.readouterr()

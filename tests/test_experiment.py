@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 import data
-from conftest import (REPO, STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, age_folders, make_checkpoint,
+from conftest import (REPO, STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, age_folders, make_checkpoint, setting,
                       run, write_jpeg)
 from features import FeatureExtractor
 from retrieve_any_layer import ModelWrapper
@@ -65,9 +65,9 @@ def test_digits_reduced_configuration(tmp_path, capsys):
     assert weights['cK'][6:].sum() == 0 and weights['num_updates'] == int(weights['cK'].sum())
     summary = json.loads((save / 'summary.json').read_text())
     assert summary['finished'] and [row['classes_seen'] for row in summary['increments']] == [3, 6]
-    assert summary['final_top1'] == top1 and summary['skipped_images'] == []
+    assert summary['final']['slda']['top1'] == top1 and summary['skipped_images'] == []
     config = json.loads((save / 'config.json').read_text())
-    assert config['arguments']['class_increment'] == 3 and config['feature_dim'] == 512
+    assert setting(config, 'classes_per_batch') == 3 and config['feature_dim'] == 512
     assert 'final top-1' in out.out
 
 
@@ -77,7 +77,7 @@ def test_digits_default_reaches_paper_like_accuracy(tmp_path, capsys):
     assert code == 0, out.err
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert [row['classes_seen'] for row in summary['increments']] == [2, 4, 6, 8, 10]
-    assert summary['final_top1'] >= 93
+    assert summary['final']['slda']['top1'] >= 93
 
 
 def test_imagefolder_stream_follows_label_files(tmp_path, image_folder, capsys):
@@ -245,7 +245,7 @@ def test_omega_all_from_offline_accuracies(tmp_path, capsys, unit, scale):
     code, out = run(['--num_classes', 4, '--offline_accuracies', offline, '--save_dir', tmp_path / 'out'], capsys)
     assert code == 0, out.err
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
-    rows = summary['increments']                     # our accuracies, in percent
+    rows = [row['heads']['slda'] for row in summary['increments']]      # our accuracies, in percent
     assert summary['accuracy_unit'] == 'percent' and rows[-1]['top1'] > 90
     assert summary['omega_all']['top1'] == pytest.approx((rows[0]['top1'] / 100 + rows[1]['top1'] / 80) / 2)
     assert summary['omega_all']['top5'] == pytest.approx((rows[0]['top5'] / 100 + rows[1]['top5'] / 50) / 2)
@@ -289,9 +289,9 @@ def test_slda_imagenet_script_runs_both_covariances_sharing_the_cache(tmp_path, 
     assert result.returncode == 0, result.stderr
     plastic = json.loads((tmp_path / 'results' / 'slda_imagenet_plastic' / 'config.json').read_text())
     fixed = json.loads((tmp_path / 'results' / 'slda_imagenet_fixed' / 'config.json').read_text())
-    assert (plastic['arguments']['cache_check'], fixed['arguments']['cache_check']) == ('sizes', 'listing')
+    assert (setting(plastic, 'cache_check'), setting(fixed, 'cache_check')) == ('sizes', 'listing')
     fixed_summary = json.loads((tmp_path / 'results' / 'slda_imagenet_fixed' / 'summary.json').read_text())
-    assert plastic['arguments']['streaming_update_sigma'] is True
+    assert setting(plastic, 'plastic_covariance') is True
     assert plastic['class_order'] == np.argsort(STREAM_POSITION).tolist()
     assert fixed_summary['finished'] and fixed_summary['images_extracted_this_process'] == 0
     cache = tmp_path / 'results' / 'feature_cache'
@@ -442,13 +442,13 @@ def test_images_dir_alone_means_imagenet_with_the_originals_defaults_and_files(t
         code, out = run(['--images_dir', root, '--expt_name', f'run_{covariance}'] + extra + small, capsys)
         assert code == 0, out.err
         config = json.loads((work / 'streaming_experiments' / f'run_{covariance}' / 'config.json').read_text())
-        assert config['arguments']['dataset'] == 'imagenet' and config['covariance'] == covariance
-        assert config['arguments']['streaming_update_sigma'] is (covariance == 'plastic')
+        assert setting(config, 'dataset') == 'imagenet' and config['covariance'] == covariance
+        assert setting(config, 'plastic_covariance') is (covariance == 'plastic')
         assert f'covariance: {covariance}' in out.out
         assert config['class_order'] == np.argsort(STREAM_POSITION).tolist()
         assert config['class_order_source'] == f'label files in {folder}' and config['class_order_warning'] is None
-        assert config['arguments']['base_init_ckpt'] == str(folder / 'imagenet_100_class_ckpt.pth')
-        assert config['arguments']['class_increment'] == 2 and config['arguments']['base_init_classes'] == 2
+        assert setting(config, 'checkpoint') == str(folder / 'imagenet_100_class_ckpt.pth')
+        assert setting(config, 'classes_per_batch') == 2 and setting(config, 'base_init_classes') == 2
     fixed = work / 'streaming_experiments' / 'run_fixed'
     weights = torch.load(fixed / 'slda_model_weights_final.pth', weights_only=True)
     base = torch.load(fixed / 'slda_model_weights_min_trained_0_max_trained_2.pth', weights_only=True)
@@ -540,13 +540,13 @@ def test_the_originals_slda_imagenet_command_lines_run_unchanged(tmp_path):
     for name, covariance in (('slda_plastic', 'plastic'), ('slda_fixed', 'fixed')):
         save = work / 'streaming_experiments' / name
         config = json.loads((save / 'config.json').read_text())
-        assert config['arguments']['dataset'] == 'imagenet' and config['covariance'] == covariance
+        assert setting(config, 'dataset') == 'imagenet' and config['covariance'] == covariance
         assert config['class_order'] == np.argsort(positions).tolist()
-        assert config['arguments']['batch_size'] == 256 and config['arguments']['shrinkage'] == 1e-4
+        assert setting(config, 'extraction_batch_size') == 256 and setting(config, 'shrinkage') == 1e-4
         summary = json.loads((save / 'summary.json').read_text())
         assert [row['classes_seen'] for row in summary['increments']] == [100, 101]
         accuracies = json.loads((save / 'accuracies_min_trained_0_max_trained_101.json').read_text())
-        assert accuracies['seen_classes_top1'] == [row['top1'] for row in summary['increments']]
+        assert accuracies['seen_classes_top1'] == [row['heads']['slda']['top1'] for row in summary['increments']]
         assert all(value in {100 * hits / tests for hits in range(tests + 1)}
                    for value, tests in zip(accuracies['seen_classes_top5'], (100, 101)))
         base = torch.load(save / 'slda_model_weights_min_trained_0_max_trained_100.pth', weights_only=True)

@@ -33,8 +33,8 @@ def assert_same_results(a, b):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     summary_a = json.loads((a / 'summary.json').read_text())
     summary_b = json.loads((b / 'summary.json').read_text())
-    assert [(r['top1'], r['top5']) for r in summary_a['increments']] == \
-           [(r['top1'], r['top5']) for r in summary_b['increments']]
+    assert [(r['heads']['slda']['top1'], r['heads']['slda']['top5']) for r in summary_a['increments']] == \
+           [(r['heads']['slda']['top1'], r['heads']['slda']['top5']) for r in summary_b['increments']]
     assert summary_b['finished']
     assert sorted(os.listdir(a)) == sorted(os.listdir(b))
 

@@ -1,0 +1,320 @@
+"""The configuration of an experiment: one frozen, typed object per concern, each field declared once with its
+default, check, flags and whether it changes results (options.py), and ``make_config``, the one place where
+defaults that depend on the dataset or on each other are filled in.
+
+    from config import make_config
+    config = make_config(dataset='digits', classes_per_batch=3, save_dir='runs/digits')
+
+The dataset, the ordering and each output layer declare their own options (datasets.py, protocol.py, heads.py);
+a value for an option that the chosen ones do not take is refused, naming who takes it.
+"""
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import protocol
+from datasets import DATASETS, NoOptions
+from heads import HEADS
+from options import (Settings, SettingError, as_dict, at_least, comma_list, described, fields_of,
+                     option, results_settings, seed)
+from protocol import ORDERINGS
+
+PROJECT = os.path.dirname(os.path.abspath(__file__))
+IMAGE_FILES = os.path.join(PROJECT, 'image_files')
+SCHEMA_VERSION = 2      # of config.json and summary.json; folders without one were written by earlier releases
+
+
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    dataset: str = option('digits', '; '.join(f'{e.name}: {e.help}' for e in DATASETS.values()) +
+                          ' (default: imagenet with --images_dir, as in the original, else digits)',
+                          choices=tuple(DATASETS))
+    options: Settings = NoOptions()      # the dataset's own (datasets.DatasetEntry.options)
+
+
+@dataclass(frozen=True)
+class NetworkSettings(Settings):
+    arch: str = option('resnet18', 'torchvision classification model', metavar='NAME')
+    extract_layer: str = option('layer4.1', 'layer whose output, mean-pooled over space, is the feature',
+                                metavar='NAME')
+    checkpoint: Optional[str] = option(
+        None, 'checkpoint of the network trained on the base classes (default for imagenet: '
+              'imagenet_100_class_ckpt.pth in the first of ./imagenet_files/, this project\'s image_files/ and '
+              'imagenet_files/ that holds it)', flags=('--base_init_ckpt',), metavar='PATH')
+    allow_partial_checkpoint: bool = option(
+        False, 'use a checkpoint that lacks tensors the feature layer depends on (they keep their random '
+               'initialisation; said on standard error and in config.json)')
+    weights: Optional[str] = option(None, 'a torchvision weight set already in the local torch cache, e.g. '
+                                          'IMAGENET1K_V1', metavar='NAME')
+    feature_dim: Optional[int] = option(None, 'expected feature size; checked against the network (default: found)',
+                                        flags=('--input_feature_size',), metavar='N', check=at_least(1))
+    amp: str = option('auto', 'bfloat16 autocast for the network: auto uses it on CUDA and on CPUs with bfloat16 '
+                              'instructions', choices=('auto', 'on', 'off'))
+
+
+@dataclass(frozen=True)
+class StreamSettings(Settings):
+    ordering: str = option('class_incremental', 'order of the stream: ' + '; '.join(
+        f'{e.name}: {e.help}' for e in ORDERINGS.values()) + ' (see README; default: the dataset\'s, iid for '
+                           'core50, else class_incremental)', choices=tuple(ORDERINGS))
+    base_init: bool = option(True, 'fit the first batch with fit_base (default: the dataset\'s; every dataset but '
+                                   'core50); --no_base_init streams every class', off_flags=('--no_base_init',))
+    options: Settings = protocol.ClassIncrementalOptions()    # the ordering's own (protocol.OrderingEntry.options)
+
+
+@dataclass(frozen=True)
+class HeadSettings(Settings):
+    heads: tuple = option(('slda',), 'output layers fitted on the same features in the same stream order, '
+                                     'comma-separated: ' + ', '.join(f'{e.name} ({e.help})' for e in HEADS.values()) +
+                          '; summary.json gets each one\'s accuracies', parse=comma_list,
+                          metavar='LIST', check=lambda names: None if len(set(names)) == len(names) and
+                          'slda' in names and set(names) <= set(HEADS) else
+                          f'must be a comma-separated list of {", ".join(HEADS)}, without repeats, slda included')
+    options: dict = dataclasses.field(default_factory=lambda: {'slda': HEADS['slda'].options()})
+
+
+@dataclass(frozen=True)
+class CacheSettings(Settings):
+    feature_cache: Optional[str] = option(None, 'folder to keep pooled features in across runs', metavar='DIR',
+                                          changes_results=lambda folder: folder is not None)
+    cache_dtype: str = option('float16', 'precision of cached features', choices=('float16', 'float32'))
+
+
+@dataclass(frozen=True)
+class RunSettings(Settings):
+    seed: int = option(0, 'seed for --shuffle_data and random initialisation', metavar='N', check=seed)
+    extraction_batch_size: int = option(256, 'images per network batch', flags=('--batch_size',), metavar='N',
+                                        check=at_least(1))
+    device: str = option('auto', 'auto, cpu, cuda or cuda:N', metavar='DEV')
+    num_workers: Optional[int] = option(None, 'image-decoding processes (default: 0 for digits, else one per CPU '
+                                              'this process may use, at most 32)', metavar='N', check=at_least(0),
+                                        changes_results=False)
+    save_dir: Optional[str] = option(None, 'output folder (default: streaming_experiments/<expt_name>)',
+                                     metavar='DIR', changes_results=False)
+    expt_name: Optional[str] = option(None, 'experiment name (default: slda_<dataset>_<plastic|fixed>, with the '
+                                            'ordering and its seed outside the class-incremental one)',
+                                      metavar='NAME', changes_results=False)
+    save_preds: str = option('every', 'write the test probabilities (preds_*.pt) after every batch, after the last '
+                                      'only, or never; at ImageNet scale they total 1.1 GB',
+                             choices=('every', 'final', 'none'), changes_results=False)
+    offline_accuracies: Optional[str] = option(
+        None, 'JSON file {"top1": [...], "top5": [...]} with an offline model\'s accuracy after each batch, as '
+              'fractions in (0, 1] or in percent (read as percent when any value exceeds 1); adds Omega_all '
+              '(mean of ours / offline) to summary.json', metavar='FILE')
+    plot: bool = option(True, 'write learning_curve.png into the save folder at the end', off_flags=('--no-plot',),
+                        changes_results=False)
+    dist_timeout: int = option(7200, 'under torchrun: how long a process waits for the others at each exchange, '
+                                     'the end of their feature extraction included; raise it when a share takes '
+                                     'longer', metavar='SECONDS', check=at_least(1), changes_results=False)
+    resume: bool = option(False, 'continue an interrupted run in --save_dir from its last finished batch',
+                          changes_results=False)
+    progress: bool = option(True, 'progress bars on standard error when it is a terminal',
+                            off_flags=('--no-progress',), changes_results=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of an experiment, by concern; build it with ``make_config``."""
+    data: DataSettings
+    network: NetworkSettings
+    stream: StreamSettings
+    output: HeadSettings
+    cache: CacheSettings
+    run: RunSettings
+
+    @property
+    def dataset(self):
+        return DATASETS[self.data.dataset]
+
+    @property
+    def ordering(self):
+        return ORDERINGS[self.stream.ordering]
+
+    @property
+    def slda(self):
+        """SLDA's options (heads.SLDAOptions)."""
+        return self.output.options['slda']
+
+    def results_settings(self):
+        """{dotted name: value} of every setting that changes results: what --resume compares."""
+        out = {}
+        for group in dataclasses.fields(self):
+            out.update(results_settings(getattr(self, group.name), f'{group.name}.'))
+        return out
+
+    def to_json(self):
+        """{group: {field: value}}, JSON-ready."""
+        return {group.name: as_dict(getattr(self, group.name)) for group in dataclasses.fields(self)}
+
+
+GROUPS = (DataSettings, NetworkSettings, StreamSettings, HeadSettings, CacheSettings, RunSettings)
+
+
+def component_types():
+    """[(what chooses it, its name, its options type)] of every dataset, ordering and output layer."""
+    return ([('--dataset', name, e.options) for name, e in DATASETS.items()] +
+            [('--ordering', name, e.options) for name, e in ORDERINGS.items()] +
+            [('--heads', name, e.options) for name, e in HEADS.items()])
+
+
+def support_folders():
+    """Where label files and the base checkpoint are looked for, in order: the original's ./imagenet_files/
+    (relative to the working directory, as the original reads it), then this project's image_files/ and
+    imagenet_files/."""
+    folders = [os.path.abspath('imagenet_files'), IMAGE_FILES, os.path.join(PROJECT, 'imagenet_files')]
+    return list(dict.fromkeys(folders))
+
+
+def make_config(**given):
+    """The Config of ``given`` settings, by field name (``None`` values count as not given), with every other
+    setting at its default, which may depend on the dataset and the ordering.
+
+    Raises SettingError naming the setting (and its flag) for a value it cannot have, one that the chosen
+    dataset, ordering or output layers do not take, or settings that contradict each other; TypeError for a
+    name that is no setting."""
+    given = {name: value for name, value in given.items() if value is not None}
+    dataset = DATASETS.get(given.get('dataset') or ('imagenet' if given.get('images_dir') else 'digits'))
+    data = take(DataSettings, given, dataset=dataset.name if dataset else given['dataset'])
+    data = dataclasses.replace(data, options=take(dataset.options, given))
+    ordering = take_ordering(given, dataset)
+    heads = take_heads(given, dataset)
+    refuse_unused(given, {'--dataset': dataset.name, '--ordering': given.get('ordering', dataset.ordering),
+                          '--heads': ','.join(heads.heads)})
+    stream = take(StreamSettings, given, options=ordering, ordering=given.get('ordering', dataset.ordering))
+    network = take_network(given, dataset)
+    cache = take(CacheSettings, given)
+    run = take_run(given, dataset, data, stream, heads)
+    if given:
+        raise TypeError(f'unknown setting(s): {", ".join(sorted(given))}')
+    config = Config(data, network, stream, heads, cache, run)
+    check_inputs(config)
+    return config
+
+
+def take(settings_type, given, **defaults):
+    """``settings_type`` built from the values of its fields in ``given`` (removed from it), else ``defaults``,
+    else its declared defaults."""
+    names = [name for name in fields_of(settings_type) if name in given or name in defaults]
+    return settings_type(**{name: given.pop(name) if name in given else defaults[name] for name in names})
+
+
+def take_ordering(given, dataset):
+    """The ordering's options with the dataset's defaults, and the base initialisation settled."""
+    entry = ORDERINGS.get(given.get('ordering', dataset.ordering))
+    if entry is None:
+        take(StreamSettings, dict(ordering=given['ordering']))      # raises, naming the choices
+    base_init = given.get('base_init')
+    if base_init is False and given.get('base_init_classes') is not None:
+        raise SettingError('base_init', '--no_base_init and --base_init_classes contradict each other; give one')
+    if base_init is None:
+        given['base_init'] = dataset.base_init or given.get('base_init_classes') is not None
+    defaults = {}
+    fields = fields_of(entry.options)
+    if 'classes_per_batch' in fields:
+        defaults['classes_per_batch'] = dataset.class_increment
+    if 'images_per_batch' in fields:
+        defaults['images_per_batch'] = dataset.images_per_batch
+    if entry.uses_class_order and given['base_init']:
+        defaults['base_init_classes'] = given.get('classes_per_batch', dataset.class_increment)
+    if entry.uses_class_order and given.get('labels_dir') is None and given.get('class_order_seed') is None:
+        defaults['labels_dir'] = next((folder for folder in support_folders() if all(
+            os.path.exists(os.path.join(folder, name)) for name in protocol.label_file_names(dataset.name))), None)
+    return take(entry.options, given, **{name: value for name, value in defaults.items() if value is not None})
+
+
+def take_heads(given, dataset):
+    heads = HeadSettings(heads=tuple(given.pop('heads', ('slda',))))
+    defaults = {'plastic_covariance': dataset.plastic_covariance}
+    return dataclasses.replace(heads, options={name: take(HEADS[name].options, given, **defaults)
+                                               for name in heads.heads if HEADS[name].options is not NoOptions})
+
+
+def refuse_unused(given, chosen):
+    """A SettingError for the first option left in ``given`` (the chosen components took theirs) that other
+    datasets, orderings or output layers take, naming those; ``chosen``: {'--dataset': name, ...}."""
+    for name in given:
+        users = [(chooser, component, options) for chooser, component, options in component_types()
+                 if name in fields_of(options)]
+        if users:
+            chooser = users[0][0]
+            field = fields_of(users[0][2])[name]
+            takers = ', '.join(dict.fromkeys(component for who, component, _ in users if who == chooser))
+            raise SettingError(name, f'{described(field)} is for {chooser} {takers}; {chooser} '
+                                     f'{chosen[chooser]} does not use it')
+
+
+def take_network(given, dataset):
+    """The network, with the dataset's default weights or checkpoint when neither is given."""
+    if given.get('checkpoint') is None and given.get('weights') is None:
+        if dataset.default_weights:
+            given['weights'] = dataset.default_weights
+        elif dataset.default_checkpoint:
+            candidates = [os.path.join(folder, dataset.default_checkpoint) for folder in support_folders()]
+            found = [path for path in candidates if os.path.isfile(path)]
+            if not found:
+                raise SettingError('checkpoint', f'--dataset {dataset.name} needs the network trained on the base '
+                                                 f'classes: {dataset.default_checkpoint} is in none of '
+                                                 f'{", ".join(candidates)}. image_files/README.md says what it is '
+                                                 f'and where to get it; or pass --base_init_ckpt PATH, or '
+                                                 f'--weights with torchvision weights cached locally')
+            given['checkpoint'] = found[0]
+    return take(NetworkSettings, given)
+
+
+def take_run(given, dataset, data, stream, heads):
+    """The running settings: workers, device, experiment name and save folder follow the others."""
+    defaults = {'num_workers': usable_cpus() if dataset.image_files else 0}
+    if given.get('device', 'auto') == 'auto':
+        given['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if given.get('expt_name') is None:
+        seeded = getattr(stream.options, 'ordering_seed', None)
+        ordering = '' if seeded is None else f'_{stream.ordering}_seed{seeded}'
+        given['expt_name'] = f'slda_{data.dataset}{ordering}_{heads.options["slda"].covariance}'
+    defaults['save_dir'] = os.path.join('streaming_experiments', given['expt_name'])
+    return take(RunSettings, given, **defaults)
+
+
+def usable_cpus():
+    """Decoding workers by default: the CPUs this process may run on (its affinity), at most 32."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return min(32, cpus)
+
+
+def check_inputs(config):
+    """What the settings name must exist and agree: the images folder, checkpoint, class order, device."""
+    options, dataset = config.data.options, config.dataset
+    if dataset.image_files and not options.images_dir:
+        raise SettingError('images_dir', f'--dataset {config.data.dataset} needs --images_dir, the folder holding '
+                                         f'its images')
+    if dataset.image_files and not os.path.isdir(options.images_dir):
+        raise SettingError('images_dir', f'--images_dir {options.images_dir} does not exist or is not a folder')
+    if config.network.checkpoint and not os.path.isfile(config.network.checkpoint):
+        raise SettingError('checkpoint', f'--base_init_ckpt {config.network.checkpoint} not found. For ImageNet '
+                                         f'this is the ResNet-18 trained on the 100 base classes; '
+                                         f'image_files/README.md says what belongs there. Alternatively pass '
+                                         f'--weights with torchvision weights cached locally')
+    order = config.stream.options
+    if getattr(order, 'labels_dir', None) and getattr(order, 'class_order_seed', None) is not None:
+        raise SettingError('class_order_seed', f'--class_order_seed {order.class_order_seed} and --labels_dir '
+                                               f'{order.labels_dir} both give a class order; give one')
+    check_device(config.run.device)
+    folder = config.cache.feature_cache
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+        raise SettingError('feature_cache', f'--feature_cache {folder} is a file; it must be a folder (or not '
+                                            f'exist yet)')
+
+
+def check_device(name):
+    try:
+        device_type = torch.device(name).type
+    except (RuntimeError, ValueError):
+        raise SettingError('device', f'--device {name} is not a device name: use auto, cpu, cuda, cuda:N or '
+                                     f'mps') from None
+    available = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
+    if not available.get(device_type, False):
+        raise SettingError('device', f'--device {name}: {device_type} is not available here'
+                                     f'{"" if device_type in available else " (this program runs on cpu, cuda or mps)"}'
+                                     f'; use --device cpu')
