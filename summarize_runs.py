@@ -1,36 +1,42 @@
-"""A Markdown table of finished runs: mean and standard deviation over seeds of the final accuracies and of
-Omega_all, one row per dataset, ordering and covariance.
+"""A Markdown table of finished runs: mean and standard deviation over seeds of SLDA's final accuracies and of
+Omega_all, one row per group of runs that share every setting that changes results but their seeds.
 
-    python summarize_runs.py streaming_experiments/core50/core50_* --output table.md
+    python summarize_runs.py streaming_experiments/core50/core50_* --output tables/core50.md
 
-Each DIR is a run folder written by experiment.py (config.json and a finished summary.json); folders whose
-run has not finished are listed and left out. Accuracies are in percent; the standard deviation is the
-sample one (n - 1), blank for a single run.
+Each DIR is a run folder written by experiment.py, of any release (runs.load_run; accuracies given as fractions
+by earlier releases are read as percent). A folder that is not a run (a mistyped name, a feature cache brought by
+a shell glob) is an error naming it (exit 2); runs that have not finished are listed and left out. Columns:
+dataset, ordering, covariance, the number of runs, the means ± standard deviations, the seeds of the group's runs
+(in the order of the DIRs) and the settings that tell the rows apart (those whose values differ between rows).
+Accuracies are in percent; the standard deviation is the sample one (n - 1), blank for a single run. --output's
+folders are made when missing.
 """
 import argparse
-import os
+import json
 import statistics
 import sys
 
-from plot_results import load_run
+from runs import load_run, write_output
 from utils import save_text
 
+MEASURES = ['final top-1', 'final top-5', 'Omega_all top-1', 'Omega_all top-5']
 
-def read_run(folder):
-    """(row key, {measure: value}) of a finished run folder, or None when its run has not finished."""
-    try:
-        run = load_run(folder)
-    except ValueError:
-        return None
-    config, summary = run['config'], run['summary']
-    if not summary.get('finished'):
-        return None
-    key = (config['arguments']['dataset'], config.get('ordering', 'class_incremental'), config['covariance'])
-    values = {'final top-1': summary['final_top1'], 'final top-5': summary['final_top5']}
-    if summary.get('omega_all'):
-        omega = summary['omega_all']
-        values.update({'Omega_all top-1': omega['top1'], 'Omega_all top-5': omega['top5']})
-    return key, values
+
+def measures(run):
+    """{measure: value} of a finished run (runs.Run): SLDA's final accuracies (percent) and Omega_all if given."""
+    values = {'final top-1': run.final_top1['slda'], 'final top-5': run.final_top5['slda']}
+    if run.omega_all:
+        values.update({'Omega_all top-1': run.omega_all['top1'], 'Omega_all top-5': run.omega_all['top5']})
+    return values
+
+
+def group(runs):
+    """{settings key: [runs]}: runs grouped by every results setting but their seeds, in the order given."""
+    groups = {}
+    for run in runs:
+        settings = {name: value for name, value in run.results_settings.items() if name not in run.seeds}
+        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(run)
+    return groups
 
 
 def mean_std(values, digits):
@@ -40,15 +46,32 @@ def mean_std(values, digits):
     return text + (f' ± {statistics.stdev(values):.{digits}f}' if len(values) > 1 else '')
 
 
-def table(runs):
-    """Markdown table of {key: [values of each run]}, keys (dataset, ordering, covariance) in sorted order."""
-    measures = ['final top-1', 'final top-5', 'Omega_all top-1', 'Omega_all top-5']
-    lines = ['| dataset | ordering | covariance | runs | ' + ' | '.join(measures) + ' |',
-             '|---|---|---|---|' + '---|' * len(measures)]
-    for key in sorted(runs):
-        cells = [mean_std([run[m] for run in runs[key] if m in run], 3 if m.startswith('Omega') else 2)
-                 for m in measures]
-        lines.append(f'| {" | ".join(key)} | {len(runs[key])} | ' + ' | '.join(cells) + ' |')
+def seeds(runs):
+    """The seeds cell: each seed's value in every run, "name: v1, v2, ..." joined by "; "."""
+    names = sorted({name for run in runs for name in run.seeds})
+    return '; '.join(f'{name}: ' + ', '.join(str(run.seeds.get(name)) for run in runs) for name in names)
+
+
+def distinguishing(groups):
+    """The names of the results settings, seeds aside, whose values differ between ``groups`` (runs.Run lists)."""
+    settings = [runs[0].results_settings for runs in groups]
+    seeds = {name for runs in groups for run in runs for name in run.seeds}
+    names = {name for one in settings for name in one} - seeds
+    return sorted(name for name in names if len({json.dumps(one.get(name)) for one in settings}) > 1)
+
+
+def table(groups):
+    """Markdown table of ``groups`` (lists of finished runs.Run), rows sorted by dataset, ordering, covariance."""
+    lines = ['| dataset | ordering | covariance | runs | ' + ' | '.join(MEASURES) + ' | seeds | settings |',
+             '|---|---|---|---|' + '---|' * (len(MEASURES) + 2)]
+    differing = distinguishing(groups)
+    for runs in sorted(groups, key=lambda runs: (runs[0].dataset, runs[0].ordering, runs[0].covariance)):
+        values = [measures(run) for run in runs]
+        cells = [mean_std([v[m] for v in values if m in v], 3 if m.startswith('Omega') else 2) for m in MEASURES]
+        settings = runs[0].results_settings
+        described = ' '.join(f'{name}={settings[name]}' for name in differing if name in settings)
+        lines.append(f'| {runs[0].dataset} | {runs[0].ordering} | {runs[0].covariance} | {len(runs)} | ' +
+                     ' | '.join(cells) + f' | {seeds(runs)} | {described} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -57,24 +80,26 @@ def main(argv=None):
     parser.add_argument('folders', nargs='+', metavar='DIR', help='run folders of experiment.py')
     parser.add_argument('--output', metavar='FILE', help='also write the table to this Markdown file')
     args = parser.parse_args(argv)
-    runs, unfinished = {}, []
-    for folder in args.folders:
-        if not os.path.isfile(os.path.join(folder, 'config.json')):
-            continue          # not a run folder (a feature cache, say), as a shell glob may bring
-        read = read_run(folder)
-        if read is None:
-            unfinished.append(folder)
-            continue
-        runs.setdefault(read[0], []).append(read[1])
-    if not runs:
-        print(f'error: no finished run among {len(args.folders)} folder(s)', file=sys.stderr)
+    try:
+        runs = [load_run(folder) for folder in args.folders]
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
         return 2
-    text = table(runs)
+    finished = [run for run in runs if run.finished]
+    if not finished:
+        print(f'error: no finished run among {len(runs)} folder(s)', file=sys.stderr)
+        return 2
+    text = table(list(group(finished).values()))
     print(text, end='')
+    unfinished = [run.folder for run in runs if not run.finished]
     if unfinished:
         print(f'left out, not finished: {", ".join(unfinished)}', file=sys.stderr)
     if args.output:
-        save_text(args.output, [text])
+        try:
+            write_output(args.output, save_text, [text])
+        except ValueError as e:
+            print(f'error: --output: {e}', file=sys.stderr)
+            return 2
     return 0
 
 

@@ -189,38 +189,6 @@ def test_core50_defaults_to_imagenet_weights_from_the_local_cache(core50, tmp_pa
     assert code == 2 and f'expected {expected}' in out.err and 'never downloads' in out.err
 
 
-def write_run(folder, dataset, ordering, covariance, top1, top5, omega=None, finished=True):
-    folder.mkdir(parents=True)
-    (folder / 'config.json').write_text(json.dumps({'arguments': {'dataset': dataset}, 'ordering': ordering,
-                                                    'covariance': covariance}))
-    (folder / 'summary.json').write_text(json.dumps({'finished': finished, 'final_top1': top1, 'final_top5': top5,
-                                                     'omega_all': omega}))
-
-
-def test_summarize_runs_gives_mean_and_sample_std_per_ordering_and_covariance(tmp_path, capsys):
-    import statistics
-
-    import summarize_runs
-    top1 = {'plastic': [80.0, 84.5, 83.0], 'fixed': [70.25, 71.0, 69.5]}
-    for covariance, values in top1.items():
-        for seed, value in enumerate(values):
-            write_run(tmp_path / f'{covariance}{seed}', 'core50', 'iid', covariance, value, value + 10,
-                      {'top1': value / 90, 'top5': 1.0})
-    write_run(tmp_path / 'unfinished', 'core50', 'iid', 'plastic', 0.0, 0.0, finished=False)
-    (tmp_path / 'feature_cache').mkdir()
-    folders = sorted(str(p) for p in tmp_path.iterdir())
-    assert summarize_runs.main(folders + ['--output', str(tmp_path / 'table.md')]) == 0
-    out = capsys.readouterr()
-    assert (tmp_path / 'table.md').read_text() == out.out and 'unfinished' in out.err
-    rows = {line.split(' | ')[2]: line.split(' | ') for line in out.out.splitlines()[2:]}
-    for covariance, values in top1.items():
-        row = rows[covariance]
-        assert row[3] == '3'
-        assert row[4] == f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
-        omegas = [v / 90 for v in values]
-        assert row[6] == f'{statistics.mean(omegas):.3f} ± {statistics.stdev(omegas):.3f}'
-
-
 @pytest.mark.slow
 def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_tabulates(core50, tmp_path):
     import subprocess

@@ -1,12 +1,11 @@
-"""Baseline output layers on the same features (checked against independent computations) and the figures
-and tables of results."""
+"""Baseline output layers on the same features (checked against independent computations) and the learning curve
+a run draws; plot_results.py's own tests are in test_plot_results.py."""
 import glob
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import plot_results
 from conftest import run
@@ -90,27 +89,6 @@ def test_offline_reaches_every_training_sample_on_separable_features():
     head.fit(X[:100], y[:100])
     head.fit(X[100:], y[100:])
     assert torch.equal(head.decision_function(X).argmax(1), y) and head.samples_seen == 200
-
-
-def test_plot_results_draws_two_runs_and_tabulates_their_summaries(digits_with_heads, tmp_path, capsys):
-    code, _ = run(['--num_classes', 4, '--no-streaming_update_sigma', '--save_dir', tmp_path / 'fixed'])
-    assert code == 0
-    folders = [str(digits_with_heads / 'run'), str(tmp_path / 'fixed')]
-    assert plot_results.main(folders + ['--output', str(tmp_path / 'figure' / 'digits.png')]) == 0
-    printed = capsys.readouterr().out
-    with Image.open(tmp_path / 'figure' / 'digits.png') as image:
-        assert image.size == (1500, 600)
-        assert len(image.convert('RGB').getcolors(maxcolors=1 << 20)) > 50    # lines, text, markers: not blank
-    table = (tmp_path / 'figure' / 'digits.md').read_text()
-    assert table in printed
-    rows = {(cells[0], cells[4]): cells for cells in
-            ([cell.strip() for cell in line.strip('|').split('|')] for line in table.splitlines()[2:])}
-    for folder, name in ((digits_with_heads / 'run', 'run'), (tmp_path / 'fixed', 'fixed')):
-        summary = json.loads((folder / 'summary.json').read_text())
-        expt = json.loads((folder / 'config.json').read_text())['arguments']['expt_name']
-        assert rows[(expt, 'slda')][5:7] == [f'{summary["final_top1"]:.2f}', f'{summary["final_top5"]:.2f}']
-        for head, values in summary['increments'][-1].get('heads', {}).items():
-            assert rows[(expt, head)][5] == f'{values["top1"]:.2f}'
 
 
 def test_a_run_writes_its_learning_curve_unless_told_not_to_and_a_failing_plot_never_fails_it(

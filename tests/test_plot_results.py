@@ -1,0 +1,152 @@
+"""plot_results.py: the lines drawn and the table's cells, checked against the run folders' own files, for folders
+of every layout, several runs of one name, unfinished runs, and what cannot be drawn or written."""
+import math
+import statistics
+
+import matplotlib.axes
+import pytest
+from PIL import Image
+
+import plot_results
+from conftest import run
+from run_folders import ARGUMENTS, FRACTIONS, arguments, copy_run, read, table_rows, unfinished
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The lines plot_results draws, as (label, x values, y values): top-1's axis, then top-5's, per line."""
+    lines = []
+    plot = matplotlib.axes.Axes.plot
+
+    def recording(axis, x, y, *args, **kwargs):
+        lines.append((kwargs.get('label'), list(x), list(y)))
+        return plot(axis, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, 'plot', recording)
+    return lines
+
+
+def draw(folders, tmp_path, capsys):
+    """plot_results.main on ``folders`` into tmp_path/figure; (exit code, captured, {(run, head): table cells})."""
+    code = plot_results.main([str(folder) for folder in folders] + ['--output', str(tmp_path / 'figure' / 'f.png')])
+    out = capsys.readouterr()
+    return code, out, {(cells[0], cells[4]): cells for cells in table_rows(out.out)}
+
+
+def accuracies(folder):
+    """{head: ([top-1 per batch], [top-5 per batch])} of a percent run, read from its summary.json directly."""
+    rows = read(folder, 'summary.json')['increments']
+    curves = {'slda': ([r['top1'] for r in rows], [r['top5'] for r in rows])}
+    for head in rows[0].get('heads', {}):
+        curves[head] = ([r['heads'][head]['top1'] for r in rows], [r['heads'][head]['top5'] for r in rows])
+    return curves
+
+
+def test_plot_results_draws_a_fresh_run_and_a_stored_one_and_tabulates_their_summaries(tmp_path, capsys, drawn):
+    """A run of today's experiment.py with an offline head, beside the stored folder."""
+    assert run(['--num_classes', 4, '--heads', 'slda,ncm,offline', '--no-streaming_update_sigma', '--expt_name',
+                'fresh', '--save_dir', tmp_path / 'fresh'])[0] == 0
+    code, out, rows = draw([tmp_path / 'fresh', ARGUMENTS], tmp_path, capsys)
+    assert code == 0
+    with Image.open(tmp_path / 'figure' / 'f.png') as image:
+        assert image.size == (1500, 600)
+        assert len(image.convert('RGB').getcolors(maxcolors=1 << 20)) > 50    # lines, text, markers: not blank
+    assert (tmp_path / 'figure' / 'f.md').read_text() in out.out
+    for folder, name in ((tmp_path / 'fresh', 'fresh'), (ARGUMENTS, 'arguments_layout')):
+        summary = read(folder, 'summary.json')
+        versus = summary['omega_vs_offline'] or {}
+        for head, (top1, top5) in accuracies(folder).items():
+            label = name if head == 'slda' else f'{name} ({head})'
+            assert [(x, y) for line, x, y in drawn if line == label] == \
+                [([r['classes_seen'] for r in summary['increments']], values) for values in (top1, top5)]
+            assert rows[(name, head)][5:7] == [f'{top1[-1]:.2f}', f'{top5[-1]:.2f}']
+            assert rows[(name, head)][8] == (f'{versus[head]["top1"]:.3f} / {versus[head]["top5"]:.3f}'
+                                            if head in versus else '')
+    assert rows[('fresh', 'offline')][3] == 'fixed' and rows[('fresh', 'ncm')][8] != ''
+
+
+def test_fractions_of_an_earlier_release_are_drawn_and_tabulated_in_percent(tmp_path, capsys, drawn):
+    code, _, rows = draw([FRACTIONS, ARGUMENTS], tmp_path, capsys)
+    assert code == 0
+    fractions = read(FRACTIONS, 'summary.json')
+    top1 = [100 * r['top1'] for r in fractions['increments']]
+    assert [y for label, _, y in drawn if label == 'fraction_layout'][0] == pytest.approx(top1)
+    assert rows[('fraction_layout', 'slda')][1:7] == ['digits', 'class_incremental', 'plastic', 'slda',
+                                                      f'{100 * fractions["final_top1"]:.2f}',
+                                                      f'{100 * fractions["final_top5"]:.2f}']
+
+
+def test_runs_of_one_name_keep_their_own_batches_and_labels(tmp_path, capsys, drawn):
+    """Two folders of experiment name arguments_layout, one stopped after a batch: each line has its own run's
+    x values, and the folders tell the lines and rows apart."""
+    folders = [copy_run(ARGUMENTS, tmp_path / 'a'), copy_run(ARGUMENTS, tmp_path / 'b', summary=unfinished)]
+    code, _, rows = draw(folders, tmp_path, capsys)
+    assert code == 0
+    for folder in folders:
+        increments = read(folder, 'summary.json')['increments']
+        assert [(x, y) for label, x, y in drawn if label == folder][0] == \
+            ([r['classes_seen'] for r in increments], [r['top1'] for r in increments])
+        assert (folder, 'ncm') in rows
+    assert len({label for label, _, _ in drawn}) == 4
+
+
+def test_an_unfinished_run_shows_no_final_accuracy(tmp_path, capsys):
+    code, _, rows = draw([copy_run(ARGUMENTS, tmp_path / 'run', summary=unfinished)], tmp_path, capsys)
+    assert code == 0
+    for head in ('slda', 'ncm'):
+        assert rows[('arguments_layout', head)][5:7] == ['unfinished', 'unfinished']
+
+
+def test_an_offline_head_at_zero_percent_leaves_the_ratio_undefined(tmp_path, capsys):
+    """A ratio to an offline head that scored 0% on some batch has no value (results.mean_ratio gives None)."""
+    offline = [{'top1': 0.0, 'top5': 100.0}, {'top1': 50.0, 'top5': 100.0}]
+
+    def with_offline_head(summary):
+        rows = summary['increments']
+        for row, head in zip(rows, offline):
+            row['heads']['offline'] = head
+        summary['omega_vs_offline'] = {
+            'slda': {'top1': None, 'top5': statistics.mean(r['top5'] / 100 for r in rows)},
+            'ncm': {'top1': None, 'top5': statistics.mean(r['heads']['ncm']['top5'] / 100 for r in rows)}}
+
+    folder = copy_run(ARGUMENTS, tmp_path / 'run', summary=with_offline_head)
+    code, _, rows = draw([folder], tmp_path, capsys)
+    assert code == 0
+    versus = read(folder, 'summary.json')['omega_vs_offline']
+    for head in ('slda', 'ncm'):
+        assert rows[('arguments_layout', head)][8] == f'undefined / {versus[head]["top5"]:.3f}'
+    assert rows[('arguments_layout', 'offline')][8] == ''
+
+
+def test_a_nan_accuracy_is_one_line_naming_the_folder_and_value(tmp_path, capsys):
+    def nan_final(summary):
+        summary['increments'][-1]['top1'] = summary['final_top1'] = math.nan
+
+    folder = copy_run(ARGUMENTS, tmp_path / 'run', summary=nan_final)
+    code, out, _ = draw([folder], tmp_path, capsys)
+    assert code == 2 and len(out.err.splitlines()) == 1 and folder in out.err and 'nan' in out.err
+
+
+def test_output_under_a_file_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / 'file').write_text('not a folder')
+    output = tmp_path / 'file' / 'figure.png'
+    code = plot_results.main([str(ARGUMENTS), '--output', str(output)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and str(output) in err and '--output' in err
+
+
+def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
+    (tmp_path / 'empty').mkdir()
+    code = plot_results.main([str(ARGUMENTS), str(tmp_path / 'empty'), '--output', str(tmp_path / 'f.png')])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and str(tmp_path / 'empty') in err and 'config.json' in err
+
+
+def test_paper_points_are_drawn_for_the_papers_imagenet_protocol_only(tmp_path, capsys, monkeypatch):
+    points = []
+    monkeypatch.setattr(matplotlib.axes.Axes, 'scatter', lambda axis, x, y, **kwargs: points.append(list(x)))
+    protocol = arguments(dataset='imagenet', class_increment=100, base_init_classes=100)
+    for settings, expected in ((arguments(class_increment=100), 0), (protocol, 2)):
+        folder = copy_run(ARGUMENTS, tmp_path / f'run{expected}', config=settings)
+        assert draw([folder], tmp_path, capsys)[0] == 0
+        assert len(points) == expected
