@@ -1,9 +1,7 @@
 """Small helpers shared by the model, the driver and the feature cache: atomic files, safe loading, metrics."""
-import errno
 import json
 import os
 import pickle
-import shutil
 import signal
 import socket
 import tempfile
@@ -60,7 +58,10 @@ STALE_AFTER_SECONDS = 86400     # a temporary file of another host's process thi
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    A reader sees either the old file or the complete new one, whenever the process dies.
+    A reader sees either the old file or the complete new one, whenever the process dies. The temporary file is
+    created anew (never an existing file or a link's target), and the rename replaces a link at ``path`` rather
+    than writing through it. An OSError that names no file (write(2) on a full disk, say) is raised naming
+    ``path``.
     """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.{HOST}-{os.getpid()}.',
@@ -73,9 +74,11 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         crash_point('write/' + os.path.basename(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 
@@ -164,18 +167,37 @@ def save_text(path, pieces):
     atomic_write(path, lambda f: f.writelines(piece.encode(errors='surrogateescape') for piece in pieces))
 
 
-def save_tensor(path, obj):
-    """torch.save, atomically. PyTorch reports a failed write as a RuntimeError; it is raised here as the
-    OSError it is, naming the file, and as ENOSPC when the disk is (nearly) full."""
-    try:
-        atomic_write(path, lambda f: torch.save(obj, f))
-    except RuntimeError as e:
-        if 'write' not in str(e):
+class _WriteErrors:
+    """The ``write`` and ``flush`` of a binary file, keeping the first OSError that ``write`` raised: torch.save's
+    zip writer swallows it and raises a RuntimeError of its own ('unexpected pos ...')."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
             raise
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        if free < 64 * 2 ** 20:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
-        raise OSError(errno.EIO, f'writing failed ({str(e).strip().splitlines()[-1]})', path) from None
+
+    def flush(self):
+        self.file.flush()
+
+
+def save_tensor(path, obj):
+    """torch.save, atomically. A write that fails (a full disk: ENOSPC) raises its OSError naming ``path``, also
+    where PyTorch's zip writer turns it into a RuntimeError; other errors are raised as they are."""
+    def write(f):
+        file = _WriteErrors(f)
+        try:
+            torch.save(obj, file)
+        except RuntimeError:
+            if file.error is None:
+                raise
+            raise file.error from None
+    atomic_write(path, write)
 
 
 def save_npy(path, array):
