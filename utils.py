@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import tempfile
@@ -212,6 +213,17 @@ def load_json(path):
         raise ValueError(f'{path} is not valid JSON ({e})') from None
 
 
+def _refused_object(error):
+    """What the weights-only unpickler of ``torch.load`` refused, from its UnpicklingError ``error``: the line
+    naming the object ('Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default'),
+    which PyTorch puts after advice on loading the file unsafely; else the message's first line."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(error)).strip()      # PyTorch highlights its advice for terminals
+    found = re.search(r'WeightsUnpickler error: (.+?)\.?$', text, re.MULTILINE)
+    if found:
+        return found.group(1).split('. ')[0]
+    return text.splitlines()[0] if text else 'no detail given'
+
+
 def safe_torch_load(path, mmap=False):
     """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code.
 
@@ -222,10 +234,9 @@ def safe_torch_load(path, mmap=False):
     try:
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise ValueError(f'refusing to load {path}: it holds objects other than tensors and plain Python data '
                          f'(numpy arrays, classes of other programs), which are loaded only by unpickling them '
-                         f'({first_line}). Re-save it as a plain state dict of tensors.') from None
+                         f'({_refused_object(e)}). Re-save it as a plain state dict of tensors.') from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f'could not read {path} as a PyTorch file: {e}') from None
 

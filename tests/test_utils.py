@@ -1,4 +1,5 @@
-"""Atomic writes on a full disk or over links."""
+"""Atomic writes on a full disk or over links, and safe loading that names what it refuses."""
+import argparse
 import errno
 import io
 import os
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import utils
-from utils import atomic_write, save_json, save_npy, save_tensor
+from utils import atomic_write, safe_torch_load, save_json, save_npy, save_tensor
 
 
 class FillingDisk(io.RawIOBase):
@@ -89,3 +90,15 @@ def test_atomic_write_replaces_a_link_and_leaves_its_target_alone(tmp_path):
 def test_written_file_is_complete_and_readable(tmp_path):
     atomic_write(str(tmp_path / 'a.bin'), lambda f: f.write(b'x' * 10_000))
     assert (tmp_path / 'a.bin').read_bytes() == b'x' * 10_000
+
+
+@pytest.mark.parametrize('obj, name', [(argparse.Namespace(lr=0.1), 'argparse.Namespace'),
+                                       (np.float64(1.5), 'numpy')])
+def test_a_checkpoint_with_objects_other_than_tensors_is_refused_naming_the_object(tmp_path, obj, name):
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': {'w': torch.zeros(2)}, 'args': obj}, path)
+    with pytest.raises(ValueError) as raised:
+        safe_torch_load(str(path))
+    message = str(raised.value)
+    assert str(path) in message and name in message
+    assert '\x1b[' not in message       # no terminal escape codes from PyTorch's message
