@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import torch
 
 from utils import remove_stale_temporaries, safe_torch_load, save_tensor
@@ -45,6 +46,7 @@ class FeatureCache:
         self.dtype = dtype
         self.check_sizes = check_sizes
         self.dim = None         # once known, the feature size: an entry of another width is not served
+        self.class_sizes = {}   # split name -> images per class, to check that an entry covers its class
 
     def remove_leftovers(self, split_names):
         """Remove the temporary files that killed writers left in the folders of ``split_names``; those of runs
@@ -57,7 +59,8 @@ class FeatureCache:
 
     def read(self, split, split_name, label):
         """(features (n, d) as stored, dataset indices (n,), indices of unreadable images (list)) of class
-        ``label``, or None when the cache has no valid file for it or the class's files have changed."""
+        ``label``, or None when the cache has no file for it that this program would have written (see
+        ``_well_formed``) or the class's files have changed."""
         path = self.path(split_name, label)
         if not os.path.exists(path):
             return None
@@ -65,32 +68,51 @@ class FeatureCache:
             entry = safe_torch_load(path, mmap=True)
         except (OSError, ValueError):
             return None      # unreadable or unsafe: the class is extracted again and the file replaced
-        if not self._well_formed(entry):
+        if not self._well_formed(entry, split, split_name, label):
             return None
         stored = entry['fingerprint' if self.check_sizes else 'listing_fingerprint']
         if stored != split.class_fingerprint(label, sizes=self.check_sizes):
             return None
         return entry['features'], entry['indices'], entry['skipped'].tolist()
 
-    def _well_formed(self, entry):
-        """Whether a loaded class file has what this cache writes, features of the known width included."""
+    def _well_formed(self, entry, split, split_name, label):
+        """Whether a loaded class file holds what ``write`` writes for class ``label`` of ``split``: finite
+        features in this cache's precision (of the known width), one row per readable image, and every image of
+        the class once, readable ones in dataset order. Anything else is a damaged file, recomputed."""
         if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str)
                                                   for key in ('fingerprint', 'listing_fingerprint')):
             return False
         features, indices, skipped = (entry.get(key) for key in ('features', 'indices', 'skipped'))
-        return (all(torch.is_tensor(t) for t in (features, indices, skipped)) and features.dim() == 2
-                and indices.dim() == 1 and skipped.dim() == 1 and len(features) == len(indices)
-                and (self.dim is None or features.shape[1] == self.dim))
+        if not (all(torch.is_tensor(t) for t in (features, indices, skipped)) and features.dtype == self.dtype
+                and indices.dtype == skipped.dtype == torch.int64 and features.dim() == 2 and indices.dim() == 1
+                and skipped.dim() == 1 and len(features) == len(indices)
+                and (self.dim is None or features.shape[1] == self.dim)):
+            return False
+        if split_name not in self.class_sizes:
+            self.class_sizes[split_name] = np.bincount(split.labels)
+        images = torch.cat([indices, skipped])
+        return (len(images) == self.class_sizes[split_name][label] and len(images) > 0
+                and int(images.min()) >= 0 and int(images.max()) < len(split.labels)
+                and bool((split.labels[images.numpy()] == label).all())
+                and len(images.unique()) == len(images) and bool((indices[1:] > indices[:-1]).all())
+                and bool(torch.isfinite(features).all()))
 
     def write(self, split, split_name, label, features, indices, skipped, files=None):
         """Store class ``label``: features (n, d), their dataset indices (n,), unreadable images' indices (k,).
         Written atomically, on the file thread of ``files`` (a utils.BackgroundFiles) when given. Returns the
-        features as stored, which is what a later ``read`` returns."""
-        features = features.to(self.dtype)
+        features as stored, which is what a later ``read`` returns. Raises ValueError, naming the file and
+        ``--cache_dtype float32``, for features beyond the range of the cache's precision."""
+        path = self.path(split_name, label)
+        stored = features.to(self.dtype)
+        if not torch.isfinite(stored).all():        # the extraction refuses non-finite features: these overflowed
+            raise ValueError(f'cannot cache {path}: features reach {float(features.abs().max()):.4g}, beyond the '
+                             f'range of {str(self.dtype).replace("torch.", "")} (largest '
+                             f'{torch.finfo(self.dtype).max:.4g}), where they would become infinite; store them '
+                             f'in float32 (--cache_dtype float32)')
+        features = stored
         entry = {'features': features, 'indices': indices, 'skipped': skipped,
                  'fingerprint': split.class_fingerprint(label, sizes=True),
                  'listing_fingerprint': split.class_fingerprint(label, sizes=False)}
-        path = self.path(split_name, label)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if files:
             files.write(save_tensor, path, entry)

@@ -18,7 +18,8 @@ from data import imagenet_normalize
 from retrieve_any_layer import ModelWrapper
 from utils import crash_point, safe_torch_load
 
-CHECKPOINT_PREFIXES = ('module.', 'model.')
+# Key prefixes added by wrappers: DataParallel and DistributedDataParallel, torch.compile, other training code
+CHECKPOINT_PREFIXES = ('module.', '_orig_mod.', 'model.')
 
 
 def cpu_supports_bfloat16():
@@ -72,7 +73,9 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
     """Load the tensors of a checkpoint that match ``model`` by name and shape; report the rest.
 
     The checkpoint is a state dict, or a dict holding one under ``state_dict`` or ``model_state``; key
-    prefixes ``module.`` (DataParallel) and ``model.`` are removed. A tensor of ``required`` (names) that the
+    prefixes ``module.`` (DataParallel), ``_orig_mod.`` (torch.compile) and ``model.`` are removed. The report
+    names each tensor not loaded once: held in another shape (as the original's 100-way ``fc``), not in the
+    model, or missing from the checkpoint. A tensor of ``required`` (names) that the
     checkpoint lacks, or holds in another shape, raises PartialCheckpointError unless ``allow_partial``.
     Returns (a one-line report, the sorted names of the required tensors not loaded).
     """
@@ -104,7 +107,7 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
     model.load_state_dict(matched, strict=False)
     wrong_shape = sorted(k for k in cleaned if k in own and k not in matched)
     unexpected = sorted(k for k in cleaned if k not in own)
-    missing = sorted(k for k in own if k not in matched)
+    missing = sorted(k for k in own if k not in cleaned)
     report = f'loaded {len(matched)} of {len(own)} tensors from {path}'
     for label, keys in (('shape differs', wrong_shape), ('not in model', unexpected), ('missing', missing)):
         if keys:

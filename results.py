@@ -14,6 +14,7 @@ stops the ones after it, so a model file always means its batch's other files ar
 import hashlib
 import json
 import os
+import tempfile
 import time
 
 try:
@@ -110,10 +111,13 @@ class ResultsFolder:
         continue."""
         try:
             os.makedirs(self.path, exist_ok=True)
-            probe = self.file('.write_test')
-            with open(probe, 'w') as f:
-                f.write('ok')
-            os.remove(probe)
+            # a new file of a name of its own: whatever is in the folder (a link, say) is never written through
+            fd, probe = tempfile.mkstemp(dir=self.path, prefix='.write_test.', suffix='.tmp')
+            try:
+                os.write(fd, b'ok')
+            finally:
+                os.close(fd)
+                os.remove(probe)
         except OSError as e:
             raise UserError(f'cannot write to --save_dir {self.path}: {e.strerror}') from None
         self._lock()
@@ -144,7 +148,14 @@ class ResultsFolder:
         releases when the process ends, however it ends, so a killed run leaves no stale lock."""
         if fcntl is None:
             return
-        lock = open(self.file('.lock'), 'a+')
+        path = self.file('.lock')
+        try:
+            lock = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), 'r+')
+        except OSError as e:
+            if os.path.islink(path):      # O_NOFOLLOW: a link is not opened, so its target is never written
+                raise UserError(f'{path} is a symbolic link, not the lock file this program writes; remove it') \
+                    from None
+            raise UserError(f'cannot create the lock file {path}: {e.strerror}') from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -153,10 +164,14 @@ class ResultsFolder:
             lock.close()
             raise UserError(f'{self.path} is in use by another run (process {holder}); wait for it to end, or '
                             f'choose another --save_dir / --expt_name') from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+        except OSError as e:
+            lock.close()
+            raise UserError(f'cannot write the lock file {path}: {e.strerror}') from None
         self.lock = lock
 
     def release(self):

@@ -1,9 +1,8 @@
 """Small helpers shared by the model, the driver and the feature cache: atomic files, safe loading, metrics."""
-import errno
 import json
 import os
 import pickle
-import shutil
+import re
 import signal
 import socket
 import tempfile
@@ -62,7 +61,10 @@ STALE_AFTER_SECONDS = 86400     # a temporary file of another host's process thi
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    A reader sees either the old file or the complete new one, whenever the process dies.
+    A reader sees either the old file or the complete new one, whenever the process dies. The temporary file is
+    created anew (never an existing file or a link's target), and the rename replaces a link at ``path`` rather
+    than writing through it. An OSError that names no file (write(2) on a full disk, say) is raised naming
+    ``path``.
     """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.{HOST}-{os.getpid()}.',
@@ -75,9 +77,11 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         crash_point('write/' + os.path.basename(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 
@@ -166,18 +170,37 @@ def save_text(path, pieces):
     atomic_write(path, lambda f: f.writelines(piece.encode(errors='surrogateescape') for piece in pieces))
 
 
-def save_tensor(path, obj):
-    """torch.save, atomically. PyTorch reports a failed write as a RuntimeError; it is raised here as the
-    OSError it is, naming the file, and as ENOSPC when the disk is (nearly) full."""
-    try:
-        atomic_write(path, lambda f: torch.save(obj, f))
-    except RuntimeError as e:
-        if 'write' not in str(e):
+class _WriteErrors:
+    """The ``write`` and ``flush`` of a binary file, keeping the first OSError that ``write`` raised: torch.save's
+    zip writer swallows it and raises a RuntimeError of its own ('unexpected pos ...')."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
             raise
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        if free < 64 * 2 ** 20:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
-        raise OSError(errno.EIO, f'writing failed ({str(e).strip().splitlines()[-1]})', path) from None
+
+    def flush(self):
+        self.file.flush()
+
+
+def save_tensor(path, obj):
+    """torch.save, atomically. A write that fails (a full disk: ENOSPC) raises its OSError naming ``path``, also
+    where PyTorch's zip writer turns it into a RuntimeError; other errors are raised as they are."""
+    def write(f):
+        file = _WriteErrors(f)
+        try:
+            torch.save(obj, file)
+        except RuntimeError:
+            if file.error is None:
+                raise
+            raise file.error from None
+    atomic_write(path, write)
 
 
 def save_npy(path, array):
@@ -192,6 +215,17 @@ def load_json(path):
         raise ValueError(f'{path} is not valid JSON ({e})') from None
 
 
+def _refused_object(error):
+    """What the weights-only unpickler of ``torch.load`` refused, from its UnpicklingError ``error``: the line
+    naming the object ('Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default'),
+    which PyTorch puts after advice on loading the file unsafely; else the message's first line."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(error)).strip()      # PyTorch highlights its advice for terminals
+    found = re.search(r'WeightsUnpickler error: (.+?)\.?$', text, re.MULTILINE)
+    if found:
+        return found.group(1).split('. ')[0]
+    return text.splitlines()[0] if text else 'no detail given'
+
+
 def safe_torch_load(path, mmap=False):
     """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code.
 
@@ -202,10 +236,9 @@ def safe_torch_load(path, mmap=False):
     try:
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise ValueError(f'refusing to load {path}: it holds objects other than tensors and plain Python data '
                          f'(numpy arrays, classes of other programs), which are loaded only by unpickling them '
-                         f'({first_line}). Re-save it as a plain state dict of tensors.') from None
+                         f'({_refused_object(e)}). Re-save it as a plain state dict of tensors.') from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f'could not read {path} as a PyTorch file: {e}') from None
 

@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 import conftest
 import data
 from conftest import REPO, age_folders, make_checkpoint, write_jpeg
+from feature_cache import FeatureCache
 
 
 def run(argv):
@@ -155,3 +156,85 @@ def test_cache_check_listing_skips_sizes_but_notices_renamed_files(tmp_path, ima
     os.replace(tmp_path / 'new.jpg', root / 'train' / 'n01000004' / 'n01000004_0000.JPEG')
     run(argv + ['--save_dir', tmp_path / 'renamed', '--cache_check', 'listing'])
     assert summary(tmp_path / 'renamed')['images_extracted_this_process'] == 3     # class n01000004, 3 images
+
+
+class TinySplit:
+    """What FeatureCache asks of a split: labels (classes 0, 1 and 2 interleaved) and class fingerprints."""
+    labels = np.array([0, 1, 0, 2, 1, 0, 1, 1], dtype=np.int64)
+
+    def class_fingerprint(self, label, sizes=True):
+        return f'class {label} {"sizes" if sizes else "listing"}'
+
+
+def class_images(label):
+    return torch.from_numpy(np.flatnonzero(TinySplit.labels == label))
+
+
+def written_class_1(tmp_path, dtype=torch.float16):
+    """A cache holding class 1 (images 1, 4, 6, 7; 6 unreadable) and the features written."""
+    cache = FeatureCache(str(tmp_path / 'cache'), 'key', dtype)
+    features = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    stored = cache.write(TinySplit(), 'train', 1, features, torch.tensor([1, 4, 7]), torch.tensor([6]))
+    return cache, stored
+
+
+def test_a_written_class_is_read_as_stored(tmp_path):
+    cache, stored = written_class_1(tmp_path)
+    features, indices, skipped = cache.read(TinySplit(), 'train', 1)
+    assert torch.equal(features, stored) and stored.dtype == torch.float16
+    assert indices.tolist() == [1, 4, 7] and skipped == [6]
+
+
+def test_features_beyond_the_range_of_float16_are_refused_naming_cache_dtype(tmp_path):
+    cache = FeatureCache(str(tmp_path / 'cache'), 'key', torch.float16)
+    features = torch.tensor([[1.0, 2.0], [3.0, torch.finfo(torch.float16).max * 1.5]])
+    with pytest.raises(ValueError, match='--cache_dtype float32') as raised:
+        cache.write(TinySplit(), 'train', 2, features[:1], torch.tensor([3]), torch.tensor([], dtype=torch.int64))
+        cache.write(TinySplit(), 'train', 0, features, torch.tensor([0, 2]), torch.tensor([5]))
+    assert cache.path('train', 0) in str(raised.value)
+    assert not os.path.exists(cache.path('train', 0))
+    wide = FeatureCache(str(tmp_path / 'cache'), 'wide', torch.float32)       # float32 holds them
+    assert torch.equal(wide.write(TinySplit(), 'train', 0, features, torch.tensor([0, 2]), torch.tensor([5])),
+                       features)
+
+
+def damaged(entry, what):
+    """``entry`` (a class file of class 1) damaged as ``what`` says."""
+    features, indices = entry['features'], entry['indices']
+    changes = {
+        'nan feature': {'features': features.index_put((torch.tensor(1), torch.tensor(2)),
+                                                       torch.tensor(float('nan'), dtype=features.dtype))},
+        'infinite feature': {'features': torch.full_like(features, float('inf'))},
+        'another precision': {'features': features.double()},
+        'image of another class': {'indices': torch.tensor([1, 4, 5])},
+        'image beyond the split': {'indices': torch.tensor([1, 4, 70])},
+        'a row lost': {'features': features[:2], 'indices': indices[:2]},
+        'an image twice': {'indices': torch.tensor([1, 4, 4])},
+        'out of order': {'indices': torch.tensor([4, 1, 7])},
+        'skipped and read': {'skipped': torch.tensor([7])},
+        'float indices': {'indices': indices.double()},
+    }[what]
+    return dict(entry, **changes)
+
+
+@pytest.mark.parametrize('what', ['nan feature', 'infinite feature', 'another precision', 'image of another class',
+                                  'image beyond the split', 'a row lost', 'an image twice', 'out of order',
+                                  'skipped and read', 'float indices'])
+def test_an_entry_this_program_would_not_write_is_recomputed(tmp_path, what):
+    cache, _ = written_class_1(tmp_path)
+    path = cache.path('train', 1)
+    torch.save(damaged(torch.load(path, weights_only=True), what), path)
+    assert cache.read(TinySplit(), 'train', 1) is None
+
+
+def test_run_whose_features_overflow_float16_stops_naming_cache_dtype(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    model = make_checkpoint(tmp_path / 'plain.pth')
+    state = model.state_dict()
+    for name in ('layer4.1.bn2.weight', 'layer4.1.bn2.bias'):      # the extracted layer's output, scaled up
+        state[name] = state[name] * 1e6
+    torch.save({'state_dict': {'module.' + k: v for k, v in state.items()}}, tmp_path / 'large.pth')
+    code, out = conftest.run(['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt',
+                              tmp_path / 'large.pth', '--class_increment', 3, '--image_size', 32, '--num_workers', 0,
+                              '--feature_cache', tmp_path / 'cache', '--save_dir', tmp_path / 'save'], capsys)
+    assert code == 2 and '--cache_dtype float32' in out.err and 'class_00000.pt' in out.err, out.err
