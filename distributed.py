@@ -11,8 +11,10 @@ from datetime import timedelta
 
 import torch
 
+from errors import InputError, ProjectError
 
-class ProcessFailed(RuntimeError):
+
+class ProcessFailed(ProjectError, RuntimeError):
     """A process of the group failed; the message names its rank and the cause."""
 
 
@@ -29,7 +31,7 @@ class Group:
         backend = 'nccl' if cuda else 'gloo'
         if cuda:
             if self.local_rank >= torch.cuda.device_count():
-                raise ValueError(f'LOCAL_RANK {self.local_rank} needs a GPU of that number, but this machine has '
+                raise InputError(f'LOCAL_RANK {self.local_rank} needs a GPU of that number, but this machine has '
                                  f'{torch.cuda.device_count()}: start at most that many processes per machine')
             torch.cuda.set_device(self.local_rank)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))

@@ -17,6 +17,7 @@ import os
 import numpy as np
 import torch
 
+from errors import InputError
 from utils import remove_stale_temporaries, safe_torch_load, save_tensor
 
 
@@ -105,7 +106,7 @@ class FeatureCache:
         path = self.path(split_name, label)
         stored = features.to(self.dtype)
         if not torch.isfinite(stored).all():        # the extraction refuses non-finite features: these overflowed
-            raise ValueError(f'cannot cache {path}: features reach {float(features.abs().max()):.4g}, beyond the '
+            raise InputError(f'cannot cache {path}: features reach {float(features.abs().max()):.4g}, beyond the '
                              f'range of {str(self.dtype).replace("torch.", "")} (largest '
                              f'{torch.finfo(self.dtype).max:.4g}), where they would become infinite; store them '
                              f'in float32 (--cache_dtype float32)')

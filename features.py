@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 import data
 from data import imagenet_normalize
+from errors import InputError, MissingFileError
 from retrieve_any_layer import ModelWrapper
 from utils import crash_point, safe_torch_load
 
@@ -36,7 +37,7 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-class PartialCheckpointError(ValueError):
+class PartialCheckpointError(InputError):
     """A checkpoint lacks tensors that the features depend on; ``tensors`` names them."""
 
     def __init__(self, message, tensors):
@@ -87,7 +88,7 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
                 state = checkpoint[key]
                 break
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f'{path} holds no state dict (looked at the top level, "state_dict" and "model_state")')
+        raise InputError(f'{path} holds no state dict (looked at the top level, "state_dict" and "model_state")')
     cleaned = {}
     for key, value in state.items():
         while key.startswith(CHECKPOINT_PREFIXES):
@@ -96,7 +97,7 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
     own = model.state_dict()
     matched = {k: v for k, v in cleaned.items() if k in own and torch.is_tensor(v) and v.shape == own[k].shape}
     if not matched:
-        raise ValueError(f'no tensor of {path} matches the {type(model).__name__} being built '
+        raise InputError(f'no tensor of {path} matches the {type(model).__name__} being built '
                          f'(checkpoint keys start {list(cleaned)[:3]}, model keys start {list(own)[:3]}); '
                          f'check the architecture')
     lacking = sorted(k for k in required if k not in matched)
@@ -119,7 +120,7 @@ def check_arch(arch):
     """Raise ValueError unless ``arch`` names a torchvision classification model."""
     import torchvision
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f'arch {arch} is not a torchvision classification model '
+        raise InputError(f'arch {arch} is not a torchvision classification model '
                          f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
 
 
@@ -132,11 +133,11 @@ def cached_torchvision_weights(arch, weights_name):
         weights = weight_enum[weights_name] if weights_name != 'DEFAULT' else weight_enum.DEFAULT
     except (KeyError, ValueError):
         names = ', '.join(w.name for w in torchvision.models.get_model_weights(arch))
-        raise ValueError(f'weights {weights_name} is not a weight set of {arch} (known: {names}, DEFAULT)') \
+        raise InputError(f'weights {weights_name} is not a weight set of {arch} (known: {names}, DEFAULT)') \
             from None
     path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'pretrained weights {arch} {weights.name} are not in the local torch cache: '
+        raise MissingFileError(f'pretrained weights {arch} {weights.name} are not in the local torch cache: '
                                 f'expected {path}. This program never downloads; fetch {weights.url} on a machine '
                                 f'with internet access and copy it there (or set TORCH_HOME), or give a checkpoint')
     return path
@@ -154,7 +155,7 @@ class FeatureExtractor:
     def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
                  amp=True, input_size=224, seed=0, allow_partial=False):
         if weights and checkpoint:
-            raise ValueError('give either weights or checkpoint, not both')
+            raise InputError('give either weights or checkpoint, not both')
         self.arch, self.layer, self.weights, self.checkpoint = arch, layer, weights, checkpoint
         self.input_size, self.seed = input_size, seed
         self.allow_partial = allow_partial
@@ -166,7 +167,7 @@ class FeatureExtractor:
         not_loaded = 'loaded only when a feature is missing from the cache'
         if checkpoint:
             if not os.path.isfile(checkpoint):
-                raise FileNotFoundError(f'checkpoint {checkpoint} not found')
+                raise MissingFileError(f'checkpoint {checkpoint} not found')
             weights_identity = 'checkpoint sha256 ' + file_sha256(checkpoint)
             self.weights_report = f'checkpoint {checkpoint}, {not_loaded}'
         elif weights:
@@ -220,7 +221,7 @@ class FeatureExtractor:
         if output.dim() == 4:
             output = output.mean(dim=(2, 3))
         elif output.dim() != 2:
-            raise ValueError(f'layer output has shape {tuple(output.shape)}; only (B, C, H, W), pooled over '
+            raise InputError(f'layer output has shape {tuple(output.shape)}; only (B, C, H, W), pooled over '
                              f'H and W, and (B, C) are supported')
         return output.float()
 
@@ -283,7 +284,7 @@ class Extraction:
             else:
                 features = self.extractor(images if ok.all() else images[ok]).cpu()
             if not torch.isfinite(features).all():
-                raise ValueError(f'the network produced NaN or infinite features for the batch starting at '
+                raise InputError(f'the network produced NaN or infinite features for the batch starting at '
                                  f'image {split.describe(int(indices[0]))}')
             good_indices = indices[ok]
             batch_labels = torch.from_numpy(split.labels[good_indices.numpy()])
@@ -299,7 +300,7 @@ class Extraction:
                 if remaining[label] == 0:
                     features_of_class, indices_of_class, unreadable = pending.pop(label)
                     if not features_of_class:
-                        raise ValueError(f'every image of class {class_name(split, label)} in {description} is '
+                        raise InputError(f'every image of class {class_name(split, label)} in {description} is '
                                          f'unreadable (for example {split.describe(index)})')
                     yield (label, torch.cat(features_of_class), torch.cat(indices_of_class),
                            torch.tensor(unreadable, dtype=torch.int64))
@@ -312,7 +313,7 @@ def class_name(split, label):
     return classes[label] if classes else label
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """An image that cannot be read, met while bad images are not to be skipped; ``path`` names it."""
 
     def __init__(self, path):

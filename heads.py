@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from errors import InputError
 from options import Settings, at_least, fraction, option, positive
 from slda_model import StreamingLDA
 
@@ -54,7 +55,7 @@ class SoftmaxStream:
 
     def __init__(self, dim, num_classes, lr=0.01, batch_size=1, device='cpu'):
         if lr <= 0 or batch_size < 1:
-            raise ValueError(f'lr must be positive and batch_size at least 1, got {lr} and {batch_size}')
+            raise InputError(f'lr must be positive and batch_size at least 1, got {lr} and {batch_size}')
         self.weight = torch.zeros(num_classes, dim, device=device)
         self.bias = torch.zeros(num_classes, device=device)
         self.lr, self.batch_size = lr, batch_size

@@ -1,7 +1,10 @@
-"""Read the outputs of named layers of any ``nn.Module`` during its forward pass, with forward hooks."""
+"""Read the outputs of named layers of any ``nn.Module`` during its forward pass, with forward hooks."""from errors import InputError
+
 import difflib
 
 from torch import nn
+
+from errors import InputError
 
 
 class ModelWrapper(nn.Module):
@@ -20,7 +23,7 @@ class ModelWrapper(nn.Module):
         self.output_layer_names = list(output_layer_names)
         self.return_single = return_single
         if return_single and len(self.output_layer_names) != 1:
-            raise ValueError('return_single needs exactly one layer name, got '
+            raise InputError('return_single needs exactly one layer name, got '
                              f'{len(self.output_layer_names)}')
         modules = dict(model.named_modules())
         for name in self.output_layer_names:
@@ -28,7 +31,7 @@ class ModelWrapper(nn.Module):
                 nearest = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
                 hint = f'nearest: {", ".join(nearest)}' if nearest else \
                     f'valid names include: {", ".join(n for n in list(modules)[1:9])}, ...'
-                raise ValueError(f'unknown layer name {name!r} for {type(model).__name__} ({hint})')
+                raise InputError(f'unknown layer name {name!r} for {type(model).__name__} ({hint})')
         self._outputs = {}
         self._handles = [modules[name].register_forward_hook(self._saver(name))
                          for name in self.output_layer_names]

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from errors import ProjectError
+from errors import InputError, MissingFileError, ProjectError
 
 
 class UserError(ProjectError):
@@ -212,7 +212,7 @@ def load_json(path):
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f'{path} is not valid JSON ({e})') from None
+        raise InputError(f'{path} is not valid JSON ({e})') from None
 
 
 def _refused_object(error):
@@ -232,15 +232,15 @@ def safe_torch_load(path, mmap=False):
     With ``mmap``, tensors map the file instead of being read into memory, which loads small files faster;
     only for files that are replaced by renaming, never rewritten in place."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'file not found: {path}')
+        raise MissingFileError(f'file not found: {path}')
     try:
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise ValueError(f'refusing to load {path}: it holds objects other than tensors and plain Python data '
+        raise InputError(f'refusing to load {path}: it holds objects other than tensors and plain Python data '
                          f'(numpy arrays, classes of other programs), which are loaded only by unpickling them '
                          f'({_refused_object(e)}). Re-save it as a plain state dict of tensors.') from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f'could not read {path} as a PyTorch file: {e}') from None
+        raise InputError(f'could not read {path} as a PyTorch file: {e}') from None
 
 
 def topk_accuracy(scores, labels, ks=(1, 5)):
