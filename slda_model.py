@@ -540,8 +540,11 @@ class StreamingLDA(nn.Module):
         """Load ``save_path/save_name.pth`` written by ``save_model`` or by the original implementation.
 
         Raises FileNotFoundError for a missing file, and ValueError, leaving the model unchanged, for a file
-        that is not an SLDA checkpoint or holds a state this model could not have reached (see
-        ``load_state_dict``'s checks: shapes, finite real values, whole counts, num_updates = sum of cK).
+        that is not an SLDA checkpoint or holds a state fit could not have produced in this model: other
+        shapes, values that are not finite real numbers in the model's dtype or exceed what features within
+        ``feature_limit`` give, an asymmetric Sigma, counts cK that are not whole and non-negative, a non-zero
+        mean for a class with no sample, or num_updates other than the sum of cK. ``load_state_dict`` checks
+        the same.
         """
         path = os.path.join(save_path, save_name + '.pth')
         state = safe_torch_load(path)
