@@ -5,10 +5,10 @@ at a time in a single pass. ``fit`` applies the paper's per-sample rule to a who
 the model after ``fit(X, y)`` equals the model after calling the per-sample rule on the rows of X in order.
 """
 import math
+import operator
 import os
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +20,58 @@ FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
 # Batches of at most this many rows are fitted one row at a time with in-place rank-1 updates: for a true
 # stream, one sample per call, sorting and prefix sums cost more than they save.
 FIT_PER_SAMPLE_ROWS = 4
+
+
+def feature_limit(dtype):
+    """The largest feature magnitude a model of this floating ``dtype`` accepts: about 1.8e13 for float32 and
+    1.1e71 for float64.
+
+    Sigma holds squares of residuals z - mu_k, each at most 2 * limit in magnitude, and ``fit`` scales it by the
+    update count t before dividing again, so the limit is sqrt(largest finite value) / 2^20: t * Sigma stays
+    finite for t up to 2^38 (2.7e11) updates, and so do the classifier's weights and scores for any
+    shrinkage_param not far below its default. ``fit_base``'s OAS squares the covariance in float64, which caps
+    the limit at float64's largest value ** (1 / 4) / 2^20 too.
+    """
+    largest = min(math.sqrt(torch.finfo(dtype).max), torch.finfo(torch.float64).max ** 0.25)
+    return largest * 2.0 ** -20
+
+
+def as_tensor(value, name):
+    """``torch.as_tensor(value)``, raising TypeError that names the argument when value is not an array of
+    numbers (a string, a ragged list)."""
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f'{name} must be a tensor or an array of numbers ({error})') from None
+
+
+def positive_int(value, name):
+    """value as a Python int >= 1; TypeError for a non-integer (a float, a bool, a string), ValueError below 1."""
+    if isinstance(value, bool):
+        raise TypeError(f'{name} must be an integer, got {value!r}')
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f'{name} must be an integer, got {value!r}') from None
+    if value < 1:
+        raise ValueError(f'{name} must be positive, got {value}')
+    return value
+
+
+def usable_device(device, dtype):
+    """device as a torch.device after checking that a ``dtype`` value can be stored there and read back: a
+    device that is not built into this torch, has no hardware here, lacks the dtype (float64 on MPS) or holds no
+    values (meta) raises ValueError naming the argument."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f'device={device!r} is not a device name: use "cpu", "cuda", "cuda:N" or "mps"') from None
+    try:
+        torch.zeros((), dtype=dtype, device=parsed).item()
+    except (RuntimeError, NotImplementedError, AssertionError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f'device={device!r} cannot hold this model here ({reason})') from None
+    return parsed
 
 
 def oas_covariance(Z):
@@ -82,10 +134,10 @@ class StreamingLDA(nn.Module):
     """Deep SLDA output layer.
 
     Args:
-        input_shape: feature dimension d.
-        num_classes: number of classes C; labels are integers in [0, C).
-        test_batch_size: rows scored per step in ``predict``.
-        shrinkage_param: eps in Lambda = ((1 - eps) Sigma + eps I)^-1.
+        input_shape: feature dimension d, a positive int.
+        num_classes: number of classes C, a positive int; labels are integers in [0, C).
+        test_batch_size: rows scored per step in ``predict``, a positive int.
+        shrinkage_param: eps in Lambda = ((1 - eps) Sigma + eps I)^-1, a number in [0, 1].
         streaming_update_sigma: True for a plastic covariance updated by every sample; False keeps the
             covariance that ``fit_base`` estimated (or the identity without base initialisation).
         device: where the state lives and the math runs; CUDA when available, else the CPU.
@@ -93,9 +145,17 @@ class StreamingLDA(nn.Module):
         mask_unseen_classes: score classes that have no sample yet as -inf. Off by default, as in the
             paper, where an unseen class has mu = 0 and scores exactly 0.
 
+    Raises TypeError for an argument of the wrong type and ValueError for an invalid value, naming it; device
+    raises ValueError when the device cannot hold the model here (no such hardware, or float64 on MPS).
+    ``shrinkage_param`` and ``test_batch_size`` are checked the same way when set later.
+
     State (registered buffers, so ``state_dict``, ``.to`` and ``torch.save`` work):
         muK (C, d) class means, cK (C,) int64 counts, Sigma (d, d) shared covariance, num_updates ()
-        int64 number of samples seen.
+        int64 number of samples seen, always the sum of cK.
+
+    Features must be finite and within +-``feature_limit(dtype)`` (about 1.8e13 in float32, 1.1e71 in
+    float64), where the covariance cannot overflow; ``fit``, ``fit_base`` and ``predict`` raise ValueError for
+    others.
 
     Sigma starts as the identity. The original started it as a matrix of ones: with a plastic covariance
     the first update multiplies it by t = 0 so the start does not matter, but with a fixed covariance and
@@ -107,22 +167,15 @@ class StreamingLDA(nn.Module):
     def __init__(self, input_shape, num_classes, test_batch_size=1024, shrinkage_param=1e-4,
                  streaming_update_sigma=True, device=None, dtype=torch.float32, mask_unseen_classes=False):
         super().__init__()
-        if int(input_shape) < 1:
-            raise ValueError(f'input_shape must be a positive feature dimension, got {input_shape}')
-        if int(num_classes) < 1:
-            raise ValueError(f'num_classes must be positive, got {num_classes}')
-        if int(test_batch_size) < 1:
-            raise ValueError(f'test_batch_size must be positive, got {test_batch_size}')
-        if not 0.0 <= float(shrinkage_param) <= 1.0:
-            raise ValueError(f'shrinkage_param must be in [0, 1], got {shrinkage_param}')
+        self.input_shape = positive_int(input_shape, 'input_shape')
+        self.num_classes = positive_int(num_classes, 'num_classes')
+        self.test_batch_size = test_batch_size
+        self.shrinkage_param = shrinkage_param
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f'dtype must be torch.float32 or torch.float64, got {dtype}')
         if device is None:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        self.input_shape = int(input_shape)
-        self.num_classes = int(num_classes)
-        self.test_batch_size = int(test_batch_size)
-        self.shrinkage_param = float(shrinkage_param)
+        device = usable_device(device, dtype)
         self.streaming_update_sigma = bool(streaming_update_sigma)
         self.mask_unseen_classes = bool(mask_unseen_classes)
         d, C = self.input_shape, self.num_classes
@@ -130,10 +183,32 @@ class StreamingLDA(nn.Module):
         self.register_buffer('cK', torch.zeros(C, dtype=torch.int64, device=device))
         self.register_buffer('Sigma', torch.eye(d, dtype=dtype, device=device))
         self.register_buffer('num_updates', torch.zeros((), dtype=torch.int64, device=device))
-        # {'head': (W, b)} of the linear classifier, derived from the state and emptied by every change. A dict
-        # so that emptying it is not an nn.Module attribute assignment, which costs a stream of single samples.
+        # The linear classifier derived from muK, Sigma and shrinkage_param, with what it was derived from:
+        # see _classifier. A dict so that updating it is not an nn.Module attribute assignment.
         self._derived = {}
         self._warned_not_pd = False
+
+    @property
+    def shrinkage_param(self):
+        return self._shrinkage_param
+
+    @shrinkage_param.setter
+    def shrinkage_param(self, value):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f'shrinkage_param must be a number in [0, 1], got {value!r}') from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f'shrinkage_param must be in [0, 1], got {value}')
+        self._shrinkage_param = value
+
+    @property
+    def test_batch_size(self):
+        return self._test_batch_size
+
+    @test_batch_size.setter
+    def test_batch_size(self, value):
+        self._test_batch_size = positive_int(value, 'test_batch_size')
 
     @property
     def device(self):
@@ -148,56 +223,66 @@ class StreamingLDA(nn.Module):
                 f'shrinkage_param={self.shrinkage_param}, streaming_update_sigma={self.streaming_update_sigma}')
 
     # ------------------------------------------------------------------ input validation
-    def _check_features(self, X, name='X', convert=True):
-        """X (n, d) or (d,), kept in its shape, converted to the model's device and dtype unless ``convert`` is
-        False."""
-        X = torch.as_tensor(X)
+    def _check_features(self, X, name, convert=True):
+        """X, a tensor (n, d) or (d,), kept in its shape, converted to the model's device and dtype unless
+        ``convert`` is False. Raises ValueError for another shape, NaN, infinity or values beyond
+        ``feature_limit``, TypeError for a dtype that is not real numbers."""
         if X.dim() not in (1, 2) or X.shape[-1] != self.input_shape:
             raise ValueError(f'{name} must have shape (n, {self.input_shape}) or ({self.input_shape},), '
                              f'got {tuple(X.shape)}')
         if not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.uint8)):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
+        # Checked in X's own dtype, before any conversion, against a limit far inside the model dtype's range:
+        # a value within it stays finite once converted, so the check holds for the converted rows too (a
+        # float64 value beyond float32's range is beyond the limit). aminmax is one cheap reduction and propagates
+        # NaN; one .tolist() is one device synchronisation, which counts when a stream fits one sample per call.
+        if X.numel():
+            low, high = torch.stack(torch.aminmax(X)).tolist()
+            limit = feature_limit(self.dtype)
+            if not -limit <= low <= high <= limit:
+                rows = X.reshape(-1, self.input_shape)
+                non_finite = ~torch.isfinite(rows).all(dim=1)
+                if non_finite.any():
+                    raise ValueError(f'{name} contains NaN or infinite values (first in row '
+                                     f'{torch.nonzero(non_finite)[0].item()})')
+                first = torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
+                raise ValueError(f'{name} has values beyond +-{limit:.3g}, where the {self.dtype} covariance '
+                                 f'would overflow (first in row {first}); scale the features or use '
+                                 f'dtype=torch.float64')
         if convert:
-            muK = self.muK
-            X = X.to(device=muK.device, dtype=muK.dtype)
-        # A sum is far cheaper than an elementwise test and is non-finite whenever an entry is; only then
-        # (or when the sum overflowed) look for the offending row. math.isfinite on the Python float avoids a
-        # tensor operation, which counts when a stream fits one sample per call.
-        if not math.isfinite(X.sum(dtype=torch.float32).item()):
-            bad_rows = torch.nonzero(~torch.isfinite(X.reshape(-1, self.input_shape)).all(dim=1))
-            if bad_rows.numel():
-                raise ValueError(f'{name} contains NaN or infinite values (first in row {bad_rows[0].item()})')
+            X = X.to(device=self.device, dtype=self.dtype)
         return X
 
-    def _check_labels(self, y, rows):
+    def _check_labels(self, y, rows, features_name):
         """y as a 1-D integer tensor of ``rows`` labels, where it is; the range is checked by the caller."""
-        y = torch.as_tensor(y)
+        y = as_tensor(y, 'y')
         if y.dim() == 0:
             y = y.unsqueeze(0)
         if y.dim() != 1:
             raise ValueError(f'y must be a scalar or a 1-D vector of labels, got shape {tuple(y.shape)}')
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        # An empty list becomes a float32 tensor: with no labels there is no dtype to object to.
+        if y.numel() and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
             raise TypeError(f'y must hold integer class labels, got dtype {y.dtype}')
         if y.shape[0] != rows:
-            raise ValueError(f'X has {rows} rows but y has {y.shape[0]} labels')
+            raise ValueError(f'{features_name} has {rows} rows but y has {y.shape[0]} labels')
         return y
 
     def _label_outside(self, label):
-        return ValueError(f'label {label} is outside [0, num_classes={self.num_classes})')
+        return ValueError(f'y holds label {label}, outside [0, num_classes={self.num_classes})')
 
-    def _check_batch(self, X, y, convert=True):
-        X = self._check_features(X, convert=convert).reshape(-1, self.input_shape)
-        y = self._check_labels(y, X.shape[0]).to(device=self.device, dtype=torch.int64)
+    def _check_batch(self, X, y, name, convert=True):
+        X = self._check_features(X, name, convert=convert).reshape(-1, self.input_shape)
+        y = self._check_labels(y, X.shape[0], name).to(device=self.device, dtype=torch.int64)
         if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
             raise self._label_outside(y[(y < 0) | (y >= self.num_classes)][0].item())
         return X, y
 
-    def _check_few(self, X, y):
+    def _check_few(self, X, y, name):
         """Validation for the per-sample path: the rows of X as (d,) tensors on the model's device and dtype,
         the labels as Python ints."""
-        X = self._check_features(X)
+        X = self._check_features(X, name)
         rows = (X,) if X.dim() == 1 else X.unbind(0)
-        labels = self._check_labels(y, len(rows)).tolist()
+        labels = self._check_labels(y, len(rows), name).tolist()
         for label in labels:
             if not 0 <= label < self.num_classes:
                 raise self._label_outside(label)
@@ -212,19 +297,20 @@ class StreamingLDA(nn.Module):
         sample adds (t / (t + 1)) r r^T to S, where t is the global update count before the sample and
         r = z - (its class mean before the sample). A few rows (a true stream's one sample per call) are
         updated in place one at a time; a larger batch in one vectorised pass, which gives the same model to
-        rounding error. An empty batch is a no-op; an invalid batch raises before anything changes. X may be
-        float16 or on another device: each pass converts only its rows.
+        rounding error. An empty batch (y may be an empty list) is a no-op. X may be float16 or on another
+        device: each pass converts only its rows.
+
+        Raises, before anything changes: ValueError naming x for a shape other than (B, d) or (d,) (a scalar
+        is not a sample, even when d = 1), NaN, infinity or values beyond ``feature_limit``; ValueError naming
+        y for a label outside [0, num_classes) or a count other than B; TypeError for non-numeric x or y.
         """
-        X = torch.as_tensor(x).detach()     # the buffers need no grad: with X detached, nothing is recorded
-        if 0 < (1 if X.dim() == 1 else len(X)) <= FIT_PER_SAMPLE_ROWS:
-            rows, labels = self._check_few(X, y)
-            self._derived.clear()
-            self._fit_samples(rows, labels)
+        X = as_tensor(x, 'x').detach()     # the buffers need no grad: with X detached, nothing is recorded
+        if 0 < (X.shape[0] if X.dim() == 2 else 1) <= FIT_PER_SAMPLE_ROWS:
+            self._fit_samples(*self._check_few(X, y, 'x'))
             return self
-        X, y = self._check_batch(X, y, convert=False)
+        X, y = self._check_batch(X, y, 'x', convert=False)
         if X.shape[0] == 0:
             return self
-        self._derived.clear()
         t = int(self.num_updates)
         chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
         for start in range(0, X.shape[0], chunk):
@@ -278,9 +364,10 @@ class StreamingLDA(nn.Module):
 
         X: (n, d) features, y: (n,) labels. Class means and counts come from the data, num_updates = n, and
         Sigma is the OAS estimate (assume_centered) of the class-centred features z - mu_y(z). Returns the
-        model.
+        model. Raises as ``fit`` does, naming X, and ValueError for an empty batch; a refused batch changes
+        nothing.
         """
-        X, y = self._check_batch(X, y)
+        X, y = self._check_batch(as_tensor(X, 'X'), y, 'X')
         if X.shape[0] == 0:
             raise ValueError('fit_base needs at least one sample, got an empty batch')
         order, starts, lengths, labels = class_runs(y)
@@ -288,7 +375,6 @@ class StreamingLDA(nn.Module):
         means = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
         means[labels] = (prefix[starts + lengths] - prefix[starts]) / lengths[:, None]
         sigma = oas_covariance(X.to(torch.float64) - means[y])
-        self._derived.clear()
         self.muK.copy_(means.to(self.dtype))
         self.cK.zero_()
         self.cK[labels] = lengths
@@ -298,9 +384,22 @@ class StreamingLDA(nn.Module):
 
     # ------------------------------------------------------------------ prediction
     def _classifier(self):
-        """(W (d, C), b (C,)) of the linear classifier, computed once per change of the model."""
-        if 'head' in self._derived:
-            return self._derived['head']
+        """(W (d, C), b (C,)) of the linear classifier, computed once per change of the model.
+
+        It depends on muK, Sigma and shrinkage_param alone. A buffer can change without this class knowing
+        (assigned anew, edited in place by the user), so the cache records which tensors it was derived from
+        and their version counters, which every in-place operation advances; comparing them costs nothing
+        per sample, unlike clearing a cache in every fit. Edits through ``.data`` or a numpy view of a
+        buffer bypass the version counter and are not seen. Tensors made under ``torch.inference_mode`` have no
+        version counter: with such buffers the classifier is computed afresh on every call.
+        """
+        muK, Sigma = self.muK, self.Sigma
+        trackable = not (muK.is_inference() or Sigma.is_inference())
+        stamp = (muK._version, Sigma._version, self.shrinkage_param) if trackable else None
+        derived = self._derived
+        if (trackable and derived and derived['muK'] is muK and derived['Sigma'] is Sigma
+                and derived['stamp'] == stamp):
+            return derived['head']
         d = self.input_shape
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
         shrunk = (1 - self.shrinkage_param) * self.Sigma.to(torch.float64) + self.shrinkage_param * eye
@@ -317,30 +416,39 @@ class StreamingLDA(nn.Module):
                 self._warned_not_pd = True
             W = torch.linalg.pinv(shrunk, hermitian=True) @ M
         b = -0.5 * (M * W).sum(dim=0)
-        self._derived['head'] = (W.to(self.dtype), b.to(self.dtype))
-        return self._derived['head']
+        derived.update(muK=muK, Sigma=Sigma, stamp=stamp, head=(W.to(self.dtype), b.to(self.dtype)))
+        return derived['head']
 
     def decision_function(self, X):
-        """Scores (n, C) = X W + b on the CPU; X: (n, d)."""
+        """Scores (n, C) = X W + b on the CPU; X: (n, d). Raises as ``predict``."""
         return self.predict(X)
 
     def predict_proba(self, X):
-        """Softmax probabilities (n, C) on the CPU; X: (n, d)."""
+        """Softmax probabilities (n, C) on the CPU; X: (n, d). Raises as ``predict``."""
         return self.predict(X, return_probas=True)
 
     @torch.no_grad()
     def predict(self, X, return_probas=False):
         """Scores (n, C) = X W + b, or softmax probabilities, on the CPU; X: (n, d). The original's interface:
-        ``decision_function`` and ``predict_proba`` say the same by name."""
-        X = torch.as_tensor(X)
+        ``decision_function`` and ``predict_proba`` say the same by name.
+
+        Raises ValueError naming X for another shape, NaN, infinity or values beyond ``feature_limit``,
+        TypeError for non-numeric X, and ValueError when mask_unseen_classes is on and no class has a sample
+        yet: every class would be masked and the probabilities would be NaN.
+        """
+        X = as_tensor(X, 'X')
         if X.dim() != 2 or X.shape[1] != self.input_shape:
             raise ValueError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
         W, b = self._classifier()
         if self.mask_unseen_classes:
-            b = torch.where(self.cK > 0, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
+            seen = self.cK > 0
+            if not seen.any():
+                raise ValueError('mask_unseen_classes=True masks every class until one has a sample: fit the '
+                                 'model before predicting')
+            b = torch.where(seen, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
         out = torch.empty(X.shape[0], self.num_classes, dtype=self.dtype)
         for start in range(0, X.shape[0], self.test_batch_size):
-            chunk = self._check_features(X[start:start + self.test_batch_size])
+            chunk = self._check_features(X[start:start + self.test_batch_size], 'X')
             scores = chunk @ W + b
             if return_probas:
                 scores = torch.softmax(scores, dim=1)
@@ -354,12 +462,67 @@ class StreamingLDA(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def _apply(self, fn, *args, **kwargs):
-        self._derived.clear()  # .to()/.cuda()/.double() move or convert the buffers; rebuild the head there
+        # .to()/.cuda()/.double() replace the buffers, which the cache notices by itself; emptying it frees
+        # its classifier and its references to the old buffers (on the old device) at once.
+        self._derived.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._derived.clear()
-        return super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        names = ('muK', 'cK', 'Sigma', 'num_updates')
+        if all(prefix + name in state_dict for name in names):   # missing keys are load_state_dict's to report
+            self._checked_state({name: state_dict[prefix + name] for name in names}, 'state_dict')
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _checked_state(self, state, source):
+        """(muK, cK, Sigma, num_updates) of a saved ``state`` (a dict with those keys), converted to this
+        model's dtypes, after checking that it is a state ``fit`` could have produced; otherwise ValueError
+        naming ``source`` and the entry: a shape other than this model's, values that are not real numbers,
+        not finite once converted or beyond what features within ``feature_limit`` give (|muK| <= limit,
+        |Sigma| <= 4 limit^2), a Sigma that is not symmetric, counts cK that are not whole and non-negative, a
+        non-zero mean for a class with no sample, and num_updates other than the sum of cK, which every
+        later fit would use as the global step t and so weigh the covariance wrongly."""
+        C, d = self.num_classes, self.input_shape
+        limit = feature_limit(self.dtype)
+        checks = {'muK': ((C, d), self.dtype, limit), 'cK': ((C,), torch.float64, math.inf),
+                  'Sigma': ((d, d), self.dtype, 4 * limit ** 2)}
+        values = {}
+        for key, (shape, dtype, bound) in checks.items():
+            try:
+                value = torch.as_tensor(state[key])
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f'{source}: {key} is not an array of numbers') from None
+            if tuple(value.shape) != shape:
+                raise ValueError(f'{source}: {key} has shape {tuple(value.shape)}, this model needs {shape} '
+                                 f'(num_classes={C}, input_shape={d})')
+            if value.is_complex() or value.dtype == torch.bool:
+                raise ValueError(f'{source}: {key} must hold real numbers, got dtype {value.dtype}')
+            value = value.to(dtype)
+            if not torch.isfinite(value).all():
+                raise ValueError(f'{source}: {key} contains NaN or infinite values (as {dtype})')
+            if (value.abs() > bound).any():
+                raise ValueError(f'{source}: {key} has values beyond +-{bound:.3g}, more than features within '
+                                 f'+-{limit:.3g} give; a later fit would overflow')
+            values[key] = value
+        muK, counts, Sigma = values['muK'], values['cK'], values['Sigma']
+        if (counts < 0).any() or (counts != counts.round()).any():
+            raise ValueError(f'{source}: cK must hold non-negative whole counts')
+        if (muK[counts == 0] != 0).any():
+            raise ValueError(f'{source}: muK is non-zero for a class whose count cK is 0')
+        # fit keeps Sigma symmetric up to the rounding of its matrix products (about 1e-8 of its largest entry
+        # in float32); an asymmetric matrix would be read through its lower triangle alone.
+        if (Sigma - Sigma.T).abs().max() > 1e-4 * Sigma.abs().max():
+            raise ValueError(f'{source}: Sigma is not symmetric')
+        count_sum = int(counts.sum())
+        num_updates = state['num_updates']
+        try:
+            number = torch.as_tensor(num_updates)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if (number is None or number.dim() != 0 or number.dtype == torch.bool or number.is_complex()
+                or number.to(torch.float64) != count_sum):
+            raise ValueError(f'{source}: num_updates must be the number of samples seen, the sum of the class '
+                             f'counts cK ({count_sum}), got {num_updates!r}')
+        return muK, counts.to(torch.int64), Sigma, count_sum
 
     def checkpoint(self):
         """A CPU copy of the state in the original's file format, unaffected by later updates.
@@ -379,29 +542,22 @@ class StreamingLDA(nn.Module):
 
     @torch.no_grad()
     def load_model(self, save_path, save_name):
-        """Load ``save_path/save_name.pth`` written by ``save_model`` or by the original implementation."""
+        """Load ``save_path/save_name.pth`` written by ``save_model`` or by the original implementation.
+
+        Raises FileNotFoundError for a missing file, and ValueError, leaving the model unchanged, for a file
+        that is not an SLDA checkpoint or holds a state fit could not have produced in this model: other
+        shapes, values that are not finite real numbers in the model's dtype or exceed what features within
+        ``feature_limit`` give, an asymmetric Sigma, counts cK that are not whole and non-negative, a non-zero
+        mean for a class with no sample, or num_updates other than the sum of cK. ``load_state_dict`` checks
+        the same.
+        """
         path = os.path.join(save_path, save_name + '.pth')
         state = safe_torch_load(path)
         if not isinstance(state, dict) or not {'muK', 'cK', 'Sigma', 'num_updates'} <= set(state):
             raise ValueError(f'{path} is not an SLDA checkpoint: expected a dict with muK, cK, Sigma and '
                              f'num_updates')
-        C, d = self.num_classes, self.input_shape
-        expected = {'muK': (C, d), 'cK': (C,), 'Sigma': (d, d)}
-        tensors = {}
-        for key, shape in expected.items():
-            value = torch.as_tensor(state[key])
-            if tuple(value.shape) != shape:
-                raise ValueError(f'{path}: {key} has shape {tuple(value.shape)}, this model needs {shape} '
-                                 f'(num_classes={C}, input_shape={d})')
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise ValueError(f'{path}: {key} contains NaN or infinite values')
-            tensors[key] = value
-        counts = tensors['cK'].to(torch.float64)
-        if (counts < 0).any() or (counts != counts.round()).any():
-            raise ValueError(f'{path}: cK must hold non-negative whole counts')
-        num_updates = int(np.asarray(state['num_updates']))
-        self._derived.clear()
-        self.muK.copy_(tensors['muK'])
-        self.cK.copy_(counts.round().to(torch.int64))
-        self.Sigma.copy_(tensors['Sigma'])
+        muK, cK, Sigma, num_updates = self._checked_state(state, path)
+        self.muK.copy_(muK)
+        self.cK.copy_(cK)
+        self.Sigma.copy_(Sigma)
         self.num_updates.fill_(num_updates)

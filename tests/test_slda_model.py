@@ -320,14 +320,19 @@ def test_refuses_pickle_that_runs_code(tmp_path):
 
 
 @pytest.mark.parametrize('bad_x,bad_y,message', [
-    (np.zeros((3, D + 1)), np.zeros(3, dtype=int), r'shape \(n, 12\)'),
-    (np.zeros((3, D)), np.array([0, C, 1]), r'label 6 is outside \[0, num_classes=6\)'),
-    (np.zeros((3, D)), np.array([0, -1, 1]), r'label -1 is outside'),
+    (np.zeros((3, D + 1)), np.zeros(3, dtype=int), r'{x} must have shape \(n, 12\)'),
+    (np.zeros((3, D)), np.array([0, C, 1]), r'y holds label 6, outside \[0, num_classes=6\)'),
+    (np.zeros((3, D)), np.array([0, -1, 1]), r'y holds label -1, outside'),
     (np.array([[0.0] * D, [np.nan] * D, [0.0] * D]), np.zeros(3, dtype=int),
-     'NaN or infinite values \\(first in row 1\\)'),
-    (np.full((3, D), np.inf), np.zeros(3, dtype=int), 'NaN or infinite'),
-    (np.zeros((3, D)), np.zeros(2, dtype=int), 'X has 3 rows but y has 2 labels'),
-    (np.zeros((3, D)), np.zeros(3), 'integer class labels'),
+     '{x} contains NaN or infinite values \\(first in row 1\\)'),
+    (np.full((3, D), np.inf), np.zeros(3, dtype=int), '{x} contains NaN or infinite'),
+    # Finite in float64 but infinite once cast to the model's float32, and finite in float32 but large
+    # enough for the covariance (squares of features, times the update count) to overflow.
+    (np.array([[0.0] * D, [0.0] * D, [1e39] * D]), np.zeros(3, dtype=int),
+     r'{x} has values beyond .* \(first in row 2\)'),
+    (np.full((3, D), 1e20, dtype=np.float32), np.zeros(3, dtype=int), r'{x} has values beyond'),
+    (np.zeros((3, D)), np.zeros(2, dtype=int), '{x} has 3 rows but y has 2 labels'),
+    (np.zeros((3, D)), np.zeros(3), 'y must hold integer class labels'),
 ])
 @pytest.mark.parametrize('method', ['fit', 'fit_base', 'fit_per_sample_path', 'fit_batched_path'])
 def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method, monkeypatch):
@@ -337,9 +342,20 @@ def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method, mo
     before = state(model)
     if method != 'fit_base':     # 3 rows take the per-sample path by default; force one path or the other
         monkeypatch.setattr(slda_model, 'FIT_PER_SAMPLE_ROWS', 0 if method == 'fit_batched_path' else 3)
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises((ValueError, TypeError), match=message.format(x='X' if method == 'fit_base' else 'x')):
         getattr(model, 'fit_base' if method == 'fit_base' else 'fit')(bad_x, bad_y)
     assert_same_state(before, state(model))
+
+
+@pytest.mark.parametrize('bad_x,message', [
+    (np.array([[0.0] * D, [np.nan] * D]), r'X contains NaN or infinite values \(first in row 1\)'),
+    (np.array([[0.0] * D, [1e39] * D]), r'X has values beyond .* \(first in row 1\)'),
+    (np.full((2, D), 1e20, dtype=np.float32), r'X has values beyond'),
+])
+def test_predict_refuses_the_features_that_fit_refuses(bad_x, message):
+    model = StreamingLDA(D, C, device='cpu').fit(*make_stream(50, seed=14))
+    with pytest.raises(ValueError, match=message):
+        model.predict(bad_x)
 
 
 def test_fit_and_fit_base_return_the_model():
@@ -387,11 +403,13 @@ def test_to_float64_moves_state_and_rebuilds_head():
 @pytest.mark.parametrize('kwargs,message', [
     ({'input_shape': 0}, 'input_shape'), ({'num_classes': 0}, 'num_classes'),
     ({'shrinkage_param': 2.0}, 'shrinkage_param'), ({'dtype': torch.float16}, 'dtype'),
-    ({'test_batch_size': 0}, 'test_batch_size'),
+    ({'test_batch_size': 0}, 'test_batch_size'), ({'input_shape': 2.5}, 'input_shape'),
+    ({'num_classes': '6'}, 'num_classes'), ({'shrinkage_param': 'small'}, 'shrinkage_param'),
+    ({'input_shape': True}, 'input_shape'),
 ])
 def test_constructor_validates_arguments(kwargs, message):
     args = {'input_shape': D, 'num_classes': C, **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         StreamingLDA(**args)
 
 
@@ -425,3 +443,186 @@ def test_features_that_require_grad_leave_no_graph_in_the_state(rows):
     model.fit(X * 2, torch.arange(rows) % C)
     for name, value in model.state_dict().items():
         assert not value.requires_grad and value.grad_fn is None, name
+
+
+# ---------------------------------------------------------------- boundaries: what the model refuses, and why
+
+def closed_form_scores(X, muK, Sigma, eps):
+    """X W + b computed in numpy from the state, independently of the model's cached classifier."""
+    M = np.asarray(muK, dtype=np.float64)
+    precision = np.linalg.inv((1 - eps) * np.asarray(Sigma, dtype=np.float64) + eps * np.eye(len(Sigma)))
+    return X @ precision @ M.T - 0.5 * np.einsum('kd,de,ke->k', M, precision, M)
+
+
+@pytest.mark.parametrize('method', ['predict', 'predict_proba', 'decision_function'])
+def test_predicting_before_any_fit_with_every_class_masked_raises(method):
+    model = StreamingLDA(D, C, mask_unseen_classes=True, device='cpu')
+    with pytest.raises(ValueError, match='mask_unseen_classes'):
+        getattr(model, method)(np.zeros((2, D)))
+    # Without masking every class has mu = 0 and scores 0, so the probabilities are uniform.
+    plain = StreamingLDA(D, C, device='cpu')
+    np.testing.assert_allclose(plain.predict_proba(np.ones((2, D))).numpy(), np.full((2, C), 1 / C), rtol=1e-6)
+
+
+def saved_checkpoint(tmp_path, **changes):
+    """A valid checkpoint of a model fitted on 80 samples, with ``changes`` applied; returns its save_name."""
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(*make_stream(80, seed=23, num_classes=C - 1))     # the last class stays unseen
+    state_ = {**model.checkpoint(), **changes}
+    torch.save(state_, tmp_path / 'changed.pth')
+    return 'changed'
+
+
+@pytest.mark.parametrize('num_updates', [80, 80.0, torch.tensor(80), torch.tensor(80.0)])
+def test_load_accepts_num_updates_as_any_whole_number(tmp_path, num_updates):
+    model = StreamingLDA(D, C, device='cpu')
+    model.load_model(str(tmp_path), saved_checkpoint(tmp_path, num_updates=num_updates))
+    assert int(model.num_updates) == 80 == int(model.cK.sum())
+
+
+@pytest.mark.parametrize('changes,message', [
+    ({'num_updates': -1}, 'num_updates'),
+    ({'num_updates': 80.5}, 'num_updates'),
+    ({'num_updates': 79}, 'num_updates'),              # not the sum of the class counts
+    ({'num_updates': 81}, 'num_updates'),
+    ({'num_updates': True}, 'num_updates'),
+    ({'num_updates': 'eighty'}, 'num_updates'),
+    ({'num_updates': torch.tensor([80])}, 'num_updates'),
+    ({'cK': torch.full((C,), float('inf'))}, 'cK'),
+    ({'muK': torch.ones(C, D)}, 'muK'),                # an unseen class (count 0) with a non-zero mean
+    ({'muK': torch.full((C, D), 1e39, dtype=torch.float64)}, 'muK'),     # infinite once cast to float32
+    ({'Sigma': torch.full((D, D), 1e37)}, 'Sigma'),     # finite, but a later fit's t * Sigma overflows
+    ({'Sigma': torch.triu(torch.ones(D, D))}, 'Sigma'),  # not symmetric
+    ({'Sigma': torch.eye(D, dtype=torch.complex64)}, 'Sigma'),
+])
+@pytest.mark.parametrize('loader', ['load_model', 'load_state_dict'])
+def test_load_rejects_inconsistent_state_and_keeps_the_model(tmp_path, changes, message, loader):
+    name = saved_checkpoint(tmp_path, **changes)
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(*make_stream(30, seed=13))
+    before = state(model)
+    with pytest.raises(ValueError, match=message):
+        if loader == 'load_model':
+            model.load_model(str(tmp_path), name)
+        else:
+            checkpoint = torch.load(tmp_path / f'{name}.pth', weights_only=False)
+            model.load_state_dict({key: torch.as_tensor(value) if key != 'num_updates' or
+                                   not isinstance(value, str) else value for key, value in checkpoint.items()})
+    assert_same_state(before, state(model))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_features_at_the_limit_train_and_predict_finitely(dtype):
+    limit = slda_model.feature_limit(dtype)
+    signs = np.where(np.random.default_rng(24).random((400, D)) < 0.5, -1.0, 1.0)
+    y = np.arange(400) % C
+    model = StreamingLDA(D, C, device='cpu', dtype=dtype)
+    model.fit(signs[:200] * limit, y[:200])
+    for row, label in zip(signs[200:210] * limit, y[200:210]):
+        model.fit(row, label)
+    model.fit(signs[210:] * limit, y[210:])
+    assert torch.isfinite(model.Sigma).all() and torch.isfinite(model.muK).all()
+    assert torch.isfinite(model.predict_proba(signs[:50] * limit)).all()
+    assert torch.isfinite(StreamingLDA(D, C, device='cpu', dtype=dtype).fit_base(signs * limit, y).Sigma).all()
+
+
+def edit_sigma_in_place(model):
+    model.Sigma.mul_(3.0)
+
+
+def edit_mean_in_place(model):
+    model.muK[1] += 2.0
+
+
+def assign_sigma(model):
+    model.Sigma = torch.diag(torch.linspace(0.5, 4.0, D, dtype=model.dtype))
+
+
+def assign_means(model):
+    model.muK = model.muK.flip(0).clone()
+
+
+def change_shrinkage(model):
+    model.shrinkage_param = 0.3
+
+
+@pytest.mark.parametrize('edit', [edit_sigma_in_place, edit_mean_in_place, assign_sigma, assign_means,
+                                  change_shrinkage])
+def test_cached_classifier_follows_every_change_of_the_state(edit):
+    X, y = make_stream(120, seed=25)
+    model = StreamingLDA(D, C, device='cpu', dtype=torch.float64)
+    model.fit(X, y)
+    model.predict(X)                       # builds the cached classifier
+    edit(model)
+    expected = closed_form_scores(X, model.muK.numpy(), model.Sigma.numpy(), model.shrinkage_param)
+    np.testing.assert_allclose(model.predict(X).numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_a_model_made_under_inference_mode_predicts_from_its_current_state():
+    X, y = make_stream(120, seed=26)
+    with torch.inference_mode():       # its buffers are inference tensors, which have no version counter
+        model = StreamingLDA(D, C, device='cpu', dtype=torch.float64).fit(X[:60], y[:60])
+        model.predict(X)
+        model.fit(X[60:], y[60:])
+        scores = model.predict(X)
+    expected = closed_form_scores(X, model.muK.numpy(), model.Sigma.numpy(), model.shrinkage_param)
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize('name,value,error', [
+    ('shrinkage_param', 1.5, ValueError), ('shrinkage_param', float('nan'), ValueError),
+    ('shrinkage_param', 'small', TypeError), ('test_batch_size', 0, ValueError),
+    ('test_batch_size', 2.5, TypeError),
+])
+def test_setting_an_invalid_hyperparameter_after_construction_raises(name, value, error):
+    model = StreamingLDA(D, C, device='cpu')
+    previous = getattr(model, name)
+    with pytest.raises(error, match=name):
+        setattr(model, name, value)
+    assert getattr(model, name) == previous
+
+
+def test_an_empty_label_list_is_a_no_op():
+    model = StreamingLDA(D, C, device='cpu')
+    model.fit(*make_stream(20, seed=15))
+    before = state(model)
+    assert model.fit(np.zeros((0, D)), []) is model
+    assert_same_state(before, state(model))
+    with pytest.raises(ValueError, match='at least one sample'):
+        model.fit_base(np.zeros((0, D)), [])
+
+
+@pytest.mark.parametrize('device', [
+    'nonsense', 'meta',
+    pytest.param('mps', marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason='MPS is available')),
+    pytest.param('cuda', marks=pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available')),
+    pytest.param('cuda:99', marks=pytest.mark.skipif(torch.cuda.device_count() > 99, reason='100 GPUs')),
+])
+def test_an_unusable_device_is_refused_by_name(device):
+    with pytest.raises(ValueError, match=f"device='{device}'"):
+        StreamingLDA(D, C, device=device)
+
+
+def test_a_scalar_is_not_a_sample_even_for_a_one_dimensional_model():
+    model = StreamingLDA(1, 3, device='cpu')
+    model.fit(np.array([[1.0], [2.0]]), [0, 1])
+    before = state(model)
+    with pytest.raises(ValueError, match=r'x must have shape \(n, 1\) or \(1,\), got \(\)'):
+        model.fit(3.0, 0)
+    assert_same_state(before, state(model))
+    model.fit(np.array([3.0]), 0)          # a (1,) vector is one sample
+    assert model.cK.tolist() == [2, 1, 0]
+
+
+@pytest.mark.parametrize('x,y,error,message', [
+    ('features', 0, TypeError, 'x must be'),
+    ([[1.0] * D, [1.0]], [0, 1], TypeError, 'x must be'),
+    (np.zeros((2, D)), [[0], [1, 2]], TypeError, 'y must be'),
+    (np.zeros((2, D)), ['a', 'b'], TypeError, 'y must be'),
+])
+def test_inputs_that_are_not_arrays_of_numbers_are_refused_by_name(x, y, error, message):
+    model = StreamingLDA(D, C, device='cpu')
+    with pytest.raises(error, match=message):
+        model.fit(x, y)
+    with pytest.raises(error, match=message.replace('x ', 'X ')):
+        model.fit_base(x, y)
