@@ -12,6 +12,7 @@ import warnings
 import torch
 from torch import nn
 
+from errors import InputError
 from utils import safe_torch_load, save_tensor
 
 # Rows per vectorised pass inside ``fit``. On the CPU, 2048 rows keep the float64 prefix sums (8 MB at
@@ -54,7 +55,7 @@ def positive_int(value, name):
     except TypeError:
         raise TypeError(f'{name} must be an integer, got {value!r}') from None
     if value < 1:
-        raise ValueError(f'{name} must be positive, got {value}')
+        raise InputError(f'{name} must be positive, got {value}')
     return value
 
 
@@ -65,12 +66,12 @@ def usable_device(device, dtype):
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f'device={device!r} is not a device name: use "cpu", "cuda", "cuda:N" or "mps"') from None
+        raise InputError(f'device={device!r} is not a device name: use "cpu", "cuda", "cuda:N" or "mps"') from None
     try:
         torch.zeros((), dtype=dtype, device=parsed).item()
     except (RuntimeError, NotImplementedError, AssertionError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f'device={device!r} cannot hold this model here ({reason})') from None
+        raise InputError(f'device={device!r} cannot hold this model here ({reason})') from None
     return parsed
 
 
@@ -172,7 +173,7 @@ class StreamingLDA(nn.Module):
         self.test_batch_size = test_batch_size
         self.shrinkage_param = shrinkage_param
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f'dtype must be torch.float32 or torch.float64, got {dtype}')
+            raise InputError(f'dtype must be torch.float32 or torch.float64, got {dtype}')
         if device is None:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         device = usable_device(device, dtype)
@@ -199,7 +200,7 @@ class StreamingLDA(nn.Module):
         except (TypeError, ValueError):
             raise TypeError(f'shrinkage_param must be a number in [0, 1], got {value!r}') from None
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f'shrinkage_param must be in [0, 1], got {value}')
+            raise InputError(f'shrinkage_param must be in [0, 1], got {value}')
         self._shrinkage_param = value
 
     @property
@@ -228,7 +229,7 @@ class StreamingLDA(nn.Module):
         ``convert`` is False. Raises ValueError for another shape, NaN, infinity or values beyond
         ``feature_limit``, TypeError for a dtype that is not real numbers."""
         if X.dim() not in (1, 2) or X.shape[-1] != self.input_shape:
-            raise ValueError(f'{name} must have shape (n, {self.input_shape}) or ({self.input_shape},), '
+            raise InputError(f'{name} must have shape (n, {self.input_shape}) or ({self.input_shape},), '
                              f'got {tuple(X.shape)}')
         if not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.uint8)):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
@@ -243,10 +244,10 @@ class StreamingLDA(nn.Module):
                 rows = X.reshape(-1, self.input_shape)
                 non_finite = ~torch.isfinite(rows).all(dim=1)
                 if non_finite.any():
-                    raise ValueError(f'{name} contains NaN or infinite values (first in row '
+                    raise InputError(f'{name} contains NaN or infinite values (first in row '
                                      f'{torch.nonzero(non_finite)[0].item()})')
                 first = torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
-                raise ValueError(f'{name} has values beyond +-{limit:.3g}, where the {self.dtype} covariance '
+                raise InputError(f'{name} has values beyond +-{limit:.3g}, where the {self.dtype} covariance '
                                  f'would overflow (first in row {first}); scale the features or use '
                                  f'dtype=torch.float64')
         if convert:
@@ -259,16 +260,16 @@ class StreamingLDA(nn.Module):
         if y.dim() == 0:
             y = y.unsqueeze(0)
         if y.dim() != 1:
-            raise ValueError(f'y must be a scalar or a 1-D vector of labels, got shape {tuple(y.shape)}')
+            raise InputError(f'y must be a scalar or a 1-D vector of labels, got shape {tuple(y.shape)}')
         # An empty list becomes a float32 tensor: with no labels there is no dtype to object to.
         if y.numel() and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
             raise TypeError(f'y must hold integer class labels, got dtype {y.dtype}')
         if y.shape[0] != rows:
-            raise ValueError(f'{features_name} has {rows} rows but y has {y.shape[0]} labels')
+            raise InputError(f'{features_name} has {rows} rows but y has {y.shape[0]} labels')
         return y
 
     def _label_outside(self, label):
-        return ValueError(f'y holds label {label}, outside [0, num_classes={self.num_classes})')
+        return InputError(f'y holds label {label}, outside [0, num_classes={self.num_classes})')
 
     def _check_batch(self, X, y, name, convert=True):
         X = self._check_features(X, name, convert=convert).reshape(-1, self.input_shape)
@@ -369,7 +370,7 @@ class StreamingLDA(nn.Module):
         """
         X, y = self._check_batch(as_tensor(X, 'X'), y, 'X')
         if X.shape[0] == 0:
-            raise ValueError('fit_base needs at least one sample, got an empty batch')
+            raise InputError('fit_base needs at least one sample, got an empty batch')
         order, starts, lengths, labels = class_runs(y)
         prefix = prefix_sums(X[order])
         means = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
@@ -438,12 +439,12 @@ class StreamingLDA(nn.Module):
         """
         X = as_tensor(X, 'X')
         if X.dim() != 2 or X.shape[1] != self.input_shape:
-            raise ValueError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
+            raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
         W, b = self._classifier()
         if self.mask_unseen_classes:
             seen = self.cK > 0
             if not seen.any():
-                raise ValueError('mask_unseen_classes=True masks every class until one has a sample: fit the '
+                raise InputError('mask_unseen_classes=True masks every class until one has a sample: fit the '
                                  'model before predicting')
             b = torch.where(seen, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
         out = torch.empty(X.shape[0], self.num_classes, dtype=self.dtype)
@@ -490,28 +491,28 @@ class StreamingLDA(nn.Module):
             try:
                 value = torch.as_tensor(state[key])
             except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f'{source}: {key} is not an array of numbers') from None
+                raise InputError(f'{source}: {key} is not an array of numbers') from None
             if tuple(value.shape) != shape:
-                raise ValueError(f'{source}: {key} has shape {tuple(value.shape)}, this model needs {shape} '
+                raise InputError(f'{source}: {key} has shape {tuple(value.shape)}, this model needs {shape} '
                                  f'(num_classes={C}, input_shape={d})')
             if value.is_complex() or value.dtype == torch.bool:
-                raise ValueError(f'{source}: {key} must hold real numbers, got dtype {value.dtype}')
+                raise InputError(f'{source}: {key} must hold real numbers, got dtype {value.dtype}')
             value = value.to(dtype)
             if not torch.isfinite(value).all():
-                raise ValueError(f'{source}: {key} contains NaN or infinite values (as {dtype})')
+                raise InputError(f'{source}: {key} contains NaN or infinite values (as {dtype})')
             if (value.abs() > bound).any():
-                raise ValueError(f'{source}: {key} has values beyond +-{bound:.3g}, more than features within '
+                raise InputError(f'{source}: {key} has values beyond +-{bound:.3g}, more than features within '
                                  f'+-{limit:.3g} give; a later fit would overflow')
             values[key] = value
         muK, counts, Sigma = values['muK'], values['cK'], values['Sigma']
         if (counts < 0).any() or (counts != counts.round()).any():
-            raise ValueError(f'{source}: cK must hold non-negative whole counts')
+            raise InputError(f'{source}: cK must hold non-negative whole counts')
         if (muK[counts == 0] != 0).any():
-            raise ValueError(f'{source}: muK is non-zero for a class whose count cK is 0')
+            raise InputError(f'{source}: muK is non-zero for a class whose count cK is 0')
         # fit keeps Sigma symmetric up to the rounding of its matrix products (about 1e-8 of its largest entry
         # in float32); an asymmetric matrix would be read through its lower triangle alone.
         if (Sigma - Sigma.T).abs().max() > 1e-4 * Sigma.abs().max():
-            raise ValueError(f'{source}: Sigma is not symmetric')
+            raise InputError(f'{source}: Sigma is not symmetric')
         count_sum = int(counts.sum())
         num_updates = state['num_updates']
         try:
@@ -520,7 +521,7 @@ class StreamingLDA(nn.Module):
             number = None
         if (number is None or number.dim() != 0 or number.dtype == torch.bool or number.is_complex()
                 or number.to(torch.float64) != count_sum):
-            raise ValueError(f'{source}: num_updates must be the number of samples seen, the sum of the class '
+            raise InputError(f'{source}: num_updates must be the number of samples seen, the sum of the class '
                              f'counts cK ({count_sum}), got {num_updates!r}')
         return muK, counts.to(torch.int64), Sigma, count_sum
 
@@ -554,7 +555,7 @@ class StreamingLDA(nn.Module):
         path = os.path.join(save_path, save_name + '.pth')
         state = safe_torch_load(path)
         if not isinstance(state, dict) or not {'muK', 'cK', 'Sigma', 'num_updates'} <= set(state):
-            raise ValueError(f'{path} is not an SLDA checkpoint: expected a dict with muK, cK, Sigma and '
+            raise InputError(f'{path} is not an SLDA checkpoint: expected a dict with muK, cK, Sigma and '
                              f'num_updates')
         muK, cK, Sigma, num_updates = self._checked_state(state, path)
         self.muK.copy_(muK)
