@@ -1,4 +1,4 @@
-"""Read the outputs of named layers of any ``nn.Module`` during its forward pass, with forward hooks."""from errors import InputError
+"""Read the outputs of named layers of any ``nn.Module`` during its forward pass, with forward hooks."""
 
 import difflib
 
