@@ -18,7 +18,7 @@ import torch
 import protocol
 from datasets import DATASETS, NoOptions
 from heads import HEADS
-from options import (Settings, SettingError, as_dict, at_least, comma_list, described, fields_of,
+from options import (Settings, SettingError, as_dict, at_least, comma_list, described, fields_of, flag_of,
                      option, results_settings, seed)
 from protocol import ORDERINGS
 
@@ -158,6 +158,16 @@ def component_types():
     return ([('--dataset', name, e.options) for name, e in DATASETS.items()] +
             [('--ordering', name, e.options) for name, e in ORDERINGS.items()] +
             [('--heads', name, e.options) for name, e in HEADS.items()])
+
+
+def flag_of_setting(dotted):
+    """The command-line spelling of a setting named as in ``Config.results_settings`` ('run.seed' -> '--seed')."""
+    name = dotted.rsplit('.', 1)[-1]
+    for settings_type in list(GROUPS) + [options for _, _, options in component_types()]:
+        field = fields_of(settings_type).get(name)
+        if field is not None and 'help' in field.metadata:
+            return flag_of(field)
+    return dotted
 
 
 def support_folders():

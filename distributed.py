@@ -16,6 +16,7 @@ from errors import InputError, ProjectError
 
 class ProcessFailed(ProjectError, RuntimeError):
     """A process of the group failed; the message names its rank and the cause."""
+    exit_code = 1
 
 
 class Group:

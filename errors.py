@@ -4,7 +4,10 @@ wrong, so that code catching ValueError or FileNotFoundError, as scikit-learn us
 
 
 class ProjectError(Exception):
-    """Base of every error this program means to raise."""
+    """Base of every error this program means to raise; ``hint`` says what to do about it (printed after the
+    message) and ``exit_code`` is the command line's."""
+    hint = ''
+    exit_code = 2
 
 
 class InputError(ProjectError, ValueError):

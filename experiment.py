@@ -28,8 +28,7 @@ import protocol
 from config import SCHEMA_VERSION, support_folders
 from errors import ProjectError
 from feature_cache import FeatureCache, cache_key, listings_folder
-from features import (BadImageError, Extraction, FeatureExtractor, FeatureReader, PartialCheckpointError,
-                      cpu_supports_bfloat16)
+from features import Extraction, FeatureExtractor, FeatureReader, cpu_supports_bfloat16
 from heads import HEADS
 from reporting import ConsoleReporter, LearningCurveReporter
 from results import ResultsFolder, make_summary, read_offline_accuracies, test_images_digest
@@ -306,17 +305,9 @@ def main(argv=None):
         experiment = Experiment(cli.parse(argv, __doc__))
         experiment.run()
     except ProjectError as e:
-        print(f'error: {e}{resume_hint(experiment)}', file=sys.stderr)
-        return 2
-    except BadImageError as e:
-        print(f'error: {e}; fix or remove it, or pass --skip_bad_images{resume_hint(experiment)}', file=sys.stderr)
-        return 2
-    except PartialCheckpointError as e:
-        print(f'error: {e} Pass --allow_partial_checkpoint to use it anyway', file=sys.stderr)
-        return 2
-    except distributed.ProcessFailed as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        hint = f' ({e.hint})' if e.hint else ''
+        print(f'error: {e}{hint}{resume_hint(experiment)}', file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f'interrupted{resume_hint(experiment)}', file=sys.stderr)
         return 130

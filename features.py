@@ -39,6 +39,7 @@ def file_sha256(path):
 
 class PartialCheckpointError(InputError):
     """A checkpoint lacks tensors that the features depend on; ``tensors`` names them."""
+    hint = 'Pass --allow_partial_checkpoint to use it anyway'
 
     def __init__(self, message, tensors):
         super().__init__(message)
@@ -315,6 +316,7 @@ def class_name(split, label):
 
 class BadImageError(InputError):
     """An image that cannot be read, met while bad images are not to be skipped; ``path`` names it."""
+    hint = 'fix or remove it, or pass --skip_bad_images'
 
     def __init__(self, path):
         super().__init__(f'cannot read image {path} (not a readable image, truncated, or more than '

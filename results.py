@@ -24,7 +24,7 @@ except ImportError:       # Windows: runs into one folder are not guarded agains
 
 import numpy as np
 
-from config import SCHEMA_VERSION
+from config import SCHEMA_VERSION, flag_of_setting
 from errors import InputError, MissingFileError
 from protocol import save_class_order
 from utils import UserError, load_json, save_json, save_tensor, save_text
@@ -139,7 +139,8 @@ class ResultsFolder:
         current = json.loads(json.dumps(settings))      # as saved: tuples become lists
         differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if differing:
-            details = '; '.join(f'{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in differing)
+            details = '; '.join(f'{flag_of_setting(k)}: saved {saved.get(k)!r}, now {current.get(k)!r}'
+                                for k in differing)
             raise UserError(f'cannot --resume {self.path} with different settings ({details})')
         return True
 

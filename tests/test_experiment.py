@@ -157,7 +157,7 @@ def test_retrieve_any_layer_returns_named_outputs_and_removes_hooks():
     ('empty class', r'class folder\(s\) with no images in .*val: n01000002'),
     ('unreadable image', 'cannot read image .*n01000003_0001.JPEG'),
     ('unknown layer', "unknown layer name 'layer9'"),
-    ('increment too large', '--class_increment 7 is larger than the 6 classes streamed'),
+    ('increment too large', r'\(--class_increment\) 7 is larger than the 6 classes streamed'),
     ('bad label file', 'imagenet_train_labels.npy is not a permutation'),
     ('missing checkpoint', '--base_init_ckpt .*nothing.pth not found.*image_files/README.md'),
 ])
@@ -481,16 +481,16 @@ def test_imagenet_without_label_files_warns_before_any_work_and_records_it(tmp_p
                                    'does not use it'),
     (['--dataset', 'imagefolder', '--images_dir', '{root}', '--frame_stride', 10],
      '--frame_stride is for --dataset core50; --dataset imagefolder does not use it'),
-    (['--ordering_seed', 3], '--ordering_seed is for --ordering iid, class_iid, instance, class_instance, not '
-                             'class_incremental'),
-    (['--ordering', 'iid', '--shuffle_data'], '--shuffle_data is for --ordering class_incremental, not iid'),
-    (['--ordering', 'iid', '--class_increment', 2], '--class_increment is for --ordering class_incremental, '
-                                                    'class_iid, class_instance, not iid'),
-    (['--ordering', 'class_iid', '--images_per_batch', 100], '--images_per_batch is for --ordering iid, instance, '
-                                                             'not class_iid'),
+    (['--ordering_seed', 3], '--ordering_seed is for --ordering iid, class_iid, instance, class_instance; '
+                             '--ordering class_incremental does not use it'),
+    (['--ordering', 'iid', '--shuffle_data'], '--shuffle_data is for --ordering class_incremental; --ordering iid does not use it'),
+    (['--ordering', 'iid', '--class_increment', 2], 'classes_per_batch (--class_increment) is for --ordering '
+                                                    'class_incremental, class_iid, class_instance; --ordering iid does not use it'),
+    (['--ordering', 'class_iid', '--images_per_batch', 100], '--images_per_batch is for --ordering iid, instance; '
+                                                             '--ordering class_iid does not use it'),
     (['--ordering', 'instance'], '--ordering instance needs a dataset that knows its clips (core50); --dataset '
                                  'digits does not'),
-    (['--base_init', '--no_base_init'], '--no_base_init and --base_init contradict each other; give one'),
+    (['--base_init', '--no_base_init'], '--base_init and --no_base_init contradict each other; give one'),
 ])
 def test_a_flag_the_run_does_not_use_is_an_error(tmp_path, image_folder, capsys, argv, message):
     root, _ = image_folder

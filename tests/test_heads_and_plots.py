@@ -47,7 +47,7 @@ def test_every_head_sees_the_same_stream(digits_with_heads):
     summary = json.loads((digits_with_heads / 'run' / 'summary.json').read_text())
     for row in summary['increments']:
         assert {name: head['samples_seen'] for name, head in row['heads'].items()} == \
-            dict.fromkeys(['ncm', 'softmax_stream', 'offline'], row['train_images_so_far'])
+            dict.fromkeys(['slda', 'ncm', 'softmax_stream', 'offline'], row['train_images_so_far'])
 
 
 def test_offline_is_about_slda_or_better_on_the_digits_and_omega_is_relative_to_it(digits_with_heads):
@@ -108,7 +108,7 @@ def test_a_run_writes_its_learning_curve_unless_told_not_to_and_a_failing_plot_n
 
 def test_heads_are_checked_and_not_resumed(tmp_path, capsys):
     code, out = run(['--heads', 'ncm', '--save_dir', tmp_path / 'a'], capsys)
-    assert code == 2 and '--heads ncm: a comma-separated list of slda, ncm, softmax_stream, offline' in out.err
+    assert code == 2 and '--heads must be a comma-separated list of slda, ncm, softmax_stream, offline' in out.err
     assert run(['--num_classes', 4, '--save_dir', tmp_path / 'b', '--heads', 'slda,ncm'])[0] == 0
     code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'b', '--resume', '--heads', 'slda,ncm'], capsys)
     assert code == 2 and 'only SLDA\'s state is saved' in out.err

@@ -67,9 +67,9 @@ def test_a_batch_of_only_bad_images_is_skipped(tmp_path, image_folder, capsys, d
 @pytest.mark.parametrize('argv,fragment', [
     (['--device', 'tpu'], '--device tpu'),
     (['--device', 'mps'], '--device mps'),
-    (['--image_size', 0], '--image_size must be at least 1'),
-    (['--image_size', -5], '--image_size must be at least 1'),
-    (['--num_workers', -1], '--num_workers must be at least 0'),
+    (['--image_size', 0], '--image_size must be a whole number of at least 1'),
+    (['--image_size', -5], '--image_size must be a whole number of at least 1'),
+    (['--num_workers', -1], '--num_workers must be a whole number of at least 0'),
     (['--shuffle_data', '--seed', 10 ** 30], '--seed must be'),
     (['--ordering', 'class_iid', '--ordering_seed', -1], '--ordering_seed must be'),
     (['--weights', 'IMAGENET1K_V1', '--arch', 'resnet19'], 'arch resnet19 is not a torchvision'),
@@ -131,16 +131,14 @@ def test_a_cache_entry_of_another_width_is_extracted_again(tmp_path, image_folde
 
 
 def test_a_full_disk_while_writing_a_tensor_names_the_file_and_says_the_disk_is_full(tmp_path, capsys, monkeypatch):
-    import shutil
+    import errno
 
     import utils
 
-    def failing_save(obj, f):        # what PyTorch raises when a write fails mid-file
-        raise RuntimeError('[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file '
-                           'data/0: file write failed')
+    def failing_save(obj, f):        # a disk error that names no file, as a writer deep in a library raises it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(utils.torch, 'save', failing_save)
-    monkeypatch.setattr(utils.shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 0))
     code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'out'], capsys)
     assert code == 1 and 'Traceback' not in out.err
     assert 'No space left on device' in out.err and 'preds_min_trained_0_max_trained_2.pt' in out.err

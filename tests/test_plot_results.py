@@ -36,7 +36,8 @@ def draw(folders, tmp_path, capsys):
 def accuracies(folder):
     """{head: ([top-1 per batch], [top-5 per batch])} of a percent run, read from its summary.json directly."""
     rows = read(folder, 'summary.json')['increments']
-    curves = {'slda': ([r['top1'] for r in rows], [r['top5'] for r in rows])}
+    # schema 2 lists SLDA among the heads; earlier layouts keep its accuracies at the top of each row
+    curves = {} if 'slda' in rows[0]['heads'] else {'slda': ([r['top1'] for r in rows], [r['top5'] for r in rows])}
     for head in rows[0].get('heads', {}):
         curves[head] = ([r['heads'][head]['top1'] for r in rows], [r['heads'][head]['top5'] for r in rows])
     return curves

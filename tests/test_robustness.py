@@ -202,9 +202,9 @@ def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['--class_increment', 0], '--class_increment must be at least 1'),
+    (['--class_increment', 0], '(--class_increment) must be a whole number of at least 1, got 0'),
     (['--num_classes', 11], '--num_classes 11: the dataset has 10 classes'),
-    (['--shrinkage', 2], '--shrinkage must be in'),
+    (['--shrinkage', 2], '--shrinkage must be a number in [0, 1], got 2'),
 ])
 def test_bad_protocol_arguments_fail_before_work(tmp_path, capsys, argv, message):
     code, out = run(argv + ['--save_dir', tmp_path / 'out'], capsys)
