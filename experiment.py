@@ -12,27 +12,23 @@ accuracies and model are saved.
 From Python: ``Experiment(config.make_config(dataset='digits', save_dir='runs/digits')).run()``.
 """
 import os
-import platform
 import sys
 import time
 import traceback
-import warnings
-from importlib.metadata import version
 
-import numpy as np
 import torch
 
 import cli
 import distributed
 import protocol
-from config import SCHEMA_VERSION, support_folders
+from config import support_folders
 from errors import ProjectError
-from feature_cache import FeatureCache, cache_key, listings_folder
-from features import Extraction, FeatureExtractor, FeatureReader, cpu_supports_bfloat16
+from feature_cache import listings_folder
+from features import build_readers
 from heads import HEADS
 from reporting import ConsoleReporter, LearningCurveReporter
-from results import ResultsFolder, make_summary, read_offline_accuracies, test_images_digest
-from utils import BackgroundFiles, UserError, crash_point, remove_stale_temporaries, topk_accuracy
+from results import ResultsFolder, describe_run, make_summary, read_offline_accuracies, test_images_digest
+from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
 
 
 class Experiment:
@@ -155,75 +151,6 @@ def make_plan(config, splits, order):
         raise UserError(f'--ordering {config.stream.ordering} needs a dataset that knows its clips (core50); '
                         f'--dataset {config.data.dataset} does not')
     return config.ordering.plan(config.stream.options, splits, config.stream.base_init, order, config.run.seed)
-
-
-def build_extractor(config, device):
-    network = config.network
-    amp = network.amp == 'on' or (network.amp == 'auto' and (device.type == 'cuda' or cpu_supports_bfloat16()))
-    input_size = config.dataset.input_size or config.data.options.image_size
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')   # the random-init warning is reported with the rest
-        return FeatureExtractor(network.arch, network.extract_layer, network.weights, network.checkpoint, device,
-                                amp, input_size, config.run.seed, network.allow_partial_checkpoint)
-
-
-def build_readers(config, splits, plan, device, files):
-    """The train and test FeatureReaders, the extractor and the feature size.
-
-    With every class of the plan in the cache the network is never needed; otherwise it is loaded now, so that
-    a bad --arch, --extract_layer or checkpoint is reported before any work."""
-    extractor = build_extractor(config, device)
-    options, run = config.data.options, config.run
-    cache = None
-    if config.cache.feature_cache:
-        dtype = getattr(torch, config.cache.cache_dtype)
-        cache = FeatureCache(config.cache.feature_cache, cache_key(extractor.identity, splits, dtype), dtype,
-                             check_sizes=options.cache_check == 'sizes')
-        cache.remove_leftovers(['train', splits.test_name])
-        remove_stale_temporaries(listings_folder(config.cache.feature_cache))
-    decoding = {}
-    if options.decode_on_device:
-        from device_decode import BatchDecoder, collate_encoded
-        decoding = dict(decoder=BatchDecoder(options.image_size, device), collate_fn=collate_encoded)
-    extraction = Extraction(extractor, run.extraction_batch_size, run.num_workers, pin_memory=device.type == 'cuda',
-                            progress=run.progress, **decoding)
-    # Test features are kept in memory (scored after every batch), and training features too when a class
-    # recurs in several batches, as in the iid and instance orderings.
-    batch_classes = [np.unique(splits.train.labels[batch.train_indices]) for batch in plan]
-    train_classes = np.unique(np.concatenate(batch_classes)).tolist()
-    recurring = sum(map(len, batch_classes)) > len(train_classes)
-    train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,
-                                 skip_bad_images=options.skip_bad_images)
-                   for split, name, keep in ((splits.train, 'train', recurring),
-                                             (splits.test, splits.test_name, True)))
-    test_classes = test.classes_of(np.concatenate([batch.test_indices for batch in plan]))
-    cached_dims = {train.feature_dim(train_classes), test.feature_dim(test_classes)}
-    feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
-    if cache:
-        cache.dim = feature_dim
-    expected = config.network.feature_dim
-    if expected is not None and expected != feature_dim:
-        raise UserError(f'--input_feature_size {expected} does not match the network: {config.network.arch} '
-                        f'{config.network.extract_layer} gives {feature_dim} features')
-    return train, test, extractor, feature_dim
-
-
-def describe_run(config, order, order_source, order_warning, extractor, feature_dim, device):
-    """config.json: the settings (all, and those that change results), the class order, the network and the
-    platform."""
-    return {
-        'schema_version': SCHEMA_VERSION, 'expt_name': config.run.expt_name, 'dataset': config.data.dataset,
-        'ordering': config.stream.ordering, 'covariance': config.slda.covariance, 'heads': list(config.output.heads),
-        'results_settings': config.results_settings(), 'settings': config.to_json(),
-        'class_order': None if order is None else order.tolist(), 'class_order_source': order_source,
-        'class_order_warning': order_warning,
-        'feature_dim': feature_dim, 'weights': extractor.weights_report, 'network': extractor.identity,
-        'partial_checkpoint': extractor.partial or None,
-        'autocast_bfloat16': extractor.amp,
-        'versions': {'python': platform.python_version(), 'torch': torch.__version__,
-                     'torchvision': version('torchvision'), 'numpy': np.__version__},
-        'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
-    }
 
 
 def build_heads(config, feature_dim, num_classes, device):

@@ -16,8 +16,10 @@ from tqdm import tqdm
 import data
 from data import imagenet_normalize
 from errors import InputError, MissingFileError
+from feature_cache import FeatureCache, cache_key, listings_folder
+from options import SettingError
 from retrieve_any_layer import ModelWrapper
-from utils import crash_point, safe_torch_load
+from utils import crash_point, remove_stale_temporaries, safe_torch_load
 
 # Key prefixes added by wrappers: DataParallel and DistributedDataParallel, torch.compile, other training code
 CHECKPOINT_PREFIXES = ('module.', '_orig_mod.', 'model.')
@@ -438,3 +440,55 @@ class FeatureReader:
                 self.memory[label] = (features, indices)
             done[label] = (features, indices)
         return done
+
+
+def build_extractor(config, device):
+    network = config.network
+    amp = network.amp == 'on' or (network.amp == 'auto' and (device.type == 'cuda' or cpu_supports_bfloat16()))
+    input_size = config.dataset.input_size or config.data.options.image_size
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # the random-init warning is reported with the rest
+        return FeatureExtractor(network.arch, network.extract_layer, network.weights, network.checkpoint, device,
+                                amp, input_size, config.run.seed, network.allow_partial_checkpoint)
+
+
+def build_readers(config, splits, plan, device, files):
+    """The train and test FeatureReaders, the extractor and the feature size.
+
+    With every class of the plan in the cache the network is never needed; otherwise it is loaded now, so that
+    a bad --arch, --extract_layer or checkpoint is reported before any work."""
+    extractor = build_extractor(config, device)
+    options, run = config.data.options, config.run
+    cache = None
+    if config.cache.feature_cache:
+        dtype = getattr(torch, config.cache.cache_dtype)
+        cache = FeatureCache(config.cache.feature_cache, cache_key(extractor.identity, splits, dtype), dtype,
+                             check_sizes=options.cache_check == 'sizes')
+        cache.remove_leftovers(['train', splits.test_name])
+        remove_stale_temporaries(listings_folder(config.cache.feature_cache))
+    decoding = {}
+    if options.decode_on_device:
+        from device_decode import BatchDecoder, collate_encoded
+        decoding = dict(decoder=BatchDecoder(options.image_size, device), collate_fn=collate_encoded)
+    extraction = Extraction(extractor, run.extraction_batch_size, run.num_workers, pin_memory=device.type == 'cuda',
+                            progress=run.progress, **decoding)
+    # Test features are kept in memory (scored after every batch), and training features too when a class
+    # recurs in several batches, as in the iid and instance orderings.
+    batch_classes = [np.unique(splits.train.labels[batch.train_indices]) for batch in plan]
+    train_classes = np.unique(np.concatenate(batch_classes)).tolist()
+    recurring = sum(map(len, batch_classes)) > len(train_classes)
+    train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,
+                                 skip_bad_images=options.skip_bad_images)
+                   for split, name, keep in ((splits.train, 'train', recurring),
+                                             (splits.test, splits.test_name, True)))
+    test_classes = test.classes_of(np.concatenate([batch.test_indices for batch in plan]))
+    cached_dims = {train.feature_dim(train_classes), test.feature_dim(test_classes)}
+    feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
+    if cache:
+        cache.dim = feature_dim
+    expected = config.network.feature_dim
+    if expected is not None and expected != feature_dim:
+        raise SettingError('feature_dim', f'--input_feature_size {expected} does not match the network: '
+                                          f'{config.network.arch} {config.network.extract_layer} gives {feature_dim} '
+                                          f'features')
+    return train, test, extractor, feature_dim

@@ -14,8 +14,10 @@ stops the ones after it, so a model file always means its batch's other files ar
 import hashlib
 import json
 import os
+import platform
 import tempfile
 import time
+from importlib.metadata import version
 
 try:
     import fcntl
@@ -23,6 +25,7 @@ except ImportError:       # Windows: runs into one folder are not guarded agains
     fcntl = None
 
 import numpy as np
+import torch
 
 from config import SCHEMA_VERSION, flag_of_setting
 from errors import InputError, MissingFileError
@@ -88,6 +91,24 @@ def omega(rows, offline):
         return None
     return mean_ratio([row['heads']['slda'] for row in rows],
                       [{'top1': top1, 'top5': top5} for top1, top5 in zip(offline['top1'], offline['top5'])])
+
+
+def describe_run(config, order, order_source, order_warning, extractor, feature_dim, device):
+    """config.json: the settings (all, and those that change results), the class order, the network and the
+    platform."""
+    return {
+        'schema_version': SCHEMA_VERSION, 'expt_name': config.run.expt_name, 'dataset': config.data.dataset,
+        'ordering': config.stream.ordering, 'covariance': config.slda.covariance, 'heads': list(config.output.heads),
+        'results_settings': config.results_settings(), 'settings': config.to_json(),
+        'class_order': None if order is None else order.tolist(), 'class_order_source': order_source,
+        'class_order_warning': order_warning,
+        'feature_dim': feature_dim, 'weights': extractor.weights_report, 'network': extractor.identity,
+        'partial_checkpoint': extractor.partial or None,
+        'autocast_bfloat16': extractor.amp,
+        'versions': {'python': platform.python_version(), 'torch': torch.__version__,
+                     'torchvision': version('torchvision'), 'numpy': np.__version__},
+        'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
+    }
 
 
 class ResultsFolder:

@@ -28,9 +28,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import cli  # noqa: E402
 import experiment  # noqa: E402
 from feature_cache import FeatureCache, cache_key  # noqa: E402
-from features import FeatureReader  # noqa: E402
+from features import FeatureReader, build_extractor  # noqa: E402
 from slda_model import StreamingLDA  # noqa: E402
 from utils import topk_accuracy  # noqa: E402
 
@@ -46,14 +47,14 @@ def make_empty_tree(images_dir, classes, per_split):
 
 
 def cached_splits(argv):
-    """What experiment.py builds for ``argv``: its arguments, splits, plan, network and feature cache."""
-    args = experiment.parse_args(argv)
-    splits = experiment.list_splits(args)
-    plan = experiment.make_plan(args, splits, np.arange(splits.num_classes))
-    extractor = experiment.build_extractor(args, torch.device(args.device)).load()
-    dtype = getattr(torch, args.cache_dtype)
-    cache = FeatureCache(args.feature_cache, cache_key(extractor.identity, splits, dtype), dtype)
-    return args, splits, plan, extractor, cache
+    """What experiment.py builds for ``argv``: its configuration, splits, plan, network and feature cache."""
+    config = cli.parse(argv)
+    splits = experiment.list_splits(config)
+    plan = experiment.make_plan(config, splits, np.arange(splits.num_classes))
+    extractor = build_extractor(config, torch.device(config.run.device)).load()
+    dtype = getattr(torch, config.cache.cache_dtype)
+    cache = FeatureCache(config.cache.feature_cache, cache_key(extractor.identity, splits, dtype), dtype)
+    return config, splits, plan, extractor, cache
 
 
 def fill_cache(argv, dim, seed=0):
@@ -61,9 +62,10 @@ def fill_cache(argv, dim, seed=0):
 
     Features are Gaussian clusters: class means N(0, 1), within-class noise N(0, 0.5^2) per dimension.
     """
-    args, splits, _, extractor, cache = cached_splits(argv)
+    config, splits, _, extractor, cache = cached_splits(argv)
     if extractor.dim != dim:
-        raise SystemExit(f'{args.arch} {args.extract_layer} gives {extractor.dim}-d features, not {dim}')
+        raise SystemExit(f'{config.network.arch} {config.network.extract_layer} gives {extractor.dim}-d features, '
+                         f'not {dim}')
     generator = torch.Generator().manual_seed(seed)
     means = torch.randn(splits.num_classes, dim, generator=generator)
     for split, split_name in ((splits.train, 'train'), (splits.test, splits.test_name)):
@@ -75,11 +77,11 @@ def fill_cache(argv, dim, seed=0):
 
 def slda_alone(argv):
     """Seconds the rerun's SLDA work takes by itself: the same features and calls, all already in memory."""
-    args, splits, plan, extractor, cache = cached_splits(argv)
+    config, splits, plan, extractor, cache = cached_splits(argv)
     train = FeatureReader(splits.train, 'train', cache=cache)
     test = FeatureReader(splits.test, splits.test_name, cache=cache, keep=True)
     batches = [(batch.base_init, *train.take(batch.train_indices), *test.take(batch.test_indices)) for batch in plan]
-    device = torch.device(args.device)
+    device = torch.device(config.run.device)
     model = StreamingLDA(extractor.dim, splits.num_classes, device=device)
     tick = time.perf_counter()
     for base_init, X, y, X_test, y_test in batches:
