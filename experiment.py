@@ -72,7 +72,10 @@ class Experiment:
         if group and device.type == 'cuda' and device.index is None:
             device = torch.device('cuda', group.local_rank)
         try:
-            continuing = claim_folder(config, folder, group)
+            continuing, finished = claim_folder(config, folder, group)
+            if finished:
+                self.report('warn', f'{config.run.save_dir} holds a finished run; it is left as it is')
+                return folder.saved_summary()
             train, test, extractor, feature_dim = build_readers(config, splits, plan, device, files)
             per_process = None
             if group:
@@ -86,10 +89,8 @@ class Experiment:
             folder.save_config(description, splits, order, plan)
             self.report('start', config, splits, plan, order_source, extractor, feature_dim, device)
             heads = build_heads(config, feature_dim, splits.num_classes, device)
-            if continuing and len(heads) > 1:
-                raise UserError(f'--resume with --heads {",".join(heads)}: only SLDA\'s state is saved after each '
-                                f'batch; start a new run (another --save_dir) to compare output layers')
-            first = folder.resume(plan, heads['slda']) if config.run.resume else 0
+            first = folder.resume(plan, heads, lambda batches: (train.take(b.train_indices) for b in batches)) \
+                if continuing else 0
             self.batches_finished = first
             self.report('resumed', first, plan)
             summary = make_summary_writer(offline, (train, test), started, per_process, folder)
@@ -100,7 +101,7 @@ class Experiment:
                 crash_point('increment_start')
                 row, probabilities = fit_and_evaluate(heads, batch, following, train, test, device)
                 save_preds = config.run.save_preds == 'every' or (config.run.save_preds == 'final' and not following)
-                folder.record(batch, row, probabilities, heads['slda'].checkpoint(), save_preds, summary)
+                folder.record(batch, row, probabilities, heads, save_preds, summary)
                 self.batches_finished += 1
                 self.report('batch', batch, len(plan), row)
             summary = folder.finish(heads['slda'].checkpoint(), summary)
@@ -199,20 +200,21 @@ def fit_and_evaluate(heads, batch, following, train, test, device):
 
 def claim_folder(config, folder, group):
     """Rank 0 (or the only process) claims the save folder; under torchrun the others learn whether it could.
-    Returns whether the folder holds a run to continue."""
-    refusal, continuing = None, False
+    Returns (whether the folder holds a run to continue, whether that run is finished)."""
+    refusal, continuing, finished = None, False, False
     if group is None or group.rank == 0:
         try:
             continuing = folder.claim(config.results_settings(), config.run.resume)
         except UserError as e:
             refusal = e
+        finished = continuing and (folder.saved_summary() or {}).get('finished', False)
     if group is not None:
-        message = group.broadcast(None if refusal is None else str(refusal))
+        message, finished = group.broadcast((None if refusal is None else str(refusal), finished))
         if message and refusal is None:
             raise UserError(message)
     if refusal:
         raise refusal
-    return continuing
+    return continuing, finished
 
 
 def make_summary_writer(offline, readers, started, per_process, folder):

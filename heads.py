@@ -23,7 +23,24 @@ from options import Settings, at_least, fraction, option, positive
 from slda_model import StreamingLDA
 
 
-class NearestClassMean:
+class BaselineState:
+    """``state_dict``/``load_state_dict`` of a baseline output layer: ``samples_seen`` and the tensors named in
+    ``tensors``, saved with every batch so that ``--resume`` continues the layer."""
+    tensors = ()
+
+    def state_dict(self):
+        return {'samples_seen': torch.tensor(self.samples_seen),
+                **{name: getattr(self, name).cpu() for name in self.tensors}}
+
+    def load_state_dict(self, state, replay):
+        """Take ``state`` (from ``state_dict``); ``replay()`` yields the (X, y) batches fitted before it, for a
+        layer that keeps them."""
+        self.samples_seen = int(state['samples_seen'])
+        for name in self.tensors:
+            setattr(self, name, state[name].to(getattr(self, name).device))
+
+
+class NearestClassMean(BaselineState):
     """Scores -||x - mu_k||^2 with the means of ``slda`` (a StreamingLDA, exact and streaming); classes with no
     sample yet score -inf."""
 
@@ -49,7 +66,7 @@ class NearestClassMean:
         return torch.cat(out)
 
 
-class SoftmaxStream:
+class SoftmaxStream(BaselineState):
     """A linear softmax layer (weights start at zero) trained by plain SGD on the cross-entropy, ``batch_size``
     samples per step (1: one sample at a time), each sample once, learning rate ``lr``."""
 
@@ -60,6 +77,8 @@ class SoftmaxStream:
         self.bias = torch.zeros(num_classes, device=device)
         self.lr, self.batch_size = lr, batch_size
         self.samples_seen = 0
+
+    tensors = ('weight', 'bias')
 
     @torch.no_grad()
     def fit(self, X, y):
@@ -80,7 +99,7 @@ class SoftmaxStream:
         return (X.to(self.weight.device, torch.float32) @ self.weight.T + self.bias).cpu()
 
 
-class OfflineSoftmax:
+class OfflineSoftmax(BaselineState):
     """After every ``fit``, a linear softmax layer trained on all features given so far by full-batch L-BFGS
     (strong Wolfe line search, warm-started from the previous solution) on the cross-entropy plus
     ``l2 / 2 * ||W||^2``, until the gradient or the change falls below L-BFGS's tolerances or ``max_iter``
@@ -92,6 +111,14 @@ class OfflineSoftmax:
         self.l2, self.max_iter = l2, max_iter
         self.features, self.labels = [], []
         self.samples_seen = 0
+
+    tensors = ('weight', 'bias')
+
+    def load_state_dict(self, state, replay):
+        super().load_state_dict(state, replay)
+        for X, y in replay():           # the features it trains on are the stream's, read again, not saved
+            self.features.append(X.to(self.weight.device, torch.float32))
+            self.labels.append(y.to(self.weight.device))
 
     def fit(self, X, y):
         self.features.append(X.to(self.weight.device, torch.float32))

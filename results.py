@@ -5,6 +5,7 @@ min_trained_0_max_trained_X, X the classes seen so far; batch_1, batch_2, ... fo
     preds_NAME.pt                       test probabilities (unless --save_preds says otherwise)
     accuracies_NAME.json                {"seen_classes_top1": [...], "seen_classes_top5": [...]}, in percent
     summary.json                        per batch and totals, "finished": false until the end
+    heads_NAME.pth                      the other output layers' state (with --heads)
     slda_model_weights_NAME.pth         the SLDA state; written last, it marks the batch finished
 and at the end slda_model_weights_final.pth and summary.json with "finished": true. config.json, the
 class-order label files (class-incremental ordering) and stream_order.txt are written before any work. Files
@@ -30,7 +31,9 @@ import torch
 from config import SCHEMA_VERSION, flag_of_setting
 from errors import InputError, MissingFileError
 from protocol import save_class_order
-from utils import UserError, load_json, save_json, save_tensor, save_text
+from utils import UserError, load_json, safe_torch_load, save_json, save_tensor, save_text
+
+FINAL_MODEL = 'slda_model_weights_final.pth'
 
 
 def read_offline_accuracies(path, num_batches):
@@ -128,8 +131,8 @@ class ResultsFolder:
     def claim(self, settings, resume):
         """Create the folder, prove it writable and lock it before any work. A folder holding a run is refused
         unless ``resume``, and then only when ``settings`` (config.Config.results_settings()) match the saved
-        ones; temporary files of interrupted writes are removed. Returns True when the folder holds a run to
-        continue."""
+        ones; temporary files of interrupted writes are removed. A folder in which no batch finished holds
+        nothing to protect and is started afresh. Returns True when the folder holds a run to continue."""
         try:
             os.makedirs(self.path, exist_ok=True)
             # a new file of a name of its own: whatever is in the folder (a link, say) is never written through
@@ -145,7 +148,7 @@ class ResultsFolder:
         for name in os.listdir(self.path):        # the folder is ours: any temporary file is a killed write's
             if name.startswith('.') and name.endswith('.tmp'):
                 os.remove(self.file(name))
-        if not os.path.exists(self.file('config.json')):
+        if not os.path.exists(self.file('config.json')) or not self.finished_batches():
             return False
         if not resume:
             raise UserError(f'{self.path} already holds a run (config.json); pass --resume to continue it, '
@@ -164,6 +167,15 @@ class ResultsFolder:
                                 for k in differing)
             raise UserError(f'cannot --resume {self.path} with different settings ({details})')
         return True
+
+    def finished_batches(self):
+        """The names of the batches whose model file is written, which marks them finished."""
+        return [name[len('slda_model_weights_'):-len('.pth')] for name in os.listdir(self.path)
+                if name.startswith('slda_model_weights_') and name.endswith('.pth') and name != FINAL_MODEL]
+
+    def saved_summary(self):
+        """summary.json as saved, or None."""
+        return load_json(self.file('summary.json')) if os.path.exists(self.file('summary.json')) else None
 
     def _lock(self):
         """Own the folder while this process lives: an exclusive lock on .lock, which the operating system
@@ -233,16 +245,22 @@ class ResultsFolder:
         save_json(self.file('config.json'), config)
         self.files.write(save_text, self.file('stream_order.txt'), stream_order(splits.train, plan))
 
-    def resume(self, plan, slda):
-        """Load the state after the last finished batch of ``plan`` into ``slda``; returns how many batches
-        are finished (0 when none is)."""
+    def resume(self, plan, heads, replay):
+        """Load the state after the last finished batch of ``plan`` into ``heads`` ({name: output layer}, SLDA
+        among them); ``replay(batches)`` yields the (X, y) of those batches for a layer that keeps them. Returns
+        how many batches are finished (0 when none is)."""
         finished = [i for i, batch in enumerate(plan)
                     if os.path.exists(self.file(f'slda_model_weights_{batch.name}.pth'))]
         if not finished:
             return 0
         done = finished[-1]
         name = plan[done].name
-        slda.load_model(self.path, f'slda_model_weights_{name}')
+        heads['slda'].load_model(self.path, f'slda_model_weights_{name}')
+        if len(heads) > 1:
+            states = safe_torch_load(self.file(f'heads_{name}.pth'))
+            for head_name, head in heads.items():
+                if head_name != 'slda':
+                    head.load_state_dict(states[head_name], lambda: replay(plan[:done + 1]))
         self.accuracies = load_json(self.file(f'accuracies_{name}.json'))
         if os.path.exists(self.file('summary.json')):
             saved = load_json(self.file('summary.json'))
@@ -250,9 +268,10 @@ class ResultsFolder:
             self.skipped_before = saved.get('skipped_images', [])
         return done + 1
 
-    def record(self, batch, row, probabilities, model, save_preds, summary):
-        """Queue the files of a finished batch: ``row`` (its summary line, with top1 and top5), its test
-        probabilities when ``save_preds``, the model checkpoint (last) and ``summary(rows)``'s summary."""
+    def record(self, batch, row, probabilities, heads, save_preds, summary):
+        """Queue the files of a finished batch: ``row`` (its summary line, accuracies per output layer), SLDA's
+        test probabilities when ``save_preds``, the other output layers' state, SLDA's model checkpoint (last)
+        and ``summary(rows)``'s summary."""
         row['train_images_so_far'] = sum(previous['train_images'] for previous in self.rows) + row['train_images']
         self.rows.append(row)
         slda = row['heads']['slda']
@@ -263,11 +282,14 @@ class ResultsFolder:
             self.files.write(save_tensor, self.file(f'preds_{name}.pt'), probabilities)
         self.files.write(save_json, self.file(f'accuracies_{name}.json'), self.accuracies)
         self.files.write(save_json, self.file('summary.json'), summary(self.rows, finished=False))
-        self.files.write(save_tensor, self.file(f'slda_model_weights_{name}.pth'), model)
+        if len(heads) > 1:
+            self.files.write(save_tensor, self.file(f'heads_{name}.pth'),
+                             {head_name: head.state_dict() for head_name, head in heads.items() if head_name != 'slda'})
+        self.files.write(save_tensor, self.file(f'slda_model_weights_{name}.pth'), heads['slda'].checkpoint())
 
     def finish(self, model, summary):
         """Write the final model and the finished summary, wait for every write; returns the summary."""
-        self.files.write(save_tensor, self.file('slda_model_weights_final.pth'), model)
+        self.files.write(save_tensor, self.file(FINAL_MODEL), model)
         finished = summary(self.rows, finished=True)
         self.files.write(save_json, self.file('summary.json'), finished)
         self.files.finish()

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pytest import approx
 
 TESTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 from conftest import build_image_folder, make_checkpoint, run  # noqa: E402
 
 REFERENCE_FILE = TESTS / 'reference' / 'outputs.json'
+STORED = json.loads(REFERENCE_FILE.read_text()) if REFERENCE_FILE.exists() else None
 DIGITS_SHUFFLED = ['--num_classes', 6, '--class_increment', 2, '--shuffle_data']
 TREE = ['--dataset', 'imagenet', '--images_dir', '{images}', '--labels_dir', '{labels}', '--base_init_ckpt',
         '{checkpoint}', '--class_increment', 2, '--image_size', 32, '--batch_size', 4, '--num_workers', 0]
@@ -101,6 +103,25 @@ def outputs(save_dir):
                                  'train_images': [row['train_images'] for row in summary['increments']],
                                  'test_images': [row['test_images'] for row in summary['increments']]}
     return described
+
+
+def assert_matches(got, expected, bitwise):
+    """``got`` (from ``outputs``) equals a stored reference: bit for bit, or to a tolerance elsewhere."""
+    assert sorted(got) == sorted(expected)
+    assert got['summary.json'] == expected['summary.json'] if bitwise else \
+        got['summary.json']['train_images'] == expected['summary.json']['train_images']
+    for file_name, tensors in expected.items():
+        if file_name == 'summary.json':
+            continue
+        assert sorted(got[file_name]) == sorted(tensors), file_name
+        for key, want in tensors.items():
+            have = got[file_name][key]
+            assert (have['dtype'], have['shape']) == (want['dtype'], want['shape']), (file_name, key)
+            if bitwise:
+                assert have['sha256'] == want['sha256'], (file_name, key)
+            else:
+                for stat in ('sum', 'abs_sum'):
+                    assert have[stat] == approx(want[stat], rel=1e-3, abs=1e-3), (file_name, key, stat)
 
 
 def main():

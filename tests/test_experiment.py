@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ import torch
 import torchvision
 
 import data
-from conftest import (REPO, STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, age_folders, make_checkpoint, setting,
-                      run, write_jpeg)
+import experiment
+from conftest import (REPO, STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, age_folders, make_checkpoint,
+                      run, setting, write_jpeg)
 from features import FeatureExtractor
 from retrieve_any_layer import ModelWrapper
 from slda_model import StreamingLDA
@@ -553,3 +555,79 @@ def test_the_originals_slda_imagenet_command_lines_run_unchanged(tmp_path):
         assert base['cK'][np.argsort(positions)[:100]].tolist() == [1] * 100      # the label files' base classes
         final = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
         assert torch.equal(final['Sigma'], base['Sigma']) is (covariance == 'fixed')
+
+
+def interrupt_at(monkeypatch, nth):
+    """Make the nth batch of the next run raise KeyboardInterrupt at its start, as Ctrl-C would."""
+    seen = []
+
+    def point(name):
+        if name == 'increment_start':
+            seen.append(name)
+            if len(seen) == nth:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(experiment, 'crash_point', point)
+
+
+ALL_HEADS = ['--num_classes', 6, '--heads', 'slda,ncm,softmax_stream,offline']
+
+
+def head_accuracies(save):
+    rows = json.loads((save / 'summary.json').read_text())['increments']
+    return [{name: (head['top1'], head['top5'], head['samples_seen']) for name, head in row['heads'].items()}
+            for row in rows]
+
+
+def test_an_interrupted_run_with_every_output_layer_resumes_to_the_uninterrupted_results(tmp_path, capsys,
+                                                                                         monkeypatch):
+    assert run(ALL_HEADS + ['--save_dir', tmp_path / 'whole'])[0] == 0
+    interrupt_at(monkeypatch, 3)
+    code, out = run(ALL_HEADS + ['--save_dir', tmp_path / 'stopped'], capsys)
+    assert code == 130 and '2 finished batch(es) are saved, rerun with --resume' in out.err
+    monkeypatch.undo()
+    code, out = run(ALL_HEADS + ['--save_dir', tmp_path / 'stopped', '--resume'], capsys)
+    assert code == 0 and 'resuming after increment 2/3' in out.out, out.err
+    assert head_accuracies(tmp_path / 'stopped') == head_accuracies(tmp_path / 'whole')
+    for name in ('heads_min_trained_0_max_trained_6.pth', 'slda_model_weights_final.pth'):
+        assert (tmp_path / 'stopped' / name).read_bytes() == (tmp_path / 'whole' / name).read_bytes()
+
+
+def test_a_run_stopped_before_any_batch_finished_starts_again_with_the_same_command(tmp_path, capsys, monkeypatch):
+    argv = ['--num_classes', 4, '--save_dir', tmp_path / 'out']
+    interrupt_at(monkeypatch, 1)
+    code, out = run(argv, capsys)
+    assert code == 130 and '--resume' not in out.err           # nothing finished: nothing to continue
+    monkeypatch.undo()
+    code, out = run(argv, capsys)
+    assert code == 0, out.err
+    assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['finished']
+
+
+def test_resuming_a_finished_run_leaves_it_as_it_is(tmp_path, capsys):
+    argv = ['--num_classes', 4, '--save_dir', tmp_path / 'out']
+    assert run(argv)[0] == 0
+    before = {path.name: path.read_bytes() for path in (tmp_path / 'out').iterdir()}
+    code, out = run(argv + ['--resume'], capsys)
+    assert code == 0 and 'holds a finished run; it is left as it is' in out.err
+    assert {path.name: path.read_bytes() for path in (tmp_path / 'out').iterdir()} == before
+
+
+def test_an_unexpected_error_keeps_its_traceback_and_is_logged_in_the_save_folder(tmp_path, monkeypatch):
+    def broken(scores, labels):
+        raise ValueError('a bug deep in a library')
+    monkeypatch.setattr(experiment, 'topk_accuracy', broken)
+    with pytest.raises(ValueError, match='a bug deep in a library'):
+        run(['--num_classes', 4, '--save_dir', tmp_path / 'out'])
+    log = (tmp_path / 'out' / 'error.log').read_text()
+    assert 'Traceback' in log and 'a bug deep in a library' in log
+
+
+@pytest.mark.parametrize('layout', ['run_arguments_layout', 'run_fraction_layout'])
+def test_resume_into_a_folder_of_an_earlier_release_is_refused_in_one_line(tmp_path, capsys, layout):
+    save = tmp_path / 'old'
+    shutil.copytree(os.path.join(REPO, 'tests', 'fixtures', layout), save)
+    (save / 'slda_model_weights_min_trained_0_max_trained_2.pth').write_bytes(b'')   # a batch it finished
+    before = (save / 'config.json').read_bytes()
+    code, out = run(['--num_classes', 4, '--save_dir', save, '--resume'], capsys)
+    assert code == 2 and out.err.count('\n') == 1 and 'written by another release' in out.err
+    assert (save / 'config.json').read_bytes() == before

@@ -12,8 +12,7 @@ import torch
 
 import results
 from conftest import REPO, make_checkpoint, run
-from reference_runs import DIGITS_SHUFFLED, outputs, platform
-from test_reference_outputs import STORED, assert_matches
+from reference_runs import DIGITS_SHUFFLED, STORED, assert_matches, outputs, platform
 
 DIGITS = [str(a) for a in DIGITS_SHUFFLED] + ['--device', 'cpu']      # as the stored reference was made
 RESULT_FILES = [f'{kind}_min_trained_0_max_trained_{seen}.{ext}' for seen in (2, 4, 6)
