@@ -207,7 +207,7 @@ def claim_folder(config, folder, group):
             continuing = folder.claim(config.results_settings(), config.run.resume)
         except UserError as e:
             refusal = e
-        finished = continuing and (folder.saved_summary() or {}).get('finished', False)
+        finished = continuing and folder.is_finished()
     if group is not None:
         message, finished = group.broadcast((None if refusal is None else str(refusal), finished))
         if message and refusal is None:

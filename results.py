@@ -173,6 +173,10 @@ class ResultsFolder:
         return [name[len('slda_model_weights_'):-len('.pth')] for name in os.listdir(self.path)
                 if name.startswith('slda_model_weights_') and name.endswith('.pth') and name != FINAL_MODEL]
 
+    def is_finished(self):
+        """Whether the folder holds a finished run: its final model and a summary that says so."""
+        return os.path.exists(self.file(FINAL_MODEL)) and (self.saved_summary() or {}).get('finished', False)
+
     def saved_summary(self):
         """summary.json as saved, or None."""
         return load_json(self.file('summary.json')) if os.path.exists(self.file('summary.json')) else None

@@ -106,9 +106,6 @@ def test_a_run_writes_its_learning_curve_unless_told_not_to_and_a_failing_plot_n
     assert json.loads((tmp_path / 'broken' / 'summary.json').read_text())['finished']
 
 
-def test_heads_are_checked_and_not_resumed(tmp_path, capsys):
+def test_heads_are_checked(tmp_path, capsys):
     code, out = run(['--heads', 'ncm', '--save_dir', tmp_path / 'a'], capsys)
     assert code == 2 and '--heads must be a comma-separated list of slda, ncm, softmax_stream, offline' in out.err
-    assert run(['--num_classes', 4, '--save_dir', tmp_path / 'b', '--heads', 'slda,ncm'])[0] == 0
-    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'b', '--resume', '--heads', 'slda,ncm'], capsys)
-    assert code == 2 and 'only SLDA\'s state is saved' in out.err

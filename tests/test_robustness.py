@@ -80,8 +80,10 @@ def test_resume_refuses_different_settings(tmp_path, capsys):
     assert "--seed: saved 0, now 3" in out.err and "--shrinkage: saved 0.0001, now 0.01" in out.err
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--feature_cache', tmp_path / 'c'], capsys)
     assert code == 2 and '--feature_cache: saved False, now True' in out.err      # float16 features differ
+    os.remove(save / 'slda_model_weights_final.pth')          # as if stopped before its end
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--num_workers', 0], capsys)
     assert code == 0, out.err
+    os.remove(save / 'slda_model_weights_final.pth')
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--plot', '--dist_timeout', 60], capsys)
     assert code == 0, out.err                 # neither changes a result
     assert (save / 'learning_curve.png').exists()
