@@ -1,10 +1,13 @@
-"""Loading checkpoints into the feature extractor's network: key prefixes, the report of what was not loaded."""
+"""The feature extractor's network: loading checkpoints into it (key prefixes, the report of what was not
+loaded), and the decoding workers that feed it."""
+import os
 import re
 
 import torch
 import torchvision
 
-from conftest import make_checkpoint
+import config
+from conftest import build_image_folder, make_checkpoint
 from features import load_checkpoint_into
 
 
@@ -38,3 +41,11 @@ def test_tensors_absent_from_the_checkpoint_are_reported_missing(tmp_path):
     torch.save({'model_state': state}, tmp_path / 'headless.pth')
     report, _ = load_checkpoint_into(torchvision.models.resnet18(), tmp_path / 'headless.pth')
     assert reported_names(report) == {'missing': ['fc.bias', 'fc.weight']}, report
+
+
+def test_decoding_workers_default_to_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+    root, _ = build_image_folder(tmp_path)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0}, raising=False)   # pinned to one CPU ...
+    monkeypatch.setattr(os, 'cpu_count', lambda: 8)                                # ... of a larger machine
+    built = config.make_config(dataset='imagefolder', images_dir=str(root), save_dir=str(tmp_path / 'out'))
+    assert built.run.num_workers == 1
