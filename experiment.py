@@ -65,6 +65,7 @@ class Experiment:
         order, order_source, order_warning = class_order(config, splits)
         self.report('warn', order_warning)
         plan = make_plan(config, splits, order)
+        self.report('warn', config.ordering.plan_warning(config.stream.options, splits))
         offline = read_offline_accuracies(config.run.offline_accuracies, len(plan))
         files = BackgroundFiles()
         folder = ResultsFolder(config.run.save_dir, files)

@@ -1,6 +1,7 @@
 """Features of images: the frozen extractor (any torchvision classifier, any layer, spatially mean-pooled),
 ``Extraction``, which runs a split's images through it class by class, and ``FeatureReader``, which serves a
 split's features computing each class's once: kept in memory for a run, or in a ``FeatureCache`` across runs."""
+import contextlib
 import hashlib
 import json
 import os
@@ -146,13 +147,30 @@ def cached_torchvision_weights(arch, weights_name):
     return path
 
 
+@contextlib.contextmanager
+def input_size_checked(arch, input_size):
+    """Around a dummy forward pass of network ``arch`` on ``input_size`` x ``input_size`` images: what a
+    torchvision network raises for an input it cannot take (the vision transformers assert their one size; a
+    convolution or pooling window larger than the feature map it meets is a RuntimeError) becomes a
+    SettingError (setting ``arch``) naming --arch and --image_size."""
+    try:
+        yield
+    except (AssertionError, RuntimeError) as e:
+        if isinstance(e, (torch.cuda.OutOfMemoryError, NotImplementedError)):   # the device's limits, not the input's
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SettingError('arch', f'--arch {arch} cannot take {input_size}x{input_size} images (--image_size '
+                                   f'{input_size}): {reason}; choose another --image_size or --arch') from e
+
+
 class FeatureExtractor:
     """A frozen network in eval() mode returning the spatially mean-pooled output of one layer.
 
     Call it on a float image batch (B, 3, H, W) on any device; returns float32 features (B, d) on
     ``device``. ``identity`` is a string that changes whenever the features would, known without building the
     network. ``load()`` builds the network (importing torchvision, which is slow to import) and sets ``dim``;
-    the first call loads at the latest, so a rerun that finds every feature in the cache never does.
+    the first call loads at the latest, so a rerun that finds every feature in the cache never does. Loading
+    raises SettingError (setting ``arch``) when the network cannot take ``input_size`` x ``input_size`` images.
     """
 
     def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
@@ -197,7 +215,8 @@ class FeatureExtractor:
             model = torchvision.models.get_model(self.arch, weights=None)
         network = ModelWrapper(model, [self.layer], return_single=True)     # checks the layer's name
         if self.checkpoint:
-            required = tensors_used_by(model, self.layer, self.input_size)
+            with input_size_checked(self.arch, self.input_size):    # this dummy pass is the first
+                required = tensors_used_by(model, self.layer, self.input_size)
             self.weights_report, self.partial = load_checkpoint_into(model, self.checkpoint, required,
                                                                      self.allow_partial, self.layer)
         elif self.weights:
@@ -207,20 +226,23 @@ class FeatureExtractor:
         network.to(memory_format=torch.channels_last)
         for p in network.parameters():
             p.requires_grad_(False)
-        self.network = network
-        self.dim = self(torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8)).shape[1]
+        with input_size_checked(self.arch, self.input_size):        # the first dummy pass without a checkpoint
+            probe = self._forward(network, torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8))
+        self.network, self.dim = network, probe.shape[1]     # only now: a refused network is never used
         return self
 
-    @torch.inference_mode()
     def __call__(self, images):
         """images: (B, 3, H, W), uint8 in [0, 255] (normalised here, on the device) or normalised floats."""
-        self.load()
+        return self._forward(self.load().network, images)
+
+    @torch.inference_mode()
+    def _forward(self, network, images):
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = imagenet_normalize(images)
         images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            output = self.network(images)
+            output = network(images)
         if output.dim() == 4:
             output = output.mean(dim=(2, 3))
         elif output.dim() != 2:

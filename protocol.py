@@ -286,6 +286,17 @@ def image_batch_size(options, splits):
     return options.images_per_batch or -(-len(splits.train.labels) // 10)
 
 
+def one_image_batch(options, splits):
+    """A warning when the iid or instance batches hold every training image, so that the stream is one batch;
+    else None."""
+    size, images = image_batch_size(options, splits), len(splits.train.labels)
+    if size < images:
+        return None
+    flag = described(fields_of(type(options))['images_per_batch'])
+    return (f'{flag} {size} is at least the {images} training images: the stream is a single batch, fitted '
+            f'and tested once; give a smaller {flag} for a learning curve')
+
+
 def class_batch_size(options, splits):
     if options.classes_per_batch > splits.num_classes:
         raise refuse(options, 'classes_per_batch', f'{options.classes_per_batch} is larger than the '
@@ -323,6 +334,12 @@ class OrderingEntry:
     needs_clips: bool = False           # the dataset must know each training image's clip (core50)
     tests_seen_classes: bool = True     # evaluated on the classes seen so far; False: on every test image
     x_axis: str = 'classes'             # what learning curves plot against: 'classes' seen or 'images' seen
+    # (options, splits) -> a warning that the plan may not be what was meant, or None
+    warn: Optional[Callable[..., Optional[str]]] = None
+
+    def plan_warning(self, options, splits):
+        """Why the plan of ``options`` on ``splits`` may not be what was meant (a string), or None."""
+        return self.warn(options, splits) if self.warn else None
 
     @property
     def uses_class_order(self):
@@ -334,11 +351,11 @@ ORDERINGS = {entry.name: entry for entry in [
     OrderingEntry('class_incremental', 'a class order, --class_increment classes at a time', plan_class_incremental,
                   ClassIncrementalOptions),
     OrderingEntry('iid', 'every training image in a random order', plan_iid, ImageBatches,
-                  tests_seen_classes=False, x_axis='images'),
+                  tests_seen_classes=False, x_axis='images', warn=one_image_batch),
     OrderingEntry('class_iid', 'classes in a random order, each class\'s images shuffled', plan_class_iid,
                   SeededClassBatches),
     OrderingEntry('instance', 'clips in a random order, frames in temporal order', plan_instance, ImageBatches,
-                  needs_clips=True, tests_seen_classes=False, x_axis='images'),
+                  needs_clips=True, tests_seen_classes=False, x_axis='images', warn=one_image_batch),
     OrderingEntry('class_instance', 'classes in a random order, each class\'s clips shuffled, frames in order',
                   plan_class_instance, SeededClassBatches, needs_clips=True),
 ]}

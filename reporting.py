@@ -58,6 +58,10 @@ class ConsoleReporter(Reporter):
                       for name, head in row['heads'].items() if name != 'slda'), flush=True)
 
     def finish(self, summary, plan, save_dir):
+        skipped = len(summary['skipped_images'])
+        if skipped:
+            self.warn(f'--skip_bad_images: {skipped} unreadable image{"s" if skipped > 1 else ""} left out of the '
+                      f'run, listed under skipped_images in {os.path.join(save_dir, "summary.json")}')
         final = summary['final']['slda']
         omega = summary['omega_all']
         omega_text = f'; Omega_all top-1 {omega["top1"]:.3f}, top-5 {omega["top5"]:.3f}' if omega else ''

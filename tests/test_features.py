@@ -1,11 +1,16 @@
-"""Loading checkpoints into the feature extractor's network: key prefixes, the report of what was not loaded."""
+"""The feature extractor's network: loading checkpoints into it (key prefixes, the report of what was not
+loaded), refusing an input size it cannot take, and the decoding workers that feed it."""
+import os
 import re
 
+import pytest
 import torch
 import torchvision
 
-from conftest import make_checkpoint
-from features import load_checkpoint_into
+import config
+from conftest import build_image_folder, make_checkpoint, run
+from features import FeatureExtractor, load_checkpoint_into
+from options import SettingError
 
 
 def reported_names(report):
@@ -38,3 +43,42 @@ def test_tensors_absent_from_the_checkpoint_are_reported_missing(tmp_path):
     torch.save({'model_state': state}, tmp_path / 'headless.pth')
     report, _ = load_checkpoint_into(torchvision.models.resnet18(), tmp_path / 'headless.pth')
     assert reported_names(report) == {'missing': ['fc.bias', 'fc.weight']}, report
+
+
+def test_decoding_workers_default_to_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+    root, _ = build_image_folder(tmp_path)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0}, raising=False)   # pinned to one CPU ...
+    monkeypatch.setattr(os, 'cpu_count', lambda: 8)                                # ... of a larger machine
+    built = config.make_config(dataset='imagefolder', images_dir=str(root), save_dir=str(tmp_path / 'out'))
+    assert built.run.num_workers == 1
+
+
+SMALL_INPUT = 32
+
+
+@pytest.mark.parametrize('arch, layer', [('vit_b_16', 'encoder'), ('inception_v3', 'Mixed_7c')])
+def test_a_network_that_cannot_take_the_input_size_is_one_line_naming_arch_and_image_size(
+        tmp_path, capsys, arch, layer):
+    root, _ = build_image_folder(tmp_path)
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / 'out',
+                     '--arch', arch, '--extract_layer', layer, '--image_size', SMALL_INPUT, '--num_workers', 0,
+                     '--class_increment', 3], capsys)
+    lines = out.err.strip().splitlines()
+    assert code == SettingError.exit_code and len(lines) == 1 and lines[0].startswith('error: '), out.err
+    assert f'--arch {arch}' in lines[0] and f'--image_size {SMALL_INPUT}' in lines[0], lines[0]
+    assert not (tmp_path / 'out' / 'summary.json').exists()       # refused before any batch
+
+
+@pytest.mark.filterwarnings('ignore:no checkpoint or weights given')
+@pytest.mark.parametrize('with_checkpoint', [True, False])
+def test_a_refused_input_size_is_refused_at_every_load(tmp_path, with_checkpoint):
+    checkpoint = None
+    if with_checkpoint:     # its dummy pass, which finds the tensors the layer needs, comes first
+        checkpoint = str(tmp_path / 'squeezenet.pth')
+        torch.save({'state_dict': torchvision.models.squeezenet1_0().state_dict()}, checkpoint)
+    extractor = FeatureExtractor('squeezenet1_0', 'features.12', checkpoint=checkpoint, amp=False, input_size=16)
+    for _ in range(2):      # a notebook may try again: the refused network is not kept
+        with pytest.raises(SettingError) as refused:
+            extractor.load()
+        assert refused.value.setting == 'arch'
+        assert '--arch squeezenet1_0' in str(refused.value) and '--image_size 16' in str(refused.value)
