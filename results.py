@@ -47,15 +47,19 @@ def read_offline_accuracies(path, num_batches):
         raise MissingFileError(f'offline accuracies file {path} not found')
     offline = load_json(path)
     lists = {key: offline.get(key) if isinstance(offline, dict) else None for key in ('top1', 'top5')}
-    numbers = [v for values in lists.values() if isinstance(values, list) for v in values
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [v for values in lists.values() if isinstance(values, list) for v in values if is_number(v)]
     scale = 1 if any(v > 1 for v in numbers) else 100
     for key, values in lists.items():
         if not isinstance(values, list) or len(values) != num_batches or \
-                not all(isinstance(v, (int, float)) and 0 < v * scale <= 100 for v in values):
+                not all(is_number(v) and 0 < v * scale <= 100 for v in values):
             raise InputError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies, one per '
                              f'increment, as fractions in (0, 1] or percentages in (0, 100]')
     return {key: [v * scale for v in values] for key, values in lists.items()}
+
+
+def is_number(value):
+    """A JSON number: not a bool (JSON's true is no accuracy), NaN excluded by the range checks."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def test_images_digest(test, plan):

@@ -1,8 +1,11 @@
 """Claiming a save folder: the write test and the lock never write through a link found there."""
+import json
 import os
 
 import pytest
 
+import results
+from errors import InputError
 from results import ResultsFolder
 from utils import BackgroundFiles, UserError
 
@@ -42,3 +45,18 @@ def test_claim_leaves_only_its_lock(folder):
     assert os.listdir(folder.path) == ['.lock']
     with open(os.path.join(folder.path, '.lock')) as f:
         assert f.read() == str(os.getpid())
+
+
+@pytest.mark.parametrize('values', [[True, 0.5], [0.5, float('nan')], [0.5], [0.5, 1.5, 2], ['0.5', 0.5]])
+def test_offline_accuracies_must_be_one_number_per_batch(tmp_path, values):
+    path = tmp_path / 'offline.json'
+    path.write_text(json.dumps({'top1': values, 'top5': [0.9, 0.9]}))
+    with pytest.raises(InputError, match='"top1" must list 2 accuracies'):
+        results.read_offline_accuracies(str(path), 2)
+
+
+def test_offline_accuracies_in_fractions_or_percent_come_back_in_percent(tmp_path):
+    path = tmp_path / 'offline.json'
+    for scale in (1, 100):
+        path.write_text(json.dumps({'top1': [0.5 * scale, 0.25 * scale], 'top5': [1.0 * scale, 0.75 * scale]}))
+        assert results.read_offline_accuracies(str(path), 2) == {'top1': [50.0, 25.0], 'top5': [100.0, 75.0]}
