@@ -176,3 +176,20 @@ def test_an_experiment_runs_from_python_without_a_command_line(tmp_path):
     summary = Experiment(built, reporters=[]).run()
     assert summary['finished'] and [row['classes_seen'] for row in summary['increments']] == [2, 4]
     assert os.path.exists(tmp_path / 'out' / 'slda_model_weights_final.pth')
+
+
+@pytest.mark.parametrize('argv,flag', [
+    (['--heads', 'slda,softmax_stream', '--softmax_lr', 'nan'], '--softmax_lr'),
+    (['--heads', 'slda,softmax_stream', '--softmax_lr', 'inf'], '--softmax_lr'),
+    (['--base_init_classes', '0'], '--base_init_classes'),
+    (['--dist_timeout', '0'], '--dist_timeout'),
+    (['--dist_timeout', '-5'], '--dist_timeout'),
+    (['--shrinkage', 'nan'], '--shrinkage'),
+    (['--seed', '-1'], '--seed'),
+])
+def test_numbers_a_setting_cannot_take_are_refused_naming_its_flag(tmp_path, capsys, argv, flag):
+    code, out = run(argv + ['--save_dir', tmp_path / 'out'], capsys)
+    assert code == 2 and out.err.startswith('error: ') and out.err.count('\n') == 1 and flag in out.err
+    assert not (tmp_path / 'out').exists()
+    with pytest.raises(SettingError):
+        cli.parse(argv)
