@@ -1,11 +1,14 @@
-"""Top-k accuracy: ranked by scores, never by float32 softmax probabilities (DESIGN.md section 9), with ties among
-scores counted against the label."""
+"""What a run's accuracies measure (DESIGN.md section 9): top-k ranked by scores, never by float32 softmax
+probabilities, with ties among scores counted against the label; and a fixed covariance without a base
+initialisation, which is nearest class mean and is reported as such."""
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run
 from experiment import fit_and_evaluate
 from protocol import Batch
 from slda_model import StreamingLDA
@@ -106,3 +109,23 @@ def test_the_driver_ranks_by_scores_and_still_returns_the_probabilities():
                                           torch.device('cpu'))
     assert (row['heads']['slda']['top1'], row['heads']['slda']['top5']) == (0.0, 100.0)
     assert torch.equal(probabilities, heads['slda'].predict_proba(X_test))
+
+
+@pytest.mark.parametrize('flags, covariance, detail', [
+    (['--no_base_init', '--no-streaming_update_sigma'], 'fixed',
+     'fixed (identity: no base initialisation, so nearest class mean)'),
+    (['--no-streaming_update_sigma'], 'fixed', "fixed (the base initialisation's estimate, kept)"),
+    (['--no_base_init', '--streaming_update_sigma'], 'plastic', 'plastic (updated by every sample)'),
+])
+def test_the_run_says_what_its_covariance_is(tmp_path, capsys, flags, covariance, detail):
+    save = tmp_path / 'out'
+    code, out = run(['--num_classes', 6, '--heads', 'slda,ncm', '--save_dir', save] + flags, capsys)
+    assert code == 0, out.err
+    config = json.loads((save / 'config.json').read_text())
+    assert (config['covariance'], config['covariance_detail']) == (covariance, detail)
+    assert f'covariance: {detail};' in out.out
+    rows = json.loads((save / 'summary.json').read_text())['increments']
+    same = [(row['heads']['slda']['top1'], row['heads']['slda']['top5']) ==
+            (row['heads']['ncm']['top1'], row['heads']['ncm']['top5']) for row in rows]
+    # the identity covariance makes SLDA's scores -||x - mu_k||^2 / 2 plus a term common to every class
+    assert all(same) if 'nearest class mean' in detail else not all(same)
