@@ -169,7 +169,8 @@ def build_heads(config, feature_dim, num_classes, device):
 def fit_and_evaluate(heads, batch, following, train, test, device):
     """Fit one batch of the plan with every output layer, evaluate each on the batch's test images and start
     reading the following batch's cached features; returns (the batch's summary row, SLDA's test
-    probabilities)."""
+    probabilities (m, C) on the CPU, for the preds files). Top-1 and top-5 rank each layer's scores: float32
+    probabilities tie at exactly 0 for all but the best classes (utils.topk_accuracy)."""
     tick = time.perf_counter()
     X, y = train.take(batch.train_indices)
     X_test, y_test = test.take(batch.test_indices)
@@ -188,10 +189,9 @@ def fit_and_evaluate(heads, batch, following, train, test, device):
             torch.cuda.synchronize(device)
         fit_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
-        if name == 'slda':      # the original's outputs: accuracies from the probabilities it saves
-            scores = probabilities = head.predict(X_test, return_probas=True)
-        else:
-            scores = head.decision_function(X_test)
+        scores = head.decision_function(X_test)
+        if name == 'slda':      # the original's preds files; its accuracies came from these, here from the scores
+            probabilities = torch.softmax(scores, dim=1)
         top1, top5 = topk_accuracy(scores, y_test)
         row['heads'][name] = {'top1': top1, 'top5': top5, 'samples_seen': head.samples_seen,
                               'fit_seconds': round(fit_seconds, 3),

@@ -3,6 +3,8 @@ batch and the end, and shows it somewhere. A notebook can pass its own, or none.
 import os
 import sys
 
+from results import covariance_detail
+
 
 class Reporter:
     """Does nothing at each event; a reporter overrides the events it shows."""
@@ -40,10 +42,8 @@ class ConsoleReporter(Reporter):
               f'{order_source}')
         print(f'{config.network.arch} {config.network.extract_layer}: {feature_dim}-d features on {device} '
               f'({"bfloat16 autocast" if extractor.amp else "float32"}); {extractor.weights_report}')
-        slda = config.slda
-        print(f'covariance: {slda.covariance} (' + ('--streaming_update_sigma: updated by every sample'
-              if slda.plastic_covariance else '--no-streaming_update_sigma: the base initialisation\'s, kept')
-              + f'); shrinkage {slda.shrinkage}; accuracies in percent', flush=True)
+        print(f'covariance: {covariance_detail(config)}; shrinkage {config.slda.shrinkage}; accuracies in percent',
+              flush=True)
 
     def resumed(self, first, plan):
         if first:

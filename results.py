@@ -100,12 +100,25 @@ def omega(rows, offline):
                       [{'top1': top1, 'top5': top5} for top1, top5 in zip(offline['top1'], offline['top5'])])
 
 
+def covariance_detail(config):
+    """What SLDA's covariance is in a run of ``config``, in words (config.json's covariance_detail, the console).
+    A fixed covariance keeps the one it starts from: without a base initialisation that is the identity, and
+    SLDA is then exactly nearest class mean (DESIGN.md section 9), whatever "fixed" suggests."""
+    if config.slda.plastic_covariance:
+        return 'plastic (updated by every sample)'
+    if config.stream.base_init:
+        return "fixed (the base initialisation's estimate, kept)"
+    return 'fixed (identity: no base initialisation, so nearest class mean)'
+
+
 def describe_run(config, order, order_source, order_warning, extractor, feature_dim, device):
     """config.json: the settings (all, and those that change results), the class order, the network and the
-    platform."""
+    platform. ``covariance`` is 'plastic' or 'fixed' as in earlier releases; ``covariance_detail`` says what the
+    covariance is (covariance_detail)."""
     return {
         'schema_version': SCHEMA_VERSION, 'expt_name': config.run.expt_name, 'dataset': config.data.dataset,
-        'ordering': config.stream.ordering, 'covariance': config.slda.covariance, 'heads': list(config.output.heads),
+        'ordering': config.stream.ordering, 'covariance': config.slda.covariance,
+        'covariance_detail': covariance_detail(config), 'heads': list(config.output.heads),
         'results_settings': config.results_settings(), 'settings': config.to_json(),
         'class_order': None if order is None else order.tolist(), 'class_order_source': order_source,
         'class_order_warning': order_warning,

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Deep SLDA on CORe50, as in Hayes et al.'s experiments: the four orderings of the stream (iid, class_iid,
 # instance, class_instance), 10 seeds each, with a plastic and a fixed covariance, a ResNet-18 pre-trained on
-# ImageNet-1K and no base initialisation. Every run shares one feature cache, so the network sees each image
-# once. Finished runs are skipped and interrupted ones resumed, so the script can be run again after a stop.
+# ImageNet-1K. Plastic runs have no base initialisation, as in the published protocol. Fixed runs initialise
+# on the first batch (--base_init): without that the fixed covariance is the starting identity and SLDA is
+# exactly nearest class mean. Every run shares one feature cache, so the network sees each image once.
+# Finished runs are skipped and interrupted ones resumed, so the script can be run again after a stop.
 # Ends with a table of mean and standard deviation over seeds (printed, and saved as Markdown).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,7 +20,7 @@ usage: CORE50_DIR=/path/to/core50_128x128 [SAVE_ROOT=...] [FEATURE_CACHE=...] [O
   OFFLINE_DIR    folder with <ordering>.json offline accuracies per ordering, for Omega_all (optional)
   SEEDS          ordering seeds (default: 0 1 2 3 4 5 6 7 8 9)
   ORDERINGS      (default: iid class_iid instance class_instance)
-  COVARIANCES    (default: plastic fixed)
+  COVARIANCES    (default: plastic fixed; fixed runs initialise on the first batch, --base_init)
   PYTHON         interpreter (default: this project's .venv/bin/python if present, else python3)
 USAGE
   exit 2
@@ -41,17 +43,23 @@ for ordering in $ORDERINGS; do
   fi
   for seed in $SEEDS; do
     for covariance in $COVARIANCES; do
-      save_dir=$SAVE_ROOT/core50_${ordering}_seed${seed}_$covariance
+      # Fixed runs of earlier releases (no base initialisation, so nearest class mean) were saved as *_fixed:
+      # a new folder name keeps them from being taken for finished runs of this setting.
+      if [ "$covariance" = plastic ]; then
+        settings=(--streaming_update_sigma); name=plastic
+      else
+        settings=(--no-streaming_update_sigma --base_init); name=fixed_base_init
+      fi
+      save_dir=$SAVE_ROOT/core50_${ordering}_seed${seed}_$name
       resume=()
       if [ -f "$save_dir/summary.json" ] && grep -q '"finished": true' "$save_dir/summary.json"; then
         continue
       elif [ -f "$save_dir/config.json" ]; then
         resume=(--resume)
       fi
-      if [ "$covariance" = plastic ]; then sigma=--streaming_update_sigma; else sigma=--no-streaming_update_sigma; fi
       echo "== $ordering, seed $seed, $covariance covariance =="
       "$PYTHON" "$here/experiment.py" --dataset core50 --images_dir "$CORE50_DIR" --ordering "$ordering" \
-        --ordering_seed "$seed" $sigma --feature_cache "$FEATURE_CACHE" --save_dir "$save_dir" \
+        --ordering_seed "$seed" "${settings[@]}" --feature_cache "$FEATURE_CACHE" --save_dir "$save_dir" \
         "${offline[@]}" "${resume[@]}" "$@"
     done
   done

@@ -244,12 +244,27 @@ def safe_torch_load(path, mmap=False):
 
 
 def topk_accuracy(scores, labels, ks=(1, 5)):
-    """Percentage of rows whose label is among the k highest scores, for each k (k capped at the class count),
-    in percent as the original's ``accuracy`` reports it.
+    """Percentage of rows whose label is among the k highest scores, for each k, in percent as the original's
+    ``accuracy`` reports it.
 
-    scores: (n, C); labels: (n,). Returns a list of floats in [0, 100]: 100 * hits / n, rounded once.
+    Rank by scores (or log-probabilities), never by float32 softmax probabilities: SLDA's scores differ by hundreds,
+    so every class but the best has probability exactly 0 and a ranking of those would be decided by how ties are
+    broken. Ties among scores count against the label, so the result does not depend on the order of the classes:
+    a row is a hit at k when fewer than k other classes score at least as high as its label (a NaN counts as at
+    least as high). A model that scores every class alike thus gets 0% until k reaches the class count.
+
+    scores: (n, C), n >= 1, on any device; labels: (n,) integers in [0, C). Returns a list of floats in
+    [0, 100], 100 * hits / n for each k. Raises ValueError (InputError) for other shapes or labels outside [0, C).
     """
-    labels = torch.as_tensor(labels).view(-1, 1)
-    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
-    hits = top == labels
-    return [int(hits[:, :min(k, scores.shape[1])].any(dim=1).sum()) * 100 / len(labels) for k in ks]
+    if scores.dim() != 2 or len(scores) == 0:
+        raise InputError(f'scores must have shape (n, C) with at least one row (no rows have no accuracy), got '
+                         f'{tuple(scores.shape)}')
+    labels = torch.as_tensor(labels, device=scores.device).view(-1)
+    if len(labels) != len(scores) or not bool(((labels >= 0) & (labels < scores.shape[1])).all()):
+        found = f' in [{int(labels.min())}, {int(labels.max())}]' if len(labels) else ''
+        raise InputError(f'labels must be {len(scores)} integers in [0, {scores.shape[1]}), one per row of scores; '
+                         f'got {len(labels)}{found}')
+    label_scores = scores.gather(1, labels.view(-1, 1))
+    # "not lower" rather than ">=": a NaN on either side counts against the label; minus 1 for the label itself
+    ahead = (~(scores < label_scores)).sum(dim=1) - 1
+    return [int((ahead < k).sum()) * 100 / len(labels) for k in ks]

@@ -203,12 +203,16 @@ def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_ta
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     folders = sorted(p for p in (tmp_path / 'results').iterdir() if p.name.startswith('core50_'))
-    assert [p.name for p in folders] == ['core50_class_instance_seed0_fixed', 'core50_class_instance_seed1_fixed']
+    assert [p.name for p in folders] == ['core50_class_instance_seed0_fixed_base_init',
+                                         'core50_class_instance_seed1_fixed_base_init']
     assert [summary(p)['images_extracted_this_process'] for p in folders] == [240 + 90, 0]
     for seed, folder in enumerate(folders):             # core50's default is plastic: the script chose fixed
         config = json.loads((folder / 'config.json').read_text())
         assert (config['covariance'], config['ordering'], setting(config, 'ordering_seed')) == \
             ('fixed', 'class_instance', seed)
+        # core50 has no base initialisation by default, and without one a fixed covariance is nearest class mean
+        assert setting(config, 'base_init') is True
+        assert config['covariance_detail'] == "fixed (the base initialisation's estimate, kept)"
     table = (tmp_path / 'results' / 'table_core50.md').read_text()
     assert table in done.stdout
     values = [summary(p)['final']['slda']['top1'] for p in folders]
