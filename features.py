@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 import warnings
 from importlib.metadata import version
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 import data
 from data import imagenet_normalize
-from errors import InputError, MissingFileError
+from errors import InputError, MissingFileError, ProjectError
 from feature_cache import FeatureCache, cache_key, listings_folder
 from options import SettingError
 from retrieve_any_layer import ModelWrapper
@@ -264,6 +265,29 @@ class IndexSampler(Sampler):
         return len(self.indices)
 
 
+class DecodingWorkerError(ProjectError, RuntimeError):
+    """A decoding process of the DataLoader was killed or ran out of shared memory; the message says which."""
+    hint = ('pass --num_workers 0 to decode in the main process, or fewer workers; or give /dev/shm more room '
+            '(docker run --shm-size)')
+    exit_code = 1
+
+
+# The last line of torch's RuntimeError when a worker could not put a batch into shared memory (raised in the
+# worker: "unable to allocate shared memory(shm) ...") or died of a bus error, which is how a full /dev/shm
+# kills; and when a worker died otherwise, as the kernel's out-of-memory killer does, or died unseen.
+OUT_OF_SHARED_MEMORY = re.compile(r'shared memory|\bshm\b|bus error', re.IGNORECASE)
+WORKER_DIED = re.compile(r'DataLoader worker \(pid.*\) (is killed by signal|exited unexpectedly)')
+
+
+def shared_memory_size():
+    """' (/dev/shm holds N MiB)', or '' where there is no /dev/shm."""
+    try:
+        stat = os.statvfs('/dev/shm')
+    except OSError:
+        return ''
+    return f' (/dev/shm holds {stat.f_blocks * stat.f_frsize >> 20} MiB)'
+
+
 class Extraction:
     """Runs images of a split through ``extractor``, class by class, batch by batch.
 
@@ -286,6 +310,21 @@ class Extraction:
             sampler = IndexSampler()
             self.loaders[id(split)] = sampler, DataLoader(split, sampler=sampler, **self.loader_options)
         return self.loaders[id(split)]
+
+    def worker_error(self, error):
+        """``error``, a RuntimeError met while extracting, as a DecodingWorkerError when it is torch's report of a
+        decoding worker killed or out of shared memory; else None."""
+        if not self.loader_options['num_workers']:
+            return None
+        lines = str(error).strip().splitlines()
+        last = lines[-1] if lines else ''
+        if OUT_OF_SHARED_MEMORY.search(last):
+            return DecodingWorkerError(f'decoding workers ran out of shared memory{shared_memory_size()}: {last}')
+        if WORKER_DIED.search(last):
+            return DecodingWorkerError(f'a decoding worker died ({last.rstrip(".")}): the kernel kills processes so '
+                                       f'when memory runs out, and a full /dev/shm{shared_memory_size()} kills them '
+                                       f'with a bus error')
+        return None
 
     def classes(self, split, labels, description, report_bad):
         """Yields (label, features (n, d) float32 on the CPU, dataset indices (n,), indices of unreadable images
@@ -362,7 +401,8 @@ class FeatureReader:
     coming batch's cached classes there, joined into one tensor, while the caller computes.
 
     An unreadable image raises ``BadImageError`` unless ``skip_bad_images``; then it is left out and listed in
-    ``skipped`` (also when its class comes from the cache, as if just extracted).
+    ``skipped`` (also when its class comes from the cache, as if just extracted). A decoding worker killed or
+    out of shared memory while extracting raises ``DecodingWorkerError``.
     """
 
     def __init__(self, split, split_name, extraction=None, cache=None, keep=False, files=None,
@@ -452,15 +492,23 @@ class FeatureReader:
         if self.files:
             self.files.wait()    # no file work in flight while the DataLoader forks its workers
         done = {}
-        for label, features, indices, unreadable in self.extraction.classes(self.split, labels, self.split_name,
-                                                                            self._report_bad):
-            self.images_extracted += len(indices)
-            if self.cache:
-                features = self.cache.write(self.split, self.split_name, label, features, indices, unreadable,
-                                            self.files)
-            if self.keep:
-                self.memory[label] = (features, indices)
-            done[label] = (features, indices)
+        # The whole loop, not only the DataLoader's next(): torch reports a dead worker from its SIGCHLD
+        # handler, which raises wherever this thread happens to be
+        try:
+            for label, features, indices, unreadable in self.extraction.classes(self.split, labels, self.split_name,
+                                                                                self._report_bad):
+                self.images_extracted += len(indices)
+                if self.cache:
+                    features = self.cache.write(self.split, self.split_name, label, features, indices, unreadable,
+                                                self.files)
+                if self.keep:
+                    self.memory[label] = (features, indices)
+                done[label] = (features, indices)
+        except RuntimeError as e:
+            error = self.extraction.worker_error(e)
+            if error is None:
+                raise
+            raise error from e
         return done
 
 

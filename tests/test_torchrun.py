@@ -1,5 +1,6 @@
 """Feature extraction across processes with torchrun, on the CPU (gloo): the same outputs as one process,
-shares for every process, a failing process stops the group, and a rerun extracts only what is missing."""
+shares for every process, a failing process stops the group, an exchange that times out stops it too, each
+failure said in one line, and a rerun extracts only what is missing."""
 import json
 import os
 import re
@@ -23,10 +24,33 @@ def arguments(root, labels, ckpt, cache, save):
             '--feature_cache', str(cache), '--save_dir', str(save), '--no-plot', '--device', 'cpu']
 
 
-def torchrun(argv, env=None):
+def torchrun(argv, env=None, script='experiment.py'):
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-               os.path.join(REPO, 'experiment.py'), *argv, '--no-progress']
+               os.path.join(REPO, script), *argv, '--no-progress']
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+# What torch.distributed.run itself prints when a process exits with a nonzero code, as it must for torchrun
+# to fail: its log lines, and the traceback of its ChildFailedError with a table of the processes that failed
+LAUNCHER_LOG = re.compile(r'^[IWE]\d{4} .*\n', re.M)
+
+
+def process_output(stderr):
+    """``stderr`` of torchrun without the launcher's own report: what the processes printed."""
+    head, _, launcher_traceback = stderr.rpartition('Traceback (most recent call last):')
+    if 'ChildFailedError' in launcher_traceback:
+        stderr = head
+    return LAUNCHER_LOG.sub('', stderr)
+
+
+def assert_said_once(done, *fragments):
+    """torchrun failed, its processes printed one line for it, with ``fragments``, and no traceback."""
+    assert done.returncode != 0
+    printed = process_output(done.stderr)
+    lines = [line for line in printed.splitlines() if line.startswith('error: ')]
+    assert len(lines) == 1 and 'Traceback' not in printed, done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
 
 
 def summary(save):
@@ -84,9 +108,23 @@ def test_a_process_that_fails_stops_the_group_naming_its_rank_and_the_cause(tmp_
     bad = root / 'train' / 'n01000005' / 'n01000005_0002.JPEG'
     bad.write_bytes(b'not an image')
     done = torchrun(arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two'))
-    assert done.returncode != 0
+    assert_said_once(done, 'failed while extracting features', '--skip_bad_images')
     assert re.search(rf'error: process [01] of 2 failed while extracting features: BadImageError: cannot read image '
                      rf'{re.escape(str(bad))}', done.stderr), done.stderr
+
+
+@pytest.mark.slow
+def test_an_exchange_that_times_out_gives_one_line_naming_dist_timeout_and_a_rerun_continues(tmp_path, single):
+    root, labels, ckpt = single
+    argv = arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two')
+    slow = dict(os.environ, SLDA_SLOW_RANK='1', SLDA_SLOW_SECONDS='120')   # far longer than the timeout
+    done = torchrun(argv + ['--dist_timeout', '5'], env=slow, script=os.path.join('tests', 'slow_rank.py'))
+    assert_said_once(done, '--dist_timeout 5', 'rerun')
+    assert re.search(rf'exitcode\s*: {distributed.CollectiveFailed.exit_code} ', done.stderr), done.stderr
+    done = torchrun(argv + ['--resume'])
+    assert done.returncode == 0, done.stderr
+    assert 0 < sum(summary(tmp_path / 'two')['images_extracted_per_process']) < TOTAL_IMAGES
+    assert_same_outputs(tmp_path / 'single', tmp_path / 'two')
 
 
 def test_more_than_one_process_needs_the_feature_cache(tmp_path, capsys, monkeypatch):
