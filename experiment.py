@@ -78,9 +78,11 @@ class Experiment:
                 self.report('warn', f'{config.run.save_dir} holds a finished run; it is left as it is')
                 return folder.saved_summary()
             train, test, extractor, feature_dim = build_readers(config, splits, plan, device, files)
-            per_process = None
+            shared = None
             if group:
+                tick = time.perf_counter()
                 per_process = distributed.extract_shares(group, {'train': train, splits.test_name: test}, files)
+                shared = (per_process, time.perf_counter() - tick)
                 if group.rank != 0:
                     return None
             description = describe_run(config, order, order_source, order_warning, extractor, feature_dim, device)
@@ -94,7 +96,7 @@ class Experiment:
                 if continuing else 0
             self.batches_finished = first
             self.report('resumed', first, plan)
-            summary = make_summary_writer(offline, (train, test), started, per_process, folder)
+            summary = make_summary_writer(offline, (train, test), started, shared, folder)
             if first < len(plan):
                 train.prefetch(plan[first].train_indices)
                 test.prefetch(plan[first].test_indices)
@@ -218,12 +220,14 @@ def claim_folder(config, folder, group):
     return continuing, finished
 
 
-def make_summary_writer(offline, readers, started, per_process, folder):
-    prepare_seconds = time.perf_counter() - started
+def make_summary_writer(offline, readers, started, shared, folder):
+    """summary(rows, finished) for the results folder; ``shared``: under torchrun, (images each process
+    extracted, seconds the shared extraction took), which is extraction, not preparation."""
+    prepare_seconds = time.perf_counter() - started - (shared[1] if shared else 0)
 
     def summary(rows, finished):
         return make_summary(rows, offline, readers, started, prepare_seconds, finished,
-                            skipped_before=folder.skipped_before, images_per_process=per_process)
+                            skipped_before=folder.skipped_before, shared=shared)
     return summary
 
 

@@ -317,13 +317,15 @@ class ResultsFolder:
         return finished
 
 
-def make_summary(rows, offline, readers, started, prepare_seconds, finished, skipped_before=(),
-                 images_per_process=None):
+def make_summary(rows, offline, readers, started, prepare_seconds, finished, skipped_before=(), shared=None):
     """summary.json: per batch ``rows``, final accuracies, Omega_all, seconds and extraction counts, and the
     images skipped as unreadable (sorted, with ``skipped_before`` a resume, so that an interrupted run lists
-    what an uninterrupted one does). Under torchrun, ``images_per_process`` lists what each process extracted."""
+    what an uninterrupted one does). Under torchrun, ``shared`` is (images each process extracted, seconds the
+    processes took together): the throughput is theirs, not this process's reading of the cache."""
     extract = sum(row['extract_seconds'] for row in rows)
     images = sum(reader.images_extracted for reader in readers)
+    images_per_process, shared_seconds = shared or ([images], None)
+    throughput = (sum(images_per_process), shared_seconds) if shared else (images, extract)
     heads = [head for row in rows for head in row['heads'].values()]
     return {
         'schema_version': SCHEMA_VERSION,
@@ -337,10 +339,11 @@ def make_summary(rows, offline, readers, started, prepare_seconds, finished, ski
         'seconds': {'prepare': round(prepare_seconds, 3), 'extract': round(extract, 3),
                     'fit': round(sum(head['fit_seconds'] for head in heads), 3),
                     'evaluate': round(sum(head['eval_seconds'] for head in heads), 3),
+                    'extract_across_processes': None if shared_seconds is None else round(shared_seconds, 3),
                     'total_this_process': round(time.perf_counter() - started, 3)},
         'images_extracted_this_process': images,
-        'processes': len(images_per_process) if images_per_process else 1,
-        'images_extracted_per_process': images_per_process or [images],
-        'images_per_second': round(images / extract, 1) if extract > 0 and images else None,
+        'processes': len(images_per_process),
+        'images_extracted_per_process': images_per_process,
+        'images_per_second': round(throughput[0] / throughput[1], 1) if throughput[1] and throughput[0] else None,
         'skipped_images': sorted(set(skipped_before).union(*(reader.skipped for reader in readers))),
     }

@@ -82,6 +82,9 @@ def test_two_processes_give_the_outputs_of_one_each_extracting_a_share(tmp_path,
     assert two['processes'] == 2 and sum(two['images_extracted_per_process']) == TOTAL_IMAGES
     assert min(two['images_extracted_per_process']) > 0
     assert two['images_extracted_this_process'] == two['images_extracted_per_process'][0]
+    seconds = two['seconds']     # the shared extraction is extraction, and its throughput that of every process
+    assert 0 < seconds['extract_across_processes'] and seconds['prepare'] < seconds['total_this_process']
+    assert two['images_per_second'] == pytest.approx(TOTAL_IMAGES / seconds['extract_across_processes'], rel=0.01)
     assert run(arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'rerun'))[0] == 0
     assert summary(tmp_path / 'rerun')['images_extracted_this_process'] == 0
     assert_same_outputs(tmp_path / 'single', tmp_path / 'rerun')
