@@ -197,7 +197,10 @@ def fit_and_evaluate(heads, batch, following, train, test, device):
         top1, top5 = topk_accuracy(scores, y_test)
         row['heads'][name] = {'top1': top1, 'top5': top5, 'samples_seen': head.samples_seen,
                               'fit_seconds': round(fit_seconds, 3),
-                              'eval_seconds': round(time.perf_counter() - tick, 3)}
+                              'eval_seconds': round(time.perf_counter() - tick, 3),
+                              # NaN or +inf scores (a learning rate too large): its accuracies mean nothing; -inf
+                              # is a layer's way of saying never (classes not seen yet)
+                              'diverged': bool(scores.isnan().any() or scores.isposinf().any())}
     return row, probabilities
 
 

@@ -54,7 +54,8 @@ class ConsoleReporter(Reporter):
         print(f'[{batch.number}/{batches}] {batch.classes_seen:5d} classes seen | +{row["train_images"]} train '
               f'images | top-1 {slda["top1"]:6.2f}% top-5 {slda["top5"]:6.2f}% | extract '
               f'{row["extract_seconds"]:.1f}s fit {slda["fit_seconds"]:.2f}s eval {slda["eval_seconds"]:.2f}s' +
-              ''.join(f' | {name} {head["top1"]:.2f}%/{head["top5"]:.2f}%'
+              ''.join(f' | {name} ' + ('diverged (NaN or infinite scores)' if head['diverged'] else
+                                       f'{head["top1"]:.2f}%/{head["top5"]:.2f}%')
                       for name, head in row['heads'].items() if name != 'slda'), flush=True)
 
     def finish(self, summary, plan, save_dir):

@@ -69,3 +69,13 @@ def test_the_one_batch_warning_is_on_the_console(tmp_path, capsys):
                     capsys)
     assert code == 0, out.err
     assert [line for line in warnings_of(out.err) if f'--images_per_batch {images + 1}' in line], out.err
+
+
+def test_an_output_layer_that_diverged_is_reported_as_such(tmp_path, capsys):
+    code, out = run(['--num_classes', 4, '--heads', 'slda,softmax_stream,ncm', '--softmax_lr', '1e38',
+                     '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 0, out.err
+    rows = json.loads((tmp_path / 'out' / 'summary.json').read_text())['increments']
+    assert [row['heads']['softmax_stream']['diverged'] for row in rows] == [True, True]
+    assert not any(row['heads'][name]['diverged'] for row in rows for name in ('slda', 'ncm'))
+    assert out.out.count('softmax_stream diverged (NaN or infinite scores)') == 2
