@@ -21,6 +21,7 @@ import io
 import os
 import sys
 
+from protocol import ORDERINGS
 from runs import load_run, write_output
 from utils import atomic_write, save_text
 
@@ -36,7 +37,7 @@ X_AXES = {frozenset({'images'}): ('training images seen', 'train_images_seen'),
 
 def x_axis(runs):
     """(label, name of the runs.Run field holding each run's x values) for ``runs`` drawn together."""
-    kinds = frozenset('images' if run.ordering in ('iid', 'instance') else 'classes' for run in runs)
+    kinds = frozenset(ORDERINGS[run.ordering].x_axis if run.ordering in ORDERINGS else 'classes' for run in runs)
     return X_AXES.get(kinds, ('batch', 'batch_numbers'))
 
 

@@ -75,8 +75,9 @@ class LearningCurveReporter(Reporter):
 
     def finish(self, summary, plan, save_dir):
         import plot_results     # here: it imports matplotlib, which a run without the figure does not need
+        import runs
         try:
-            plot_results.plot_runs([plot_results.load_run(save_dir)], os.path.join(save_dir, 'learning_curve.png'))
+            plot_results.plot_runs([runs.load_run(save_dir)], os.path.join(save_dir, 'learning_curve.png'))
         except Exception as e:      # noqa: BLE001 - the results are written; the figure is a convenience
             print(f'warning: learning_curve.png not written ({type(e).__name__}: {e}); the results are complete',
                   file=sys.stderr)
