@@ -42,11 +42,11 @@ class FeatureCache:
     by names and folder modification times (False), as ``Split.class_fingerprint`` computes them.
     """
 
-    def __init__(self, root, key, dtype=torch.float16, check_sizes=True):
+    def __init__(self, root, key, dtype=torch.float16, check_sizes=True, dim=None):
         self.folder = os.path.join(root, key)
         self.dtype = dtype
         self.check_sizes = check_sizes
-        self.dim = None         # once known, the feature size: an entry of another width is not served
+        self.dim = dim          # the feature size when known: an entry of another width is not served
         self.class_sizes = {}   # split name -> images per class, to check that an entry covers its class
 
     def remove_leftovers(self, split_names):

@@ -479,10 +479,6 @@ class FeatureReader:
             found.update(self._extract(missing))
         return join_classes([found[label] for label in labels])
 
-    def feature_dim(self, labels):
-        """The cached feature size when the cache holds every class of ``labels``, else None."""
-        return self.cache.feature_dim(self.split_name, labels) if self.cache else None
-
     def _report_bad(self, bad_indices):
         if bad_indices and not self.skip_bad_images:
             raise BadImageError(self.split.describe(bad_indices[0]))
@@ -529,33 +525,34 @@ def build_readers(config, splits, plan, device, files):
     a bad --arch, --extract_layer or checkpoint is reported before any work."""
     extractor = build_extractor(config, device)
     options, run = config.data.options, config.run
-    cache = None
+    # Test features are kept in memory (scored after every batch), and training features too when a class
+    # recurs in several batches, as in the iid and instance orderings.
+    batch_classes = [np.unique(splits.train.labels[batch.train_indices]) for batch in plan]
+    train_classes = np.unique(np.concatenate(batch_classes)).tolist()
+    recurring = sum(map(len, batch_classes)) > len(train_classes)
+    test_classes = np.unique(splits.test.labels[np.concatenate([batch.test_indices for batch in plan])]).tolist()
+    cache, cached_dims = None, {None}
     if config.cache.feature_cache:
         dtype = getattr(torch, config.cache.cache_dtype)
-        cache = FeatureCache(config.cache.feature_cache, cache_key(extractor.identity, splits, dtype), dtype,
-                             check_sizes=options.cache_check == 'sizes')
-        cache.remove_leftovers(['train', splits.test_name])
+        where = (config.cache.feature_cache, cache_key(extractor.identity, splits, dtype), dtype,
+                 options.cache_check == 'sizes')
+        found = FeatureCache(*where)
+        found.remove_leftovers(['train', splits.test_name])
         remove_stale_temporaries(listings_folder(config.cache.feature_cache))
+        cached_dims = {found.feature_dim('train', train_classes), found.feature_dim(splits.test_name, test_classes)}
+    feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
+    if config.cache.feature_cache:
+        cache = FeatureCache(*where, dim=feature_dim)
     decoding = {}
     if options.decode_on_device:
         from device_decode import BatchDecoder, collate_encoded
         decoding = dict(decoder=BatchDecoder(options.image_size, device), collate_fn=collate_encoded)
     extraction = Extraction(extractor, run.extraction_batch_size, run.num_workers, pin_memory=device.type == 'cuda',
                             progress=run.progress, **decoding)
-    # Test features are kept in memory (scored after every batch), and training features too when a class
-    # recurs in several batches, as in the iid and instance orderings.
-    batch_classes = [np.unique(splits.train.labels[batch.train_indices]) for batch in plan]
-    train_classes = np.unique(np.concatenate(batch_classes)).tolist()
-    recurring = sum(map(len, batch_classes)) > len(train_classes)
     train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,
                                  skip_bad_images=options.skip_bad_images)
                    for split, name, keep in ((splits.train, 'train', recurring),
                                              (splits.test, splits.test_name, True)))
-    test_classes = test.classes_of(np.concatenate([batch.test_indices for batch in plan]))
-    cached_dims = {train.feature_dim(train_classes), test.feature_dim(test_classes)}
-    feature_dim = cached_dims.pop() if len(cached_dims) == 1 and None not in cached_dims else extractor.load().dim
-    if cache:
-        cache.dim = feature_dim
     expected = config.network.feature_dim
     if expected is not None and expected != feature_dim:
         raise SettingError('feature_dim', f'--input_feature_size {expected} does not match the network: '
