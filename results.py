@@ -30,6 +30,7 @@ import torch
 
 from config import SCHEMA_VERSION, flag_of_setting
 from errors import InputError, MissingFileError
+import runs
 from protocol import save_class_order
 from utils import UserError, load_json, safe_torch_load, save_json, save_tensor, save_text
 
@@ -170,13 +171,16 @@ class ResultsFolder:
         if not resume:
             raise UserError(f'{self.path} already holds a run (config.json); pass --resume to continue it, '
                             f'or choose another --save_dir / --expt_name')
-        config = load_json(self.file('config.json'))
-        if config.get('schema_version') != SCHEMA_VERSION:
+        try:
+            saved_run = runs.load_run(self.path)
+        except ValueError as e:
+            raise UserError(f'cannot --resume {self.path}: {e}') from None
+        if saved_run.schema_version != SCHEMA_VERSION:
             raise UserError(f'cannot --resume {self.path}: it was written by another release of this program '
-                            f'(config.json schema {config.get("schema_version", 1)}, this one reads '
-                            f'{SCHEMA_VERSION}); its results stay readable by plot_results.py and '
-                            f'summarize_runs.py, but continuing it needs a new --save_dir')
-        saved = config['results_settings']
+                            f'(config.json schema {saved_run.schema_version}, this one reads {SCHEMA_VERSION}); '
+                            f'its results stay readable by plot_results.py and summarize_runs.py, but continuing '
+                            f'it needs a new --save_dir')
+        saved = saved_run.results_settings
         current = json.loads(json.dumps(settings))      # as saved: tuples become lists
         differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if differing:

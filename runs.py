@@ -15,6 +15,7 @@ results_settings, the settings that change results (runs are grouped by them), a
                          (true or false): where the cache lives changes nothing
   schema 2               config.json's "results_settings" as written ("slda.shrinkage", "run.seed", ...)
 """
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Run:
                   (seconds), or None
     results_settings    {name: value} of every setting that changes results (names: see the module's docstring)
     seeds         {name: value} of the results settings that seed a random choice and are set
+    schema_version      2 for folders of this release, 1 for earlier layouts
     """
     name: str
     folder: str
@@ -66,6 +68,7 @@ class Run:
     wall_seconds: float | None
     results_settings: dict
     seeds: dict
+    schema_version: int = 1     # of config.json: 2 for this release, 1 for the layouts before it
 
     def setting(self, field):
         """The results setting named ``field`` in any layout ('class_increment' finds "stream.class_increment"
@@ -85,7 +88,8 @@ def load_run(folder):
         raise ValueError(f'{folder}: config.json has schema_version {version!r}; this reader knows 1 and 2')
     try:
         layout = schema_2 if version == 2 else arguments_layout
-        return normalise(folder, summary, **layout(folder, config, summary))
+        return dataclasses.replace(normalise(folder, summary, **layout(folder, config, summary)),
+                                   schema_version=version)
     except (KeyError, TypeError, IndexError) as e:
         raise ValueError(f'{folder}: config.json or summary.json is not as experiment.py writes it (missing or '
                          f'wrong: {e})') from None
