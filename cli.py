@@ -7,6 +7,9 @@ orderings or output layers take is refused there, naming those that take it.
 import argparse
 import dataclasses
 import typing
+from importlib.metadata import version
+
+import torch
 
 from config import CacheSettings, DataSettings, HeadSettings, NetworkSettings, RunSettings, StreamSettings, \
     component_types, make_config
@@ -30,6 +33,8 @@ class Switch(argparse.Action):
 def build_parser(description):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
+    parser.add_argument('--version', action='version',
+                        version=f'torch {torch.__version__}, torchvision {version("torchvision")}')
     seen = set()
     for title, members in SECTIONS.items():
         group = parser.add_argument_group(title)
