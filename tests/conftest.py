@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: a tiny ImageNet-shaped folder, checkpoints, running experiment.py."""
+"""Helpers shared by the test modules: a tiny ImageNet-shaped folder, checkpoints, running experiment.py, one-line
+errors, and a stream whose true class is second by score."""
 import os
 import time
 
@@ -87,3 +88,40 @@ def setting(config, name):
     found = find(config['settings'])
     assert found, f'no setting {name} in config.json'
     return found[0]
+
+
+def assert_one_line_error(code, out, *fragments, exit_code=2):
+    """experiment.main ended with ``exit_code`` and one ``error:`` line, no traceback, holding each of ``fragments``
+    (the flag, argument or file the error names)."""
+    assert code == exit_code, out.err
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in out.err, out.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def second_by_score_data(seed=0, train_per_class=50, test_per_class=5, spread=0.01, classes=20):
+    """``classes`` 2-d Gaussian classes (standard deviation ``spread``) whose means lie one unit apart on a circle;
+    the test points of class k lie 0.6 of the way to the mean of class k + 1, so the true class is second by
+    score. Returns (X_train, y_train, X_test, y_test)."""
+    rng = np.random.default_rng(seed)
+    angles = 2 * np.pi * np.arange(classes) / classes
+    means = np.stack([np.cos(angles), np.sin(angles)], axis=1) / (2 * np.sin(np.pi / classes))
+    y_train = np.repeat(np.arange(classes), train_per_class)
+    X_train = means[y_train] + spread * rng.standard_normal((len(y_train), 2))
+    y_test = np.repeat(np.arange(classes), test_per_class)
+    X_test = means[y_test] + 0.6 * (means[(y_test + 1) % classes] - means[y_test]) + \
+        spread * rng.standard_normal((len(y_test), 2))
+    return [torch.as_tensor(a, dtype=torch.float32 if a.dtype == np.float64 else torch.int64)
+            for a in (X_train, y_train, X_test, y_test)]
+
+
+def imagenet_argv(tmp_path, root, labels):
+    """The tiny folder as ImageNet (with its label files ``labels`` unless None) from a base checkpoint written to
+    tmp_path, in increments of 2 classes, saved to tmp_path/out."""
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt)
+    order = ['--labels_dir', labels] if labels else []
+    return ['--dataset', 'imagenet', '--images_dir', root] + order + [
+        '--base_init_ckpt', ckpt, '--class_increment', 2, '--image_size', 32, '--num_workers', 0,
+        '--save_dir', tmp_path / 'out']
