@@ -11,14 +11,16 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-import conftest
 import data
-from conftest import REPO, age_folders, make_checkpoint, write_jpeg
+from conftest import REPO, SYNSETS, age_folders, make_checkpoint, run, write_jpeg
 from feature_cache import FeatureCache
 
+SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
 
-def run(argv):
-    code, _ = conftest.run(argv)
+
+def run_ok(argv):
+    """experiment.main on ``argv``, which must succeed."""
+    code, _ = run(argv)
     assert code == 0
 
 
@@ -33,10 +35,10 @@ def cache_dirs(cache):
 def test_cached_and_uncached_runs_agree_and_rerun_decodes_nothing(tmp_path):
     cache = tmp_path / 'cache'
     base = ['--num_classes', 6, '--class_increment', 2]
-    run(base + ['--save_dir', tmp_path / 'plain'])
-    run(base + ['--save_dir', tmp_path / 'first', '--feature_cache', cache])
-    run(base + ['--save_dir', tmp_path / 'second', '--feature_cache', cache, '--no-streaming_update_sigma'])
-    run(base + ['--save_dir', tmp_path / 'third', '--feature_cache', cache])
+    run_ok(base + ['--save_dir', tmp_path / 'plain'])
+    run_ok(base + ['--save_dir', tmp_path / 'first', '--feature_cache', cache])
+    run_ok(base + ['--save_dir', tmp_path / 'second', '--feature_cache', cache, '--no-streaming_update_sigma'])
+    run_ok(base + ['--save_dir', tmp_path / 'third', '--feature_cache', cache])
     plain, first, third = summary(tmp_path / 'plain'), summary(tmp_path / 'first'), summary(tmp_path / 'third')
     images_of_six_classes = np.bincount(load_digits().target)[:6].sum()
     assert plain['images_extracted_this_process'] == first['images_extracted_this_process'] == images_of_six_classes
@@ -60,7 +62,7 @@ def test_cached_and_uncached_runs_agree_and_rerun_decodes_nothing(tmp_path):
 def test_rerun_with_every_class_cached_neither_imports_torchvision_nor_builds_the_network(tmp_path):
     cache = tmp_path / 'cache'
     argv = ['--num_classes', 4, '--feature_cache', cache, '--no-progress']
-    run(argv + ['--save_dir', tmp_path / 'fill'])
+    run_ok(argv + ['--save_dir', tmp_path / 'fill'])
     script = ('import sys, experiment; code = experiment.main(sys.argv[1:]); '
               'print("exit", code, "torchvision imported:", "torchvision" in sys.modules)')
 
@@ -91,22 +93,22 @@ def test_changed_layer_or_weights_file_invalidates_cache(tmp_path, image_folder)
     argv = ['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 3,
             '--image_size', 32, '--num_workers', 0, '--feature_cache', cache]
     total_images = 17 + 10
-    run(argv + ['--save_dir', tmp_path / 'a'])
+    run_ok(argv + ['--save_dir', tmp_path / 'a'])
     assert summary(tmp_path / 'a')['images_extracted_this_process'] == total_images
-    run(argv + ['--save_dir', tmp_path / 'a_again'])
+    run_ok(argv + ['--save_dir', tmp_path / 'a_again'])
     assert summary(tmp_path / 'a_again')['images_extracted_this_process'] == 0
     first, again = (json.loads((tmp_path / name / 'config.json').read_text())['weights'] for name in ('a', 'a_again'))
     assert first.startswith('loaded ')
     assert again == f'checkpoint {ckpt}, loaded only when a feature is missing from the cache'
-    run(argv + ['--save_dir', tmp_path / 'b', '--extract_layer', 'layer4.0'])
+    run_ok(argv + ['--save_dir', tmp_path / 'b', '--extract_layer', 'layer4.0'])
     assert summary(tmp_path / 'b')['images_extracted_this_process'] == total_images
     make_checkpoint(ckpt, seed=2)                                     # same path, new weights
-    run(argv + ['--save_dir', tmp_path / 'c'])
+    run_ok(argv + ['--save_dir', tmp_path / 'c'])
     assert summary(tmp_path / 'c')['images_extracted_this_process'] == total_images
     assert len(cache_dirs(cache)) == 3
     # a changed image file invalidates just its class
     write_jpeg(root / 'train' / 'n01000002' / 'n01000002_0000.JPEG', seed=999, size=(50, 20))
-    run(argv + ['--save_dir', tmp_path / 'd'])
+    run_ok(argv + ['--save_dir', tmp_path / 'd'])
     assert summary(tmp_path / 'd')['images_extracted_this_process'] == 4     # class n01000002 has 4 images
     assert len(cache_dirs(cache)) == 3
 
@@ -126,10 +128,10 @@ def test_interrupted_cache_write_is_not_reused(tmp_path):
     assert names[1:] == ['class_00000.pt']
     # corrupt the finished file too: a damaged entry must be recomputed, not trusted
     (train_dir / 'class_00000.pt').write_bytes(b'garbage')
-    run(['--num_classes', 4, '--feature_cache', cache, '--save_dir', tmp_path / 'after'])
+    run_ok(['--num_classes', 4, '--feature_cache', cache, '--save_dir', tmp_path / 'after'])
     images_per_class = np.bincount(load_digits().target)
     assert summary(tmp_path / 'after')['images_extracted_this_process'] == images_per_class[:4].sum()
-    run(['--num_classes', 4, '--save_dir', tmp_path / 'reference', '--feature_cache', tmp_path / 'fresh_cache'])
+    run_ok(['--num_classes', 4, '--save_dir', tmp_path / 'reference', '--feature_cache', tmp_path / 'fresh_cache'])
     for name in ('accuracies_min_trained_0_max_trained_4.json', 'slda_model_weights_final.pth'):
         assert (tmp_path / 'after' / name).read_bytes() == (tmp_path / 'reference' / name).read_bytes()
     assert np.load(tmp_path / 'after' / 'digits_train_labels.npy').shape == (1343,)
@@ -141,20 +143,20 @@ def test_cache_check_listing_skips_sizes_but_notices_renamed_files(tmp_path, ima
     cache = tmp_path / 'cache'
     argv = ['--dataset', 'imagefolder', '--images_dir', root, '--class_increment', 3, '--image_size', 32,
             '--num_workers', 0, '--feature_cache', cache]
-    run(argv + ['--save_dir', tmp_path / 'fill'])                            # filled checking sizes
-    run(argv + ['--save_dir', tmp_path / 'listing', '--cache_check', 'listing'])
+    run_ok(argv + ['--save_dir', tmp_path / 'fill'])                            # filled checking sizes
+    run_ok(argv + ['--save_dir', tmp_path / 'listing', '--cache_check', 'listing'])
     assert summary(tmp_path / 'listing')['images_extracted_this_process'] == 0
     assert len(os.listdir(cache / 'listings')) == 1
     # rewritten in place with another size: only the size check notices
     write_jpeg(root / 'train' / 'n01000002' / 'n01000002_0000.JPEG', seed=999, size=(50, 20))
-    run(argv + ['--save_dir', tmp_path / 'in_place', '--cache_check', 'listing'])
+    run_ok(argv + ['--save_dir', tmp_path / 'in_place', '--cache_check', 'listing'])
     assert summary(tmp_path / 'in_place')['images_extracted_this_process'] == 0
-    run(argv + ['--save_dir', tmp_path / 'sizes'])
+    run_ok(argv + ['--save_dir', tmp_path / 'sizes'])
     assert summary(tmp_path / 'sizes')['images_extracted_this_process'] == 4       # that class, 4 images
     # replaced by a rename: the folder's modification time changes, both checks notice
     write_jpeg(tmp_path / 'new.jpg', seed=1234)
     os.replace(tmp_path / 'new.jpg', root / 'train' / 'n01000004' / 'n01000004_0000.JPEG')
-    run(argv + ['--save_dir', tmp_path / 'renamed', '--cache_check', 'listing'])
+    run_ok(argv + ['--save_dir', tmp_path / 'renamed', '--cache_check', 'listing'])
     assert summary(tmp_path / 'renamed')['images_extracted_this_process'] == 3     # class n01000004, 3 images
 
 
@@ -234,7 +236,86 @@ def test_run_whose_features_overflow_float16_stops_naming_cache_dtype(tmp_path, 
     for name in ('layer4.1.bn2.weight', 'layer4.1.bn2.bias'):      # the extracted layer's output, scaled up
         state[name] = state[name] * 1e6
     torch.save({'state_dict': {'module.' + k: v for k, v in state.items()}}, tmp_path / 'large.pth')
-    code, out = conftest.run(['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt',
-                              tmp_path / 'large.pth', '--class_increment', 3, '--image_size', 32, '--num_workers', 0,
-                              '--feature_cache', tmp_path / 'cache', '--save_dir', tmp_path / 'save'], capsys)
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', tmp_path / 'large.pth',
+                     '--class_increment', 3, '--image_size', 32, '--num_workers', 0,
+                     '--feature_cache', tmp_path / 'cache', '--save_dir', tmp_path / 'save'], capsys)
     assert code == 2 and '--cache_dtype float32' in out.err and 'class_00000.pt' in out.err, out.err
+
+
+def folder_run(root, tmp_path, *extra, name='out'):
+    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
+
+
+def test_a_file_name_that_is_not_utf8_works_with_the_feature_cache(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    folder = os.fsencode(root / 'train' / SYNSETS[0])
+    source = os.path.join(folder, f'{SYNSETS[0]}_0000.JPEG'.encode())
+    os.rename(source, os.path.join(folder, b'caf\xe9.JPEG'))       # Latin-1, not UTF-8
+    code, out = run(folder_run(root, tmp_path, '--feature_cache', tmp_path / 'cache'), capsys)
+    assert code == 0, out.err
+    order = (tmp_path / 'out' / 'stream_order.txt').read_bytes()
+    assert b'caf\xe9.JPEG' in order
+
+
+def test_a_cache_entry_of_another_width_is_extracted_again(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    cache = tmp_path / 'cache'
+    assert run(folder_run(root, tmp_path, '--feature_cache', cache, name='fill'), capsys)[0] == 0
+    [key] = [name for name in os.listdir(cache) if name != 'listings']
+    path = cache / key / 'train' / 'class_00001.pt'
+    entry = torch.load(path, weights_only=True)
+    entry['features'] = entry['features'][:, :256]
+    torch.save(entry, path)
+    code, out = run(folder_run(root, tmp_path, '--feature_cache', cache, name='again'), capsys)
+    assert code == 0, out.err
+    assert json.loads((tmp_path / 'again' / 'summary.json').read_text())['images_extracted_this_process'] == 4
+
+
+def test_the_feature_cache_never_serves_another_folders_features(tmp_path, capsys):
+    """Two folders with the same file names and sizes (uncompressed BMP) but different pixels."""
+    from PIL import Image
+    roots = []
+    for name, shade in (('a', 0), ('b', 255)):
+        for split in ('train', 'val'):
+            for k in range(2):
+                folder = tmp_path / name / split / f'class{k}'
+                folder.mkdir(parents=True)
+                for j in range(2):
+                    pixels = np.full((16, 16, 3), abs(shade - 60 * k - 20 * j), dtype=np.uint8)
+                    Image.fromarray(pixels).save(folder / f'{j}.bmp')
+        roots.append(tmp_path / name)
+    cache = tmp_path / 'cache'
+    for root in roots:
+        code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--feature_cache', cache,
+                         '--save_dir', tmp_path / f'out_{root.name}', '--class_increment', 2, '--image_size', 32,
+                         '--num_workers', 0], capsys)
+        assert code == 0, out.err
+        summary = json.loads((tmp_path / f'out_{root.name}' / 'summary.json').read_text())
+        assert summary['images_extracted_this_process'] == 8, root.name
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def folder_args(root, tmp_path, *extra):
+    ckpt = tmp_path / 'base.pth'
+    if not ckpt.exists():
+        make_checkpoint(ckpt)
+    return ['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 2,
+            '--image_size', 32, '--batch_size', 4, '--num_workers', 2] + list(extra)
+
+
+def test_skipped_images_are_reported_again_from_the_cache(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    bad = root / 'train' / 'n01000004' / 'n01000004_0001.JPEG'
+    truncate(bad)
+    cache = tmp_path / 'cache'
+    argv = folder_args(root, tmp_path, '--feature_cache', cache)
+    assert run(argv + ['--save_dir', tmp_path / 'first', '--skip_bad_images'], capsys)[0] == 0
+    assert run(argv + ['--save_dir', tmp_path / 'second', '--skip_bad_images'], capsys)[0] == 0
+    summary = json.loads((tmp_path / 'second' / 'summary.json').read_text())
+    assert summary['images_extracted_this_process'] == 0 and summary['skipped_images'] == [str(bad)]
+    code, out = run(argv + ['--save_dir', tmp_path / 'third'], capsys)
+    assert code == 2 and f'cannot read image {bad}' in out.err

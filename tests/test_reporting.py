@@ -3,6 +3,7 @@ stream that is a single batch."""
 import json
 
 import config
+import plot_results
 from conftest import TRAIN_PER_CLASS, build_image_folder, run
 from experiment import Experiment
 from reporting import Reporter
@@ -79,3 +80,20 @@ def test_an_output_layer_that_diverged_is_reported_as_such(tmp_path, capsys):
     assert [row['heads']['softmax_stream']['diverged'] for row in rows] == [True, True]
     assert not any(row['heads'][name]['diverged'] for row in rows for name in ('slda', 'ncm'))
     assert out.out.count('softmax_stream diverged (NaN or infinite scores)') == 2
+
+
+def test_a_run_writes_its_learning_curve_unless_told_not_to_and_a_failing_plot_never_fails_it(
+        tmp_path, capsys, monkeypatch):
+    assert run(['--num_classes', 4, '--heads', 'slda,ncm,softmax_stream,offline', '--save_dir', tmp_path / 'drawn',
+                '--plot'])[0] == 0
+    assert (tmp_path / 'drawn' / 'learning_curve.png').exists()
+    assert run(['--num_classes', 4, '--no-plot', '--save_dir', tmp_path / 'quiet'])[0] == 0
+    assert not (tmp_path / 'quiet' / 'learning_curve.png').exists()
+
+    def broken(runs, path):
+        raise RuntimeError('no display')
+
+    monkeypatch.setattr(plot_results, 'plot_runs', broken)
+    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'broken', '--plot'], capsys)
+    assert code == 0 and 'learning_curve.png not written (RuntimeError: no display)' in out.err
+    assert json.loads((tmp_path / 'broken' / 'summary.json').read_text())['finished']

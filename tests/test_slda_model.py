@@ -1,5 +1,6 @@
 """StreamingLDA against independent oracles: a per-sample loop written from the paper's equations,
 scikit-learn's OAS and LinearDiscriminantAnalysis."""
+import json
 import os
 import warnings
 
@@ -10,6 +11,7 @@ from sklearn.covariance import OAS
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 import slda_model
+from conftest import run
 from slda_model import StreamingLDA, prefix_sums
 
 D, C = 12, 6
@@ -626,3 +628,16 @@ def test_inputs_that_are_not_arrays_of_numbers_are_refused_by_name(x, y, error, 
         model.fit(x, y)
     with pytest.raises(error, match=message.replace('x ', 'X ')):
         model.fit_base(x, y)
+
+
+def test_no_base_init_with_fixed_covariance_keeps_the_identity(tmp_path, capsys):
+    save = tmp_path / 'out'
+    code, out = run(['--num_classes', 4, '--no_base_init', '--no-streaming_update_sigma', '--save_dir', save], capsys)
+    assert code == 0, out.err
+    weights = torch.load(save / 'slda_model_weights_final.pth', weights_only=True)
+    assert torch.equal(weights['Sigma'], torch.eye(512))
+    summary = json.loads((save / 'summary.json').read_text())
+    assert [row['classes_seen'] for row in summary['increments']] == [2, 4]
+    assert weights['num_updates'] == sum(row['train_images'] for row in summary['increments'])
+    code, out = run(['--no_base_init', '--base_init_classes', 2, '--save_dir', tmp_path / 'x'], capsys)
+    assert code == 2 and 'contradict' in out.err

@@ -12,9 +12,12 @@ import pytest
 import distributed
 from conftest import REPO, make_checkpoint, run
 
+
 RESULTS = [f'{kind}_min_trained_0_max_trained_{seen}.{ext}' for seen in (2, 4, 6)
            for kind, ext in (('preds', 'pt'), ('accuracies', 'json'), ('slda_model_weights', 'pth'))] + \
           ['slda_model_weights_final.pth', 'imagenet_train_labels.npy', 'imagenet_val_labels.npy', 'stream_order.txt']
+
+
 TOTAL_IMAGES = 17 + 10
 
 
@@ -128,21 +131,3 @@ def test_an_exchange_that_times_out_gives_one_line_naming_dist_timeout_and_a_rer
     assert done.returncode == 0, done.stderr
     assert 0 < sum(summary(tmp_path / 'two')['images_extracted_per_process']) < TOTAL_IMAGES
     assert_same_outputs(tmp_path / 'single', tmp_path / 'two')
-
-
-def test_more_than_one_process_needs_the_feature_cache(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv('WORLD_SIZE', '2')
-    monkeypatch.setenv('RANK', '0')
-    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'out'], capsys)
-    assert code == 2 and 'under torchrun, --feature_cache DIR is needed' in out.err
-
-
-def test_shares_are_balanced_by_image_count_and_deterministic():
-    sizes = {('train', k): count for k, count in enumerate([50, 40, 30, 20, 10, 10])}
-    shares = distributed.deal(sizes, 2)
-    assert shares == distributed.deal(dict(reversed(list(sizes.items()))), 2)
-    assert sorted(item for share in shares for item in share) == sorted(sizes)
-    loads = [sum(sizes[item] for item in share) for share in shares]
-    assert loads == [80, 80]
-    assert distributed.deal(sizes, 3) == [[('train', 0), ('train', 5)], [('train', 1), ('train', 4)],
-                                         [('train', 2), ('train', 3)]]

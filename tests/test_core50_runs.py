@@ -1,79 +1,25 @@
-"""CORe50 and the four orderings: the split, the frames kept, the invariants of each ordering's stream, and
-that another ordering reruns from the feature cache."""
+"""End to end on a CORe50-shaped folder: the invariants of each ordering's stream, seeds, other orderings rerun
+from the feature cache, the default weights, and slda_core50.sh."""
 import json
 import os
-from collections import Counter
+import subprocess
+import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
-import data
-import protocol
-from conftest import make_checkpoint, run, setting
+from conftest import REPO, make_checkpoint, run, setting
+from core50_folder import KEPT_FRAMES, OBJECTS, build_core50, parse
 
-OBJECTS = [1, 6, 11, 16, 21, 26, 31, 36, 41, 46]       # one object of each category
-KEPT_FRAMES = [10, 30, 50]
-STRAY_FRAMES = [11, 20]                                  # not on the 1 fps grid: left out
 TRAIN_PER_BATCH = 48                                     # 240 training images: 5 batches
 
 
 @pytest.fixture(scope='module')
 def core50(tmp_path_factory):
-    """A CORe50-shaped folder: 11 sessions, one object per category, real file names, 3 frames on the 1 fps
-    grid per clip plus stray frames and a file that is no frame."""
-    root = tmp_path_factory.mktemp('core50') / 'core50_128x128'
-    rng = np.random.default_rng(0)
-    for session in range(1, 12):
-        for obj in OBJECTS:
-            folder = root / f's{session}' / f'o{obj}'
-            folder.mkdir(parents=True)
-            for frame in KEPT_FRAMES + STRAY_FRAMES:
-                pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f'C_{session:02d}_{obj:02d}_{frame:03d}.png')
-            (folder / 'notes.txt').write_text('not a frame')
+    """The CORe50-shaped folder of core50_folder.build_core50 and a base checkpoint."""
+    root = build_core50(tmp_path_factory.mktemp('core50') / 'core50_128x128')
     checkpoint = root.parent / 'base.pth'
     make_checkpoint(checkpoint)
     return root, checkpoint
-
-
-def parse(name):
-    """(session, object, frame) of a path s<S>/o<O>/C_SS_OO_FFF.png."""
-    session, obj, frame = os.path.basename(name)[2:-4].split('_')
-    return int(session), int(obj), int(frame)
-
-
-def test_split_sessions_frames_labels_and_clips(core50):
-    root, _ = core50
-    splits = data.core50_splits(str(root), image_size=32)
-    assert splits.classes == list(data.CORE50_CATEGORIES) and splits.test_name == 'test'
-    for split, sessions in ((splits.train, {1, 2, 4, 5, 6, 8, 9, 11}), (splits.test, {3, 7, 10})):
-        names = [split.image_name(i) for i in range(len(split))]
-        parsed = [parse(name) for name in names]
-        assert {session for session, _, _ in parsed} == sessions
-        assert Counter(frame for _, _, frame in parsed) == {frame: len(sessions) * len(OBJECTS)
-                                                            for frame in KEPT_FRAMES}
-        assert all(name == os.path.join(f's{s}', f'o{o}', f'C_{s:02d}_{o:02d}_{f:03d}.png')
-                   for name, (s, o, f) in zip(names, parsed))
-        assert split.labels.tolist() == [(obj - 1) // 5 for _, obj, _ in parsed]
-        # a clip is one session's recording of one object, its frames contiguous and in temporal order
-        clip_of = {}
-        for clip, (session, obj, _) in zip(split.clips.tolist(), parsed):
-            assert clip_of.setdefault(clip, (session, obj)) == (session, obj)
-        assert len(clip_of) == len(sessions) * len(OBJECTS)
-        for clip in clip_of:
-            frames = [parsed[i][2] for i in np.flatnonzero(split.clips == clip)]
-            assert frames == KEPT_FRAMES and np.ptp(np.flatnonzero(split.clips == clip)) == len(KEPT_FRAMES) - 1
-    assert len(splits.train) == 8 * 10 * 3 and len(splits.test) == 3 * 10 * 3
-    objects = data.core50_splits(str(root), image_size=32, labels='object', frame_stride=40)   # frames 20, 60, ...
-    assert objects.classes == [f'o{o}' for o in OBJECTS] and objects.train.labels.max() == len(OBJECTS) - 1
-    assert {parse(objects.train.image_name(i))[2] for i in range(len(objects.train))} == {20}
-
-
-def test_missing_session_is_named(tmp_path):
-    (tmp_path / 's1').mkdir()
-    with pytest.raises(FileNotFoundError, match=r's2 is missing.*sessions 1, 2, 4, 5, 6, 8, 9, 11'):
-        data.core50_splits(str(tmp_path))
 
 
 def stream(save):
@@ -164,23 +110,6 @@ def test_seeds_reproduce_and_change_the_order_and_other_orderings_rerun_from_the
     assert setting(config, 'base_init') is False and config['class_order'] is None
 
 
-def test_orderings_give_every_training_image_once_in_the_stated_order():
-    labels = np.repeat(np.arange(4), [6, 4, 6, 8])
-    clips = np.repeat(np.arange(8), [3, 3, 2, 2, 3, 3, 4, 4])
-    test_labels = np.repeat(np.arange(4), 2)
-    for plan in (protocol.iid(labels, test_labels, 5, seed=3), protocol.instance(labels, clips, test_labels, 5, 3),
-                 protocol.class_iid(labels, test_labels, 3, seed=3),
-                 protocol.class_instance(labels, clips, test_labels, 3, seed=3)):
-        fitted = np.concatenate([batch.train_indices for batch in plan])
-        assert sorted(fitted.tolist()) == list(range(len(labels)))
-        assert plan[0].base_init is False and [batch.number for batch in plan] == list(range(1, len(plan) + 1))
-    plan = protocol.class_instance(labels, clips, test_labels, 3, seed=3, base_init=True)
-    assert [batch.base_init for batch in plan] == [True, False]
-    assert [len(np.unique(labels[batch.train_indices])) for batch in plan] == [3, 1]
-    with pytest.raises(ValueError, match='frames of each clip must be contiguous'):
-        protocol.instance(labels, np.r_[clips[1:], clips[0]], test_labels, 5, 3)
-
-
 def test_core50_defaults_to_imagenet_weights_from_the_local_cache(core50, tmp_path, capsys, monkeypatch):
     root, _ = core50
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
@@ -191,10 +120,6 @@ def test_core50_defaults_to_imagenet_weights_from_the_local_cache(core50, tmp_pa
 
 @pytest.mark.slow
 def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_tabulates(core50, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
     root, checkpoint = core50
     env = dict(os.environ, CORE50_DIR=str(root), SAVE_ROOT=str(tmp_path / 'results'), SEEDS='0 1',
                ORDERINGS='class_instance', COVARIANCES='fixed', PYTHON=sys.executable)

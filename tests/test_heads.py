@@ -1,5 +1,5 @@
-"""Baseline output layers on the same features (checked against independent computations) and the learning curve
-a run draws; plot_results.py's own tests are in test_plot_results.py."""
+"""heads.py: the baseline output layers on the same features (checked against independent computations), and their
+options reaching them."""
 import glob
 import json
 
@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import plot_results
+import cli
 from conftest import run
+from experiment import build_heads
 from heads import OfflineSoftmax, SoftmaxStream
+
 
 ALL_HEADS = 'slda,ncm,softmax_stream,offline'
 
@@ -91,21 +93,10 @@ def test_offline_reaches_every_training_sample_on_separable_features():
     assert torch.equal(head.decision_function(X).argmax(1), y) and head.samples_seen == 200
 
 
-def test_a_run_writes_its_learning_curve_unless_told_not_to_and_a_failing_plot_never_fails_it(
-        digits_with_heads, tmp_path, capsys, monkeypatch):
-    assert (digits_with_heads / 'run' / 'learning_curve.png').exists()
-    assert run(['--num_classes', 4, '--no-plot', '--save_dir', tmp_path / 'quiet'])[0] == 0
-    assert not (tmp_path / 'quiet' / 'learning_curve.png').exists()
-
-    def broken(runs, path):
-        raise RuntimeError('no display')
-
-    monkeypatch.setattr(plot_results, 'plot_runs', broken)
-    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'broken', '--plot'], capsys)
-    assert code == 0 and 'learning_curve.png not written (RuntimeError: no display)' in out.err
-    assert json.loads((tmp_path / 'broken' / 'summary.json').read_text())['finished']
-
-
-def test_heads_are_checked(tmp_path, capsys):
-    code, out = run(['--heads', 'ncm', '--save_dir', tmp_path / 'a'], capsys)
-    assert code == 2 and '--heads must be a comma-separated list of slda, ncm, softmax_stream, offline' in out.err
+def test_output_layer_options_reach_the_layer():
+    built = cli.parse(['--heads', 'slda,softmax_stream', '--softmax_lr', '0.25', '--softmax_batch_size', '4',
+                       '--shrinkage', '0.5', '--slda_dtype', 'float64', '--mask_unseen_classes'])
+    layers = build_heads(built, 3, 2, torch.device('cpu'))
+    assert (layers['softmax_stream'].lr, layers['softmax_stream'].batch_size) == (0.25, 4)
+    slda = layers['slda']
+    assert (slda.shrinkage_param, slda.muK.dtype, slda.mask_unseen_classes) == (0.5, torch.float64, True)

@@ -1,0 +1,119 @@
+"""config.py: building the settings refuses what the run would not use, contradictions, unknown settings, and
+inputs that do not exist (folders, checkpoints, devices), each a SettingError naming its flag."""
+import os
+
+import pytest
+
+import cli
+import config
+from conftest import REPO, assert_one_line_error, imagenet_argv, run
+from options import SettingError
+
+SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
+
+
+def folder_run(root, tmp_path, *extra, name='out'):
+    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
+
+
+def test_a_setting_that_is_not_one_is_a_type_error():
+    with pytest.raises(TypeError, match='unknown setting'):
+        config.make_config(class_increment=3)
+
+
+# (command line, setting refused or None where the driver refuses it, flag named, whole message for one per kind)
+@pytest.mark.parametrize('argv,name,flag,message', [
+    (['--images_dir', '{root}', '--dataset', 'digits'], 'images_dir', '--images_dir',
+     '--images_dir is for --dataset imagenet, imagefolder, core50; --dataset digits does not use it'),
+    (['--image_size', 64], 'image_size', '--image_size', None),
+    (['--test_split', 'test'], 'test_split', '--test_split', None),
+    (['--skip_bad_images'], 'skip_bad_images', '--skip_bad_images', None),
+    (['--cache_check', 'listing'], 'cache_check', '--cache_check', None),
+    (['--dataset', 'imagefolder', '--images_dir', '{root}', '--frame_stride', 10], 'frame_stride', '--frame_stride',
+     None),
+    (['--ordering_seed', 3], 'ordering_seed', '--ordering_seed', None),
+    (['--ordering', 'iid', '--shuffle_data'], 'shuffle_data', '--shuffle_data', None),
+    (['--ordering', 'iid', '--class_increment', 2], 'classes_per_batch', '(--class_increment)', None),
+    (['--ordering', 'class_iid', '--images_per_batch', 100], 'images_per_batch', '--images_per_batch', None),
+    (['--ordering', 'instance'], None, '--ordering instance',
+     '--ordering instance needs a dataset that knows its clips (core50); --dataset digits does not'),
+    (['--base_init', '--no_base_init'], 'base_init', '--no_base_init',
+     '--base_init and --no_base_init contradict each other; give one'),
+])
+def test_a_flag_the_run_does_not_use_is_an_error(tmp_path, image_folder, capsys, argv, name, flag, message):
+    root, _ = image_folder
+    argv = [str(a).format(root=root) for a in argv] + ['--save_dir', str(tmp_path / 'out')]
+    code, out = run(argv, capsys)
+    assert_one_line_error(code, out, flag)
+    if message:
+        assert out.err == f'error: {message}\n'
+    assert not (tmp_path / 'out').exists()
+    if name:
+        with pytest.raises(SettingError) as refused:
+            cli.parse(argv)
+        assert refused.value.setting == name
+
+
+def test_label_files_and_a_class_order_seed_are_a_conflict(tmp_path, image_folder, capsys):
+    root, labels = image_folder
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--labels_dir', labels,
+                     '--class_order_seed', 3, '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, '--class_order_seed 3', f'--labels_dir {labels}')
+    with pytest.raises(SettingError) as refused:
+        cli.parse(['--dataset', 'imagefolder', '--images_dir', str(root), '--labels_dir', str(labels),
+                   '--class_order_seed', '3'])
+    assert refused.value.setting == 'class_order_seed'
+
+
+def test_imagenet_without_checkpoint_explains_what_is_needed(tmp_path, image_folder, capsys):
+    root, _ = image_folder
+    code, out = run(['--dataset', 'imagenet', '--images_dir', root, '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 2
+    assert os.path.join(REPO, 'image_files', 'imagenet_100_class_ckpt.pth') in out.err
+    assert 'image_files/README.md' in out.err and '--weights' in out.err
+
+
+def test_heads_are_checked(tmp_path, capsys):
+    code, out = run(['--heads', 'ncm', '--save_dir', tmp_path / 'a'], capsys)
+    assert_one_line_error(code, out, '--heads', 'slda, ncm, softmax_stream, offline')
+    with pytest.raises(SettingError) as refused:
+        cli.parse(['--heads', 'ncm'])
+    assert refused.value.setting == 'heads'
+
+
+@pytest.mark.parametrize('argv,name,fragment', [
+    (['--device', 'tpu'], 'device', '--device tpu'),
+    (['--device', 'mps'], 'device', '--device mps'),
+    (['--feature_cache', '{file}'], 'feature_cache', '--feature_cache {file}'),
+])
+def test_bad_flags_give_one_line(tmp_path, image_folder, capsys, argv, name, fragment):
+    root, _ = image_folder
+    (tmp_path / 'a_file').write_text('x')
+    argv = folder_run(root, tmp_path, *[str(a).format(file=tmp_path / 'a_file') for a in argv])
+    code, out = run(argv, capsys)
+    assert_one_line_error(code, out, fragment.format(file=tmp_path / 'a_file'))
+    with pytest.raises(SettingError) as refused:
+        cli.parse([str(a) for a in argv])
+    assert refused.value.setting == name
+
+
+def test_a_missing_images_folder_is_one_line_naming_its_flag(tmp_path, image_folder, capsys):
+    root, labels = image_folder
+    argv = imagenet_argv(tmp_path, root, labels)
+    argv[argv.index('--images_dir') + 1] = tmp_path / 'nowhere'
+    code, out = run(argv, capsys)
+    assert_one_line_error(code, out, f'--images_dir {tmp_path / "nowhere"}')
+    with pytest.raises(SettingError) as refused:
+        cli.parse([str(a) for a in argv])
+    assert refused.value.setting == 'images_dir'
+
+
+def test_a_missing_checkpoint_is_one_line_naming_its_flag_and_where_to_read_about_it(tmp_path, image_folder, capsys):
+    root, labels = image_folder
+    argv = imagenet_argv(tmp_path, root, labels)
+    argv[argv.index('--base_init_ckpt') + 1] = tmp_path / 'nothing.pth'
+    code, out = run(argv, capsys)
+    assert_one_line_error(code, out, f'--base_init_ckpt {tmp_path / "nothing.pth"}', 'image_files/README.md')
+    with pytest.raises(SettingError) as refused:
+        cli.parse([str(a) for a in argv])
+    assert refused.value.setting == 'checkpoint'
