@@ -6,6 +6,7 @@ orderings or output layers take is refused there, naming those that take it.
 """
 import argparse
 import dataclasses
+import difflib
 import typing
 from importlib.metadata import version
 
@@ -20,6 +21,24 @@ SECTIONS = {'data': [DataSettings, '--dataset'], 'network': [NetworkSettings],
             'running': [CacheSettings, RunSettings]}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose mistakes (an unknown flag, a value of the wrong type) are one line, with the
+    nearest flag for a misspelt one, as the settings' own errors are; no abbreviated flags."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        hints = []
+        if message.startswith('unrecognized arguments'):
+            for word in message.split(':', 1)[1].split():
+                close = difflib.get_close_matches(word.split('=')[0], self._option_string_actions, n=1)
+                if word.startswith('--') and close:
+                    hints.append(f'{word}: did you mean {close[0]}?')
+        self.exit(2, f'error: {message}{" (" + "; ".join(hints) + ")" if hints else ""}; --help lists every '
+                     f'option\n')
+
+
 class Switch(argparse.Action):
     """A bool flag: sets its field to ``const``; the two spellings of one field together are a contradiction."""
 
@@ -31,8 +50,8 @@ class Switch(argparse.Action):
 
 
 def build_parser(description):
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                    argument_default=argparse.SUPPRESS)
     parser.add_argument('--version', action='version',
                         version=f'torch {torch.__version__}, torchvision {version("torchvision")}')
     seen = set()
@@ -52,10 +71,12 @@ def build_parser(description):
 def add_flag(group, field):
     meta = field.metadata
     flags = meta['flags'] or (f'--{field.name}',)
+    # the setting's own name (config.json, make_config) where the flag spells it otherwise
+    named = '' if flags[0] == f'--{field.name}' else f' [setting {field.name}]'
     if isinstance(field.default, bool):
         default = f' (default: {"on" if field.default else "off"})' if meta['off_flags'] and \
             'default:' not in meta['help'] else ''
-        helps = {True: meta['help'] + default, False: f'the opposite of {flags[0]}'}
+        helps = {True: meta['help'] + default + named, False: f'the opposite of {flags[0]}'}
         for spellings, value in ((flags, True), (meta['off_flags'], False)):
             if spellings:
                 action = group.add_argument(*spellings, dest=field.name, action=Switch, nargs=0, const=value,
@@ -68,7 +89,7 @@ def add_flag(group, field):
     parse = meta['parse'] or (type(field.default) if field.default is not None else
                               next(t for t in typing.get_args(field.type) if t is not type(None)))
     group.add_argument(*flags, dest=field.name, type=parse, choices=meta['choices'], metavar=meta['metavar'],
-                       help=meta['help'].replace('%', '%%') + default)
+                       help=(meta['help'] + default + named).replace('%', '%%'))
 
 
 def parse(argv=None, description=None):

@@ -170,6 +170,16 @@ def flag_of_setting(dotted):
     return dotted
 
 
+def setting_for_flag(name):
+    """' (did you mean X, set by --name?)' when ``name`` is the flag of setting X, else ''."""
+    for settings_type in list(GROUPS) + [options for _, _, options in component_types()]:
+        for field in fields_of(settings_type).values():
+            spellings = (field.metadata.get('flags') or ()) + (field.metadata.get('off_flags') or ())
+            if f'--{name}' in spellings:
+                return f' (did you mean {field.name}, set by --{name}?)'
+    return ''
+
+
 def support_folders():
     """Where label files and the base checkpoint are looked for, in order: the original's ./imagenet_files/
     (relative to the working directory, as the original reads it), then this project's image_files/ and
@@ -186,19 +196,21 @@ def make_config(**given):
     dataset, ordering or output layers do not take, or settings that contradict each other; TypeError for a
     name that is no setting."""
     given = {name: value for name, value in given.items() if value is not None}
+    dataset_defaulted = 'dataset' not in given
     dataset = DATASETS.get(given.get('dataset') or ('imagenet' if given.get('images_dir') else 'digits'))
     data = take(DataSettings, given, dataset=dataset.name if dataset else given['dataset'])
     data = dataclasses.replace(data, options=take(dataset.options, given))
+    check_images_dir(data)
     ordering = take_ordering(given, dataset)
     heads = take_heads(given, dataset)
     refuse_unused(given, {'--dataset': dataset.name, '--ordering': given.get('ordering', dataset.ordering),
                           '--heads': ','.join(heads.heads)})
     stream = take(StreamSettings, given, options=ordering, ordering=given.get('ordering', dataset.ordering))
-    network = take_network(given, dataset)
+    network = take_network(given, dataset, dataset_defaulted)
     cache = take(CacheSettings, given)
     run = take_run(given, dataset, data, stream, heads)
     if given:
-        raise TypeError(f'unknown setting(s): {", ".join(sorted(given))}')
+        raise TypeError(f'unknown setting(s): {", ".join(f"{name}{setting_for_flag(name)}" for name in sorted(given))}')
     config = Config(data, network, stream, heads, cache, run)
     check_inputs(config)
     return config
@@ -256,8 +268,13 @@ def refuse_unused(given, chosen):
                                      f'{chosen[chooser]} does not use it')
 
 
-def take_network(given, dataset):
-    """The network, with the dataset's default weights or checkpoint when neither is given."""
+OWN_DATA_HINT = ' (--images_dir without --dataset means imagenet, as in the original; for your own data pass ' \
+                '--dataset imagefolder)'
+
+
+def take_network(given, dataset, dataset_defaulted=False):
+    """The network, with the dataset's default weights or checkpoint when neither is given; ``dataset_defaulted``:
+    the dataset was not named but implied by --images_dir."""
     if given.get('checkpoint') is None and given.get('weights') is None:
         if dataset.default_weights:
             given['weights'] = dataset.default_weights
@@ -269,7 +286,8 @@ def take_network(given, dataset):
                                                  f'classes: {dataset.default_checkpoint} is in none of '
                                                  f'{", ".join(candidates)}. image_files/README.md says what it is '
                                                  f'and where to get it; or pass --base_init_ckpt PATH, or '
-                                                 f'--weights with torchvision weights cached locally')
+                                                 f'--weights with torchvision weights cached locally'
+                                                 f'{OWN_DATA_HINT if dataset_defaulted else ""}')
             given['checkpoint'] = found[0]
     return take(NetworkSettings, given)
 
@@ -293,14 +311,20 @@ def usable_cpus():
     return min(32, cpus)
 
 
+def check_images_dir(data):
+    """A dataset read from image files needs its folder."""
+    if not DATASETS[data.dataset].image_files:
+        return
+    if not data.options.images_dir:
+        raise SettingError('images_dir', f'--dataset {data.dataset} needs --images_dir, the folder holding its '
+                                         f'images')
+    if not os.path.isdir(data.options.images_dir):
+        raise SettingError('images_dir', f'--images_dir {data.options.images_dir} does not exist or is not a '
+                                         f'folder')
+
+
 def check_inputs(config):
-    """What the settings name must exist and agree: the images folder, checkpoint, class order, device."""
-    options, dataset = config.data.options, config.dataset
-    if dataset.image_files and not options.images_dir:
-        raise SettingError('images_dir', f'--dataset {config.data.dataset} needs --images_dir, the folder holding '
-                                         f'its images')
-    if dataset.image_files and not os.path.isdir(options.images_dir):
-        raise SettingError('images_dir', f'--images_dir {options.images_dir} does not exist or is not a folder')
+    """What the settings name must exist and agree: the checkpoint, class order, device, feature cache."""
     if config.network.checkpoint and not os.path.isfile(config.network.checkpoint):
         raise SettingError('checkpoint', f'--base_init_ckpt {config.network.checkpoint} not found. For ImageNet '
                                          f'this is the ResNet-18 trained on the 100 base classes; '

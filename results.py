@@ -139,6 +139,7 @@ class ResultsFolder:
         self.path = path
         self.files = files
         self.lock = None        # the open lock file, held while this process lives
+        self.created = False    # whether claim made the folder: a start that fails before any output removes it
         self.rows = []          # summary.json's "increments": one dict per finished batch
         self.skipped_before = []    # images skipped as unreadable before a resume
         self.accuracies = {'seen_classes_top1': [], 'seen_classes_top5': []}
@@ -152,6 +153,7 @@ class ResultsFolder:
         ones; temporary files of interrupted writes are removed. A folder in which no batch finished holds
         nothing to protect and is started afresh. Returns True when the folder holds a run to continue."""
         try:
+            self.created = not os.path.exists(self.path)
             os.makedirs(self.path, exist_ok=True)
             # a new file of a name of its own: whatever is in the folder (a link, say) is never written through
             fd, probe = tempfile.mkstemp(dir=self.path, prefix='.write_test.', suffix='.tmp')
@@ -168,9 +170,12 @@ class ResultsFolder:
                 os.remove(self.file(name))
         if not os.path.exists(self.file('config.json')) or not self.finished_batches():
             return False
+        if not resume and self.is_finished():
+            raise UserError(f'{self.path} already holds a finished run; to run it again, choose another '
+                            f'--save_dir / --expt_name or delete the folder')
         if not resume:
-            raise UserError(f'{self.path} already holds a run (config.json); pass --resume to continue it, '
-                            f'or choose another --save_dir / --expt_name')
+            raise UserError(f'{self.path} already holds an unfinished run; pass --resume to continue it, or choose '
+                            f'another --save_dir / --expt_name')
         try:
             saved_run = runs.load_run(self.path)
         except ValueError as e:
@@ -234,10 +239,15 @@ class ResultsFolder:
         self.lock = lock
 
     def release(self):
-        """Give up the folder: the end of the process does it too, this for a run within a longer one."""
+        """Give up the folder: the end of the process does it too, this for a run within a longer one. A folder
+        this run made and wrote nothing into (it stopped before any work) is removed, so that no empty run
+        folder is left behind."""
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+            if self.created and os.listdir(self.path) == ['.lock']:
+                os.remove(self.file('.lock'))
+                os.rmdir(self.path)
 
     def check_resume(self, config, splits, plan):
         """On --resume: refuse, naming it, when what the saved run's results depend on has changed since: the

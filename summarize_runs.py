@@ -53,11 +53,16 @@ def seeds(runs):
 
 
 def distinguishing(groups):
-    """The names of the results settings, seeds aside, whose values differ between ``groups`` (runs.Run lists)."""
+    """The names of the results settings whose values differ between ``groups`` (runs.Run lists): a seed only
+    where some groups set it and others do not (a seeded order against the sorted one), as a row averages over
+    the seeds it lists."""
     settings = [runs[0].results_settings for runs in groups]
     seeds = {name for runs in groups for run in runs for name in run.seeds}
-    names = {name for one in settings for name in one} - seeds
-    return sorted(name for name in names if len({json.dumps(one.get(name)) for one in settings}) > 1)
+
+    def differs(name):
+        values = {one.get(name) is None if name in seeds else json.dumps(one.get(name)) for one in settings}
+        return len(values) > 1
+    return sorted(name for name in {name for one in settings for name in one} if differs(name))
 
 
 def table(groups):

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from errors import InputError, MissingFileError, ProjectError
+from errors import InputError, MissingFileError
 
 
-class UserError(ProjectError):
-    """A problem with the command line or the results folder, raised by the driver (experiment.py, results.py)
-    and printed without a traceback. Library modules raise ValueError, TypeError or FileNotFoundError."""
+class UserError(InputError):
+    """A problem with the settings together or with the results folder (it holds another run, say), raised by
+    the driver (experiment.py, results.py); a ValueError, printed in one line by the command line."""
 
 
 def crash_point(name):
