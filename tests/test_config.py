@@ -1,4 +1,6 @@
-"""config.py: building the settings refuses what the run would not use, contradictions, unknown settings, and
+"""Tests of config.py: building and checking the settings.
+
+config.py: building the settings refuses what the run would not use, contradictions, unknown settings, and
 inputs that do not exist (folders, checkpoints, devices), each a SettingError naming its flag."""
 import os
 

@@ -1,4 +1,6 @@
-"""End to end on a CORe50-shaped folder: the invariants of each ordering's stream, seeds, other orderings rerun
+"""End-to-end CORe50 runs: the four orderings and slda_core50.sh.
+
+End to end on a CORe50-shaped folder: the invariants of each ordering's stream, seeds, other orderings rerun
 from the feature cache, the default weights, and slda_core50.sh."""
 import json
 import os

@@ -1,4 +1,6 @@
-"""data.py: listing image folders (torchvision's order, saved listings, symbolic link loops, empty classes), the
+"""Tests of data.py: listing and reading images, the CORe50 split.
+
+data.py: listing image folders (torchvision's order, saved listings, symbolic link loops, empty classes), the
 CORe50 split, the pixel pipeline and its limit."""
 import errno
 import json

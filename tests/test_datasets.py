@@ -1,4 +1,6 @@
-"""datasets.py: a dataset's options (CORe50's labels and frame stride) reach its lister and the stream, from the
+"""Tests of datasets.py: dataset options reach the lister and the stream.
+
+datasets.py: a dataset's options (CORe50's labels and frame stride) reach its lister and the stream, from the
 command line and from Python."""
 import dataclasses
 import json

@@ -1,4 +1,6 @@
-"""Batched decoding on the network's device (run here on the CPU; the same code runs nvJPEG on CUDA)."""
+"""Tests of device_decode.py: batched decoding on the network's device.
+
+Batched decoding on the network's device (run here on the CPU; the same code runs nvJPEG on CUDA)."""
 import io
 import json
 

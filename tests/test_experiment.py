@@ -1,4 +1,6 @@
-"""experiment.py, the driver: a run's outputs end to end (the digits default, Experiment from Python), the class
+"""Tests of experiment.py, the driver: Experiment and main.
+
+experiment.py, the driver: a run's outputs end to end (the digits default, Experiment from Python), the class
 order it reports, interruption and resume, errors on the command line, and fit_and_evaluate's ranking."""
 import glob
 import json

@@ -1,4 +1,6 @@
-"""The feature cache: same results as without it, nothing decoded on a rerun, invalidated by anything that
+"""Tests of feature_cache.py: the feature cache, alone and in runs.
+
+The feature cache: same results as without it, nothing decoded on a rerun, invalidated by anything that
 changes features, never fooled by an interrupted write."""
 import json
 import os

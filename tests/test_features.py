@@ -1,4 +1,6 @@
-"""features.py: the feature extractor's network (checkpoints and their key prefixes, partial checkpoints, torchvision
+"""Tests of features.py: the feature extractor, its checkpoints, images and decoding workers.
+
+features.py: the feature extractor's network (checkpoints and their key prefixes, partial checkpoints, torchvision
 weights from the local cache only, the input size and feature size it takes), reading images for it (bad images
 stop the run naming them, or are skipped and listed), non-finite features, and its decoding workers."""
 import json

@@ -1,4 +1,6 @@
-"""heads.py: the baseline output layers on the same features (checked against independent computations), and their
+"""Tests of heads.py: the baseline output layers.
+
+heads.py: the baseline output layers on the same features (checked against independent computations), and their
 options reaching them."""
 import glob
 import json

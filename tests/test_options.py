@@ -1,4 +1,6 @@
-"""options.py: a setting's checks run wherever settings are built, and a value a setting cannot take is a
+"""Tests of options.py: checks of settings and the SettingError naming them.
+
+options.py: a setting's checks run wherever settings are built, and a value a setting cannot take is a
 SettingError naming it, on the command line one line naming its flag."""
 import pytest
 

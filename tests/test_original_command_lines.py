@@ -1,4 +1,6 @@
-"""End to end: the original's command lines (slda_imagenet.sh's, and --images_dir alone meaning imagenet with the
+"""End to end: the original's command lines and slda_imagenet.sh.
+
+End to end: the original's command lines (slda_imagenet.sh's, and --images_dir alone meaning imagenet with the
 original's defaults and support files) run unchanged, and this project's slda_imagenet.sh."""
 import json
 import os

@@ -1,4 +1,6 @@
-"""plot_results.py: the lines drawn and the table's cells, checked against the run folders' own files, for folders
+"""Tests of plot_results.py: learning curves and their table.
+
+plot_results.py: the lines drawn and the table's cells, checked against the run folders' own files, for folders
 of every layout, several runs of one name, unfinished runs, and what cannot be drawn or written."""
 import math
 import statistics

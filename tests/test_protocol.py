@@ -1,4 +1,6 @@
-"""protocol.py: the class order (label files, a seeded permutation), the orderings' plans and what they warn of,
+"""Tests of protocol.py: class orders, the orderings' plans, protocol arguments.
+
+protocol.py: the class order (label files, a seeded permutation), the orderings' plans and what they warn of,
 and the protocol arguments they refuse."""
 import json
 import re

@@ -1,4 +1,6 @@
-"""The stored reference outputs (tests/reference_runs.py) are what experiment.py still writes: bit for bit on the
+"""End to end: the stored reference outputs.
+
+The stored reference outputs (tests/reference_runs.py) are what experiment.py still writes: bit for bit on the
 platform they were made on, to a tolerance elsewhere."""
 import pytest
 

@@ -1,4 +1,6 @@
-"""What a run says on the console and to its reporters: images skipped with --skip_bad_images, and an iid
+"""Tests of reporting.py: what a run says on the console and to its reporters.
+
+What a run says on the console and to its reporters: images skipped with --skip_bad_images, and an iid
 stream that is a single batch."""
 import json
 

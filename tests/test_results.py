@@ -1,4 +1,6 @@
-"""results.py: claiming a save folder (links, a folder in use, an unwritable one, existing results), what a run
+"""Tests of results.py: the save folder, what a run writes, and resume.
+
+results.py: claiming a save folder (links, a folder in use, an unwritable one, existing results), what a run
 writes (probabilities, Omega_all, covariance detail), a full disk, and resume: refused when the settings or the
 inputs changed or the folder is of another release, continued otherwise, skipped images kept."""
 import errno

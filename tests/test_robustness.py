@@ -1,4 +1,6 @@
-"""End to end, runs that survive: a resume after SIGKILL at any point gives the uninterrupted run's files and the
+"""End to end: runs that survive a SIGKILL, and determinism.
+
+End to end, runs that survive: a resume after SIGKILL at any point gives the uninterrupted run's files and the
 stored reference, and the same seed gives the same files."""
 import json
 import os

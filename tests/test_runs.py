@@ -1,4 +1,6 @@
-"""runs.load_run on the three layouts of run folders, checked against the folders' files read directly; what is
+"""Tests of runs.py: load_run on every layout of run folder.
+
+runs.load_run on the three layouts of run folders, checked against the folders' files read directly; what is
 not a run folder, or holds no accuracy, is a ValueError naming the folder and the problem."""
 import dataclasses
 import itertools

@@ -1,4 +1,6 @@
-"""StreamingLDA against independent oracles: a per-sample loop written from the paper's equations,
+"""Tests of slda_model.py: StreamingLDA against independent oracles.
+
+StreamingLDA against independent oracles: a per-sample loop written from the paper's equations,
 scikit-learn's OAS and LinearDiscriminantAnalysis."""
 import json
 import os

@@ -1,4 +1,6 @@
-"""summarize_runs.py: mean and sample standard deviation over seeds of the runs that share every setting that
+"""Tests of summarize_runs.py: the table of means over seeds.
+
+summarize_runs.py: mean and sample standard deviation over seeds of the runs that share every setting that
 changes results, checked against statistics of the folders' own values; a folder that is not a run, or an output
 that cannot be written, is one line naming it."""
 import math

@@ -1,4 +1,6 @@
-"""Feature extraction across processes with torchrun, on the CPU (gloo): the same outputs as one process,
+"""End to end under torchrun: feature extraction across processes.
+
+Feature extraction across processes with torchrun, on the CPU (gloo): the same outputs as one process,
 shares for every process, a failing process stops the group, an exchange that times out stops it too, each
 failure said in one line, and a rerun extracts only what is missing."""
 import json
