@@ -89,7 +89,7 @@ def test_existing_results_are_not_overwritten_without_resume(tmp_path, capsys):
     assert run(argv, capsys)[0] == 0
     before = (save / 'slda_model_weights_final.pth').read_bytes()
     code, out = run(argv, capsys)
-    assert code == 2 and 'pass --resume' in out.err
+    assert_one_line_error(code, out, str(save), 'finished run', '--save_dir')     # as 665ec2e says it
     assert (save / 'slda_model_weights_final.pth').read_bytes() == before
 
 
