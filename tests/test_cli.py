@@ -2,6 +2,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 import cli
 import config
@@ -84,3 +85,28 @@ def test_every_option_given_on_the_command_line_reaches_the_configuration(paths,
         argv += ['--class_increment', '5']
     built = cli.parse(chooser_argv(field.name, paths) + argv)
     assert find(built, field.name) == expected
+
+
+@pytest.mark.parametrize('argv,fragments', [
+    (['--class_incremnt', '4'], ['unrecognized arguments: --class_incremnt 4', 'did you mean --class_increment?']),
+    (['--shrink', '0.1'], ['unrecognized arguments: --shrink', 'did you mean --shrinkage?']),   # no abbreviations
+    (['--class_increment', 'x'], ["--class_increment: invalid int value: 'x'"]),
+])
+def test_a_command_line_argparse_refuses_is_one_line(capsys, argv, fragments):
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count('\n') == 1 and err.startswith('error: ')
+    assert 'usage:' not in err and all(fragment in err for fragment in fragments)
+
+
+def test_help_names_each_setting_whose_flag_spells_it_otherwise_and_version_names_the_libraries(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    for field in declared_fields():
+        if flag_of(field) != f'--{field.name}':
+            assert f'[setting {field.name}]' in text, field.name
+    with pytest.raises(SystemExit):
+        cli.parse(['--version'])
+    assert capsys.readouterr().out.startswith(f'torch {torch.__version__}')

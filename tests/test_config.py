@@ -119,3 +119,18 @@ def test_a_missing_checkpoint_is_one_line_naming_its_flag_and_where_to_read_abou
     with pytest.raises(SettingError) as refused:
         cli.parse([str(a) for a in argv])
     assert refused.value.setting == 'checkpoint'
+
+
+def test_a_flag_name_given_to_make_config_names_the_setting_it_sets():
+    with pytest.raises(TypeError) as refused:
+        config.make_config(class_increment=3, batch_size=8)
+    assert 'classes_per_batch, set by --class_increment' in str(refused.value)
+    assert 'extraction_batch_size, set by --batch_size' in str(refused.value)
+
+
+def test_a_missing_images_folder_without_dataset_is_said_before_the_imagenet_checkpoint(tmp_path, capsys):
+    code, out = run(['--images_dir', tmp_path / 'nowhere', '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, f'--images_dir {tmp_path / "nowhere"} does not exist')
+    (tmp_path / 'mine' / 'train' / 'a').mkdir(parents=True)
+    code, out = run(['--images_dir', tmp_path / 'mine', '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, 'imagenet_100_class_ckpt.pth', 'for your own data pass --dataset imagefolder')

@@ -89,7 +89,7 @@ def test_existing_results_are_not_overwritten_without_resume(tmp_path, capsys):
     assert run(argv, capsys)[0] == 0
     before = (save / 'slda_model_weights_final.pth').read_bytes()
     code, out = run(argv, capsys)
-    assert_one_line_error(code, out, str(save), 'finished run', '--save_dir')     # as 665ec2e says it
+    assert_one_line_error(code, out, str(save), 'finished run', '--save_dir')
     assert (save / 'slda_model_weights_final.pth').read_bytes() == before
 
 
@@ -298,3 +298,21 @@ def test_skipped_images_survive_a_resume(tmp_path, image_folder, capsys, monkeyp
     assert code == 0
     summaries = [json.loads((tmp_path / name / 'summary.json').read_text()) for name in ('interrupted', 'whole')]
     assert summaries[0]['skipped_images'] == summaries[1]['skipped_images'] == [str(bad)]
+
+
+def test_a_start_that_fails_before_any_output_leaves_no_folder_behind(tmp_path, capsys):
+    save = tmp_path / 'out'
+    code, out = run(['--num_classes', 4, '--weights', 'NO_SUCH_WEIGHTS', '--save_dir', save], capsys)
+    assert code == 2 and 'NO_SUCH_WEIGHTS' in out.err
+    assert not save.exists()
+    save.mkdir()                          # a folder the user made is theirs: it stays, empty
+    assert run(['--num_classes', 4, '--weights', 'NO_SUCH_WEIGHTS', '--save_dir', save])[0] == 2
+    assert save.is_dir() and os.listdir(save) == ['.lock']
+
+
+def test_an_unfinished_run_is_not_overwritten_and_resume_is_suggested(tmp_path, capsys):
+    save = tmp_path / 'out'
+    assert run(['--num_classes', 4, '--save_dir', save])[0] == 0
+    os.remove(save / 'slda_model_weights_final.pth')          # as if stopped after its first batches
+    code, out = run(['--num_classes', 4, '--save_dir', save], capsys)
+    assert_one_line_error(code, out, str(save), 'unfinished run', 'pass --resume')
