@@ -122,3 +122,12 @@ def test_output_under_a_file_is_one_line_naming_it(tmp_path, capsys):
     output = tmp_path / 'file' / 'table.md'
     code, out, _ = summarize([ARGUMENTS], capsys, '--output', output)
     assert code == 2 and len(out.err.splitlines()) == 1 and str(output) in out.err and '--output' in out.err
+
+
+def test_a_seed_set_in_one_row_and_not_another_is_named(tmp_path, capsys):
+    """A seeded class order and the sorted one are rows of their own, and the settings column says why."""
+    folders = [copy_run(ARGUMENTS, tmp_path / 'sorted', config=arguments(class_order_seed=None)),
+               copy_run(ARGUMENTS, tmp_path / 'seeded', config=arguments(class_order_seed=3))]
+    code, _, rows = summarize(folders, capsys)
+    assert code == 0 and len(rows) == 2
+    assert sorted(row[SETTINGS] for row in rows) == ['class_order_seed=3', 'class_order_seed=None']
