@@ -122,14 +122,11 @@ def test_a_process_that_fails_stops_the_group_naming_its_rank_and_the_cause(tmp_
 
 
 @pytest.mark.slow
-def test_an_exchange_that_times_out_gives_one_line_naming_dist_timeout_and_a_rerun_continues(tmp_path, single):
+def test_an_exchange_that_times_out_gives_one_line_naming_dist_timeout(tmp_path, single):
+    """(That a rerun then extracts only what the cache lacks is the killed process's test.)"""
     root, labels, ckpt = single
     argv = arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two')
     slow = dict(os.environ, SLDA_SLOW_RANK='1', SLDA_SLOW_SECONDS='120')   # far longer than the timeout
-    done = torchrun(argv + ['--dist_timeout', '5'], env=slow, script=os.path.join('tests', 'slow_rank.py'))
-    assert_said_once(done, '--dist_timeout 5', 'rerun')
+    done = torchrun(argv + ['--dist_timeout', '2'], env=slow, script=os.path.join('tests', 'slow_rank.py'))
+    assert_said_once(done, '--dist_timeout 2', 'rerun')
     assert re.search(rf'exitcode\s*: {distributed.CollectiveFailed.exit_code} ', done.stderr), done.stderr
-    done = torchrun(argv + ['--resume'])
-    assert done.returncode == 0, done.stderr
-    assert 0 < sum(summary(tmp_path / 'two')['images_extracted_per_process']) < TOTAL_IMAGES
-    assert_same_outputs(tmp_path / 'single', tmp_path / 'two')
