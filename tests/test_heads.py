@@ -22,7 +22,7 @@ ALL_HEADS = 'slda,ncm,softmax_stream,offline'
 def digits_with_heads(tmp_path_factory):
     """The digits default run with every head, features kept in a cache to check against."""
     out = tmp_path_factory.mktemp('heads')
-    code, _ = run(['--heads', ALL_HEADS, '--feature_cache', out / 'cache', '--save_dir', out / 'run', '--plot'])
+    code, _ = run(['--heads', ALL_HEADS, '--feature_cache', out / 'cache', '--save_dir', out / 'run'])
     assert code == 0
     return out
 
