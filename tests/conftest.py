@@ -125,3 +125,28 @@ def imagenet_argv(tmp_path, root, labels):
     return ['--dataset', 'imagenet', '--images_dir', root] + order + [
         '--base_init_ckpt', ckpt, '--class_increment', 2, '--image_size', 32, '--num_workers', 0,
         '--save_dir', tmp_path / 'out']
+
+
+# A small image-folder run: the tree of build_image_folder, 32-pixel inputs, decoding in this process.
+SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
+
+
+def folder_run(root, tmp_path, *extra, name='out'):
+    """experiment.py's arguments for a SMALL run of the image folder ``root`` into ``tmp_path/name``."""
+    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
+
+
+def folder_args(root, tmp_path, *extra):
+    """experiment.py's arguments for the image folder ``root`` with a base checkpoint made in ``tmp_path``,
+    two classes per batch and two decoding workers."""
+    ckpt = tmp_path / 'base.pth'
+    if not ckpt.exists():
+        make_checkpoint(ckpt)
+    return ['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 2,
+            '--image_size', 32, '--batch_size', 4, '--num_workers', 2] + list(extra)
+
+
+def truncate(path):
+    """Cut a file to half its length, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])

@@ -8,14 +8,8 @@ import pytest
 
 import cli
 import config
-from conftest import REPO, assert_one_line_error, imagenet_argv, run
+from conftest import REPO, assert_one_line_error, folder_run, imagenet_argv, run
 from options import SettingError
-
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
-
-
-def folder_run(root, tmp_path, *extra, name='out'):
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
 
 
 def test_a_setting_that_is_not_one_is_a_type_error():

@@ -13,20 +13,14 @@ import pytest
 import torch
 
 import data
-from conftest import SYNSETS, age_folders, assert_one_line_error, imagenet_argv, run
+from conftest import SYNSETS, age_folders, assert_one_line_error, folder_run, imagenet_argv, run
 from core50_folder import KEPT_FRAMES, OBJECTS, build_core50, parse
-
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
 
 
 @pytest.fixture(scope='module')
 def core50(tmp_path_factory):
     """The CORe50-shaped folder of core50_folder.build_core50."""
     return build_core50(tmp_path_factory.mktemp('core50') / 'core50_128x128'), None
-
-
-def folder_run(root, tmp_path, *extra, name='out'):
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
 
 
 def test_split_sessions_frames_labels_and_clips(core50):

@@ -14,10 +14,8 @@ import torch
 from sklearn.datasets import load_digits
 
 import data
-from conftest import REPO, SYNSETS, age_folders, make_checkpoint, run, write_jpeg
+from conftest import REPO, SYNSETS, age_folders, folder_args, folder_run, make_checkpoint, run, truncate, write_jpeg
 from feature_cache import FeatureCache
-
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
 
 
 def run_ok(argv):
@@ -244,10 +242,6 @@ def test_run_whose_features_overflow_float16_stops_naming_cache_dtype(tmp_path, 
     assert code == 2 and '--cache_dtype float32' in out.err and 'class_00000.pt' in out.err, out.err
 
 
-def folder_run(root, tmp_path, *extra, name='out'):
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
-
-
 def test_a_file_name_that_is_not_utf8_works_with_the_feature_cache(tmp_path, image_folder, capsys):
     root, _ = image_folder
     folder = os.fsencode(root / 'train' / SYNSETS[0])
@@ -294,19 +288,6 @@ def test_the_feature_cache_never_serves_another_folders_features(tmp_path, capsy
         assert code == 0, out.err
         summary = json.loads((tmp_path / f'out_{root.name}' / 'summary.json').read_text())
         assert summary['images_extracted_this_process'] == 8, root.name
-
-
-def truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-
-
-def folder_args(root, tmp_path, *extra):
-    ckpt = tmp_path / 'base.pth'
-    if not ckpt.exists():
-        make_checkpoint(ckpt)
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 2,
-            '--image_size', 32, '--batch_size', 4, '--num_workers', 2] + list(extra)
 
 
 def test_skipped_images_are_reported_again_from_the_cache(tmp_path, image_folder, capsys):

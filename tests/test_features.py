@@ -15,12 +15,12 @@ from torch.utils.data import get_worker_info
 
 import config
 import data
-from conftest import SYNSETS, assert_one_line_error, build_image_folder, imagenet_argv, make_checkpoint, run
+from conftest import (SYNSETS, assert_one_line_error, build_image_folder, folder_args, folder_run, imagenet_argv,
+                      make_checkpoint, run, truncate)
 from features import DecodingWorkerError, FeatureExtractor, load_checkpoint_into
 from options import SettingError
 from retrieve_any_layer import ModelWrapper
 
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
 TREE_SMALL = ['--class_increment', 2, '--image_size', 32, '--num_workers', 0]
 
 
@@ -178,27 +178,10 @@ def test_input_feature_size_is_checked_against_the_network(tmp_path, capsys):
     assert torch.load(tmp_path / 'layer3' / 'slda_model_weights_final.pth', weights_only=True)['muK'].shape == (10, 256)
 
 
-def folder_run(root, tmp_path, *extra, name='out'):
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
-
-
 def test_an_arch_that_is_no_torchvision_model_is_one_line_naming_it(tmp_path, image_folder, capsys):
     root, _ = image_folder
     code, out = run(folder_run(root, tmp_path, '--weights', 'IMAGENET1K_V1', '--arch', 'resnet19'), capsys)
     assert_one_line_error(code, out, 'arch resnet19')
-
-
-def truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-
-
-def folder_args(root, tmp_path, *extra):
-    ckpt = tmp_path / 'base.pth'
-    if not ckpt.exists():
-        make_checkpoint(ckpt)
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 2,
-            '--image_size', 32, '--batch_size', 4, '--num_workers', 2] + list(extra)
 
 
 def test_an_unreadable_image_is_one_line_naming_it(tmp_path, image_folder, capsys):

@@ -7,14 +7,8 @@ import pytest
 import cli
 import datasets
 import heads
-from conftest import assert_one_line_error, run
+from conftest import assert_one_line_error, folder_run, run
 from options import SettingError
-
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
-
-
-def folder_run(root, tmp_path, *extra, name='out'):
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
 
 
 def test_checks_run_where_a_notebook_builds_settings_too():

@@ -11,11 +11,9 @@ import pytest
 import torch
 
 import protocol
-from conftest import (STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, assert_one_line_error,
+from conftest import (SMALL, STREAM_POSITION, SYNSETS, TRAIN_PER_CLASS, VAL_PER_CLASS, assert_one_line_error,
                       imagenet_argv, make_checkpoint, run)
 from protocol import ORDERINGS
-
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
 
 
 TRAIN_IMAGES = 12

@@ -6,11 +6,9 @@ import json
 
 import config
 import plot_results
-from conftest import TRAIN_PER_CLASS, build_image_folder, run
+from conftest import SMALL, TRAIN_PER_CLASS, build_image_folder, run
 from experiment import Experiment
 from reporting import Reporter
-
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
 
 
 def warnings_of(err):

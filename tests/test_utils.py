@@ -14,12 +14,11 @@ import pytest
 import torch
 
 import utils
-from conftest import assert_one_line_error, make_checkpoint, run, second_by_score_data
+from conftest import assert_one_line_error, folder_args, folder_run, run, second_by_score_data
 from slda_model import StreamingLDA
 from utils import atomic_write, safe_torch_load, save_json, save_npy, save_tensor, topk_accuracy
 
 CLASSES = 20            # the classes of second_by_score_data
-SMALL = ['--class_increment', 3, '--image_size', 32, '--num_workers', 0]
 
 
 class FillingDisk(io.RawIOBase):
@@ -246,18 +245,6 @@ def test_temporary_files_of_killed_writes_are_removed_by_the_next_run(tmp_path, 
     code, out = run(argv[:2] + ['--save_dir', tmp_path / 'fresh', '--feature_cache', tmp_path / 'cache'], capsys)
     assert code == 0, out.err
     assert not any(path.exists() for path in leftovers) and live.exists()
-
-
-def folder_run(root, tmp_path, *extra, name='out'):
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--save_dir', tmp_path / name] + SMALL + list(extra)
-
-
-def folder_args(root, tmp_path, *extra):
-    ckpt = tmp_path / 'base.pth'
-    if not ckpt.exists():
-        make_checkpoint(ckpt)
-    return ['--dataset', 'imagefolder', '--images_dir', root, '--base_init_ckpt', ckpt, '--class_increment', 2,
-            '--image_size', 32, '--batch_size', 4, '--num_workers', 2] + list(extra)
 
 
 @pytest.mark.parametrize('content,fragment', [
