@@ -60,6 +60,8 @@ class Experiment:
                 group.close()
 
     def stream(self, group, started):
+        """List, plan, claim the folder, read the features (extracting them across processes under torchrun),
+        then fit, evaluate and record each batch; returns summary.json's content (None on ranks but 0)."""
         config = self.config
         splits = list_splits(config)
         order, order_source, order_warning = class_order(config, splits)
@@ -78,13 +80,9 @@ class Experiment:
                 self.report('warn', f'{config.run.save_dir} holds a finished run; it is left as it is')
                 return folder.saved_summary()
             train, test, extractor, feature_dim = build_readers(config, splits, plan, device, files)
-            shared = None
-            if group:
-                tick = time.perf_counter()
-                per_process = distributed.extract_shares(group, {'train': train, splits.test_name: test}, files)
-                shared = (per_process, time.perf_counter() - tick)
-                if group.rank != 0:
-                    return None
+            shared = extract_across_processes(group, {'train': train, splits.test_name: test}, files)
+            if group and group.rank != 0:
+                return None
             description = describe_run(config, order, order_source, order_warning, extractor, feature_dim, device)
             description.update(classes=list(splits.classes), test_images=test_images_digest(splits.test, plan))
             if continuing:
@@ -117,6 +115,16 @@ class Experiment:
     def report(self, event, *details):
         for reporter in self.reporters:
             getattr(reporter, event)(*details)
+
+
+def extract_across_processes(group, readers, files):
+    """Under torchrun (``group``), every process extracts its share of the classes the cache lacks; returns (images
+    each process extracted, seconds it took), or None for a single process, which extracts as it reads."""
+    if group is None:
+        return None
+    tick = time.perf_counter()
+    per_process = distributed.extract_shares(group, readers, files)
+    return per_process, time.perf_counter() - tick
 
 
 def default_reporters(config):
