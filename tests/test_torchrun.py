@@ -63,13 +63,20 @@ def summary(save):
 
 
 @pytest.fixture
-def single(tmp_path, image_folder):
-    """A single-process run from an empty cache, to compare with."""
+def tree(tmp_path, image_folder):
+    """The image folder, its label files and a base checkpoint."""
     root, labels = image_folder
     ckpt = tmp_path / 'base.pth'
     make_checkpoint(ckpt)
-    assert run(arguments(root, labels, ckpt, tmp_path / 'single_cache', tmp_path / 'single'))[0] == 0
     return root, labels, ckpt
+
+
+@pytest.fixture
+def single(tmp_path, tree):
+    """A single-process run from an empty cache, to compare with."""
+    root, labels, ckpt = tree
+    assert run(arguments(root, labels, ckpt, tmp_path / 'single_cache', tmp_path / 'single'))[0] == 0
+    return tree
 
 
 def assert_same_outputs(a, b):
@@ -111,8 +118,8 @@ def test_a_killed_process_stops_the_group_and_a_rerun_extracts_only_what_is_miss
 
 
 @pytest.mark.slow
-def test_a_process_that_fails_stops_the_group_naming_its_rank_and_the_cause(tmp_path, single):
-    root, labels, ckpt = single
+def test_a_process_that_fails_stops_the_group_naming_its_rank_and_the_cause(tmp_path, tree):
+    root, labels, ckpt = tree
     bad = root / 'train' / 'n01000005' / 'n01000005_0002.JPEG'
     bad.write_bytes(b'not an image')
     done = torchrun(arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two'))
@@ -122,9 +129,9 @@ def test_a_process_that_fails_stops_the_group_naming_its_rank_and_the_cause(tmp_
 
 
 @pytest.mark.slow
-def test_an_exchange_that_times_out_gives_one_line_naming_dist_timeout(tmp_path, single):
+def test_an_exchange_that_times_out_gives_one_line_naming_dist_timeout(tmp_path, tree):
     """(That a rerun then extracts only what the cache lacks is the killed process's test.)"""
-    root, labels, ckpt = single
+    root, labels, ckpt = tree
     argv = arguments(root, labels, ckpt, tmp_path / 'cache', tmp_path / 'two')
     slow = dict(os.environ, SLDA_SLOW_RANK='1', SLDA_SLOW_SECONDS='120')   # far longer than the timeout
     done = torchrun(argv + ['--dist_timeout', '2'], env=slow, script=os.path.join('tests', 'slow_rank.py'))
