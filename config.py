@@ -160,23 +160,28 @@ def component_types():
             [('--heads', name, e.options) for name, e in HEADS.items()])
 
 
+def declared_fields():
+    """{name: dataclasses.Field} of every setting with a flag, in the groups and in every component's options
+    (a name shared by several, as images_dir is, is one setting: its first declaration)."""
+    fields = {}
+    for settings_type in list(GROUPS) + [options for _, _, options in component_types()]:
+        for name, field in fields_of(settings_type).items():
+            if 'help' in field.metadata:
+                fields.setdefault(name, field)
+    return fields
+
+
 def flag_of_setting(dotted):
     """The command-line spelling of a setting named as in ``Config.results_settings`` ('run.seed' -> '--seed')."""
-    name = dotted.rsplit('.', 1)[-1]
-    for settings_type in list(GROUPS) + [options for _, _, options in component_types()]:
-        field = fields_of(settings_type).get(name)
-        if field is not None and 'help' in field.metadata:
-            return flag_of(field)
-    return dotted
+    field = declared_fields().get(dotted.rsplit('.', 1)[-1])
+    return dotted if field is None else flag_of(field)
 
 
 def setting_for_flag(name):
     """' (did you mean X, set by --name?)' when ``name`` is the flag of setting X, else ''."""
-    for settings_type in list(GROUPS) + [options for _, _, options in component_types()]:
-        for field in fields_of(settings_type).values():
-            spellings = (field.metadata.get('flags') or ()) + (field.metadata.get('off_flags') or ())
-            if f'--{name}' in spellings:
-                return f' (did you mean {field.name}, set by --{name}?)'
+    for field in declared_fields().values():
+        if f'--{name}' in (field.metadata['flags'] or ()) + field.metadata['off_flags']:
+            return f' (did you mean {field.name}, set by --{name}?)'
     return ''
 
 

@@ -10,15 +10,8 @@ from options import fields_of, flag_of
 
 
 def declared_fields():
-    """(settings type, field) of every option with a flag: the groups and every component's options."""
-    types = list(config.GROUPS) + [options for _, _, options in config.component_types()]
-    seen, out = set(), []
-    for settings_type in types:
-        for field in dataclasses.fields(settings_type):
-            if 'help' in field.metadata and field.name not in seen:
-                seen.add(field.name)
-                out.append(field)
-    return out
+    """Every option with a flag: the groups' and every component's."""
+    return list(config.declared_fields().values())
 
 
 def chooser_argv(name, paths):
