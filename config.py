@@ -206,11 +206,11 @@ def make_config(**given):
     data = take(DataSettings, given, dataset=dataset.name if dataset else given['dataset'])
     data = dataclasses.replace(data, options=take(dataset.options, given))
     check_images_dir(data)
-    ordering = take_ordering(given, dataset)
+    ordering_name = given.get('ordering', dataset.ordering)
+    ordering = take_ordering(given, dataset, ordering_name)
     heads = take_heads(given, dataset)
-    refuse_unused(given, {'--dataset': dataset.name, '--ordering': given.get('ordering', dataset.ordering),
-                          '--heads': ','.join(heads.heads)})
-    stream = take(StreamSettings, given, options=ordering, ordering=given.get('ordering', dataset.ordering))
+    refuse_unused(given, {'--dataset': dataset.name, '--ordering': ordering_name, '--heads': ','.join(heads.heads)})
+    stream = take(StreamSettings, given, options=ordering, ordering=ordering_name)
     network = take_network(given, dataset, dataset_defaulted)
     cache = take(CacheSettings, given)
     run = take_run(given, dataset, data, stream, heads)
@@ -228,11 +228,11 @@ def take(settings_type, given, **defaults):
     return settings_type(**{name: given.pop(name) if name in given else defaults[name] for name in names})
 
 
-def take_ordering(given, dataset):
-    """The ordering's options with the dataset's defaults, and the base initialisation settled."""
-    entry = ORDERINGS.get(given.get('ordering', dataset.ordering))
+def take_ordering(given, dataset, name):
+    """The options of ordering ``name`` with the dataset's defaults, and the base initialisation settled."""
+    entry = ORDERINGS.get(name)
     if entry is None:
-        take(StreamSettings, dict(ordering=given['ordering']))      # raises, naming the choices
+        take(StreamSettings, dict(ordering=name))      # raises, naming the choices
     base_init = given.get('base_init')
     if base_init is False and given.get('base_init_classes') is not None:
         raise SettingError('base_init', '--no_base_init and --base_init_classes contradict each other; give one')
