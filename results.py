@@ -104,7 +104,7 @@ def omega(rows, offline):
 def covariance_detail(config):
     """What SLDA's covariance is in a run of ``config``, in words (config.json's covariance_detail, the console).
     A fixed covariance keeps the one it starts from: without a base initialisation that is the identity, and
-    SLDA is then exactly nearest class mean (DESIGN.md section 9), whatever "fixed" suggests."""
+    SLDA is then exactly nearest class mean, whatever "fixed" suggests."""
     if config.slda.plastic_covariance:
         return 'plastic (updated by every sample)'
     if config.stream.base_init:

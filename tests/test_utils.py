@@ -1,8 +1,8 @@
 """Tests of utils.py: top-k accuracy, atomic writes, temporaries, safe loading.
 
-utils.py: top-k accuracy by scores (DESIGN.md section 9: ties among scores count against the label, never
-ranked by float32 probabilities), atomic writes on a full disk or over links, stale temporaries, background
-writes, and safe loading that names what it refuses."""
+utils.py: top-k accuracy by scores (README, "Differences from the original": ties among scores count against the
+label, never ranked by float32 probabilities), atomic writes on a full disk or over links, stale temporaries,
+background writes, and safe loading that names what it refuses."""
 import argparse
 import errno
 import io
