@@ -256,7 +256,7 @@ def take_heads(given, dataset):
     heads = HeadSettings(heads=tuple(given.pop('heads', ('slda',))))
     defaults = {'plastic_covariance': dataset.plastic_covariance}
     return dataclasses.replace(heads, options={name: take(HEADS[name].options, given, **defaults)
-                                               for name in heads.heads if HEADS[name].options is not NoOptions})
+                                               for name in heads.heads if fields_of(HEADS[name].options)})
 
 
 def refuse_unused(given, chosen):
