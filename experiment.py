@@ -135,7 +135,8 @@ def list_splits(config):
     """The dataset's splits; with --cache_check listing, the file listing is kept in the feature cache."""
     options, cache = config.data.options, config.cache.feature_cache
     listing_dir = listings_folder(cache) if cache and options.cache_check == 'listing' else None
-    return config.dataset.list_splits(options, listing_dir=listing_dir, device_type=torch.device(config.run.device).type)
+    return config.dataset.list_splits(options, config.preprocessing, listing_dir=listing_dir,
+                                      device_type=torch.device(config.run.device).type)
 
 
 def class_order(config, splits):
