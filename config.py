@@ -86,6 +86,11 @@ class HeadSettings(Settings):
                           metavar='LIST', check=lambda names: None if len(set(names)) == len(names) and
                           'slda' in names and set(names) <= set(HEADS) else
                           f'must be a comma-separated list of {", ".join(HEADS)}, without repeats, slda included')
+    random_projection: Optional[int] = option(
+        None, 'map the features to M dimensions by a fixed random Gaussian matrix followed by ReLU (RanPAC\'s '
+              'expansion) before every output layer; applied after the feature cache. SLDA then holds an M x M '
+              'covariance, checked against free memory before any work', metavar='M', check=at_least(1))
+    projection_seed: int = option(0, 'seed of the --random_projection matrix', metavar='N', check=seed)
     options: dict = dataclasses.field(default_factory=lambda: {'slda': HEADS['slda'].options()})
 
 
@@ -274,7 +279,10 @@ def take_ordering(given, dataset, name):
 
 
 def take_heads(given, dataset):
-    heads = HeadSettings(heads=tuple(given.pop('heads', ('slda',))))
+    if given.get('projection_seed') is not None and given.get('random_projection') is None:
+        raise SettingError('projection_seed', '--projection_seed is the seed of --random_projection, which is not '
+                                              'given')
+    heads = take(HeadSettings, given, heads=tuple(given.pop('heads', ('slda',))))
     defaults = {'plastic_covariance': dataset.plastic_covariance}
     return dataclasses.replace(heads, options={name: take(HEADS[name].options, given, **defaults)
                                                for name in heads.heads if fields_of(HEADS[name].options)})

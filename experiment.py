@@ -26,6 +26,7 @@ from errors import ProjectError
 from feature_cache import listings_folder
 from features import build_readers
 from heads import HEADS
+from projection import ProjectedReader, RandomProjection, check_memory
 from reporting import ConsoleReporter, LearningCurveReporter
 from results import ResultsFolder, describe_run, make_summary, read_offline_accuracies, test_images_digest
 from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
@@ -69,6 +70,9 @@ class Experiment:
         plan = make_plan(config, splits, order)
         self.report('warn', config.ordering.plan_warning(config.stream.options, splits))
         offline = read_offline_accuracies(config.run.offline_accuracies, len(plan))
+        if config.output.random_projection:
+            check_memory(config.output.random_projection, splits.num_classes, getattr(torch, config.slda.slda_dtype),
+                         config.run.device)
         files = BackgroundFiles()
         folder = ResultsFolder(config.run.save_dir, files)
         device = torch.device(config.run.device)
@@ -83,13 +87,14 @@ class Experiment:
             shared = extract_across_processes(group, {'train': train, splits.test_name: test}, files)
             if group and group.rank != 0:
                 return None
+            train, test, head_dim = project(config, train, test, feature_dim)
             description = describe_run(config, order, order_source, order_warning, extractor, feature_dim, device)
             description.update(classes=list(splits.classes), test_images=test_images_digest(splits.test, plan))
             if continuing:
                 folder.check_resume(description, splits, plan)
             folder.save_config(description, splits, order, plan)
             self.report('start', config, splits, plan, order_source, extractor, feature_dim, device)
-            heads = build_heads(config, feature_dim, splits.num_classes, device)
+            heads = build_heads(config, head_dim, splits.num_classes, device)
             first = folder.resume(plan, heads, lambda batches: (train.take(b.train_indices) for b in batches)) \
                 if continuing else 0
             self.batches_finished = first
@@ -125,6 +130,14 @@ def extract_across_processes(group, readers, files):
     tick = time.perf_counter()
     per_process = distributed.extract_shares(group, readers, files)
     return per_process, time.perf_counter() - tick
+
+
+def project(config, train, test, feature_dim):
+    """The readers and the output layers' feature size, with --random_projection applied to both readers."""
+    if not config.output.random_projection:
+        return train, test, feature_dim
+    projection = RandomProjection(feature_dim, config.output.random_projection, config.output.projection_seed)
+    return ProjectedReader(train, projection), ProjectedReader(test, projection), projection.out_dim
 
 
 def default_reporters(config):

@@ -1,6 +1,6 @@
 """Export a finished run's final model as one self-contained module that loads without this project: the frozen
-network with its pooling, then SLDA as a linear layer (``StreamingLDA.to_linear``), mapping preprocessed images
-to class scores.
+network with its pooling (and --random_projection where the run had one), then SLDA as a linear layer
+(``StreamingLDA.to_linear``), mapping preprocessed images to class scores.
 
     python export_model.py streaming_experiments/slda_digits_plastic model.pt2
 
@@ -32,6 +32,7 @@ import data
 from datasets import DATASETS
 from errors import InputError, ProjectError
 from features import FeatureExtractor
+from projection import RandomProjection
 from slda_model import StreamingLDA
 
 
@@ -58,8 +59,10 @@ def load_run(folder):
         raise InputError(f'{path} was written by an earlier release (no settings); rerun it to export its model')
     if not os.path.isfile(os.path.join(folder, 'slda_model_weights_final.pth')):
         raise InputError(f'{folder} holds no slda_model_weights_final.pth: the run has not finished')
-    options = saved['settings']['output']['options']['slda']
-    slda = StreamingLDA(saved['feature_dim'], len(saved['classes']), shrinkage_param=options['shrinkage'],
+    output = saved['settings']['output']
+    options = output['options']['slda']
+    slda = StreamingLDA(output.get('random_projection') or saved['feature_dim'], len(saved['classes']),
+                        shrinkage_param=options['shrinkage'],
                         device='cpu', dtype=getattr(torch, options['slda_dtype']),
                         mask_unseen_classes=options['mask_unseen_classes'])
     slda.load_model(folder, 'slda_model_weights_final')
@@ -88,7 +91,12 @@ def build_classifier(saved, slda):
                                      network['checkpoint'], 'cpu', False, preprocessing,
                                      saved['settings']['run']['seed'], network['allow_partial_checkpoint'],
                                      network.get('pooling', 'auto')).load()
-    return ImageClassifier(extractor.network, slda.to_linear().float()).eval(), preprocessing
+    features = extractor.network
+    output = saved['settings']['output']
+    if output.get('random_projection'):
+        features = nn.Sequential(features, RandomProjection(saved['feature_dim'], output['random_projection'],
+                                                            output['projection_seed']))
+    return ImageClassifier(features, slda.to_linear().float()).eval(), preprocessing
 
 
 def export(folder, output):

@@ -76,6 +76,8 @@ def test_every_option_given_on_the_command_line_reaches_the_configuration(paths,
         argv = [flag_of(field), text]
     if field.name == 'base_init_classes':
         argv += ['--class_increment', '5']
+    if field.name == 'projection_seed':
+        argv += ['--random_projection', '16']
     built = cli.parse(chooser_argv(field.name, paths) + argv)
     assert find(built, field.name) == expected
 
