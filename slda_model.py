@@ -457,6 +457,34 @@ class StreamingLDA(nn.Module):
         return out
 
     @torch.no_grad()
+    def mahalanobis(self, X):
+        """Squared Mahalanobis distances (m, C) float64 on the CPU of the rows of X (m, d) to each class mean under
+        the shrunk shared covariance, (x - mu_k)^T ((1 - eps) Sigma + eps I)^-1 (x - mu_k); inf for classes not
+        seen yet. The smallest distance over the seen classes is a novelty score (Lee et al., NeurIPS 2018, with
+        the shared covariance of LDA). Computed in float64 in whitened coordinates L^-1 x, with L the Cholesky
+        factor of the shrunk covariance (a pseudo-inverse square root where it is not positive definite).
+        Raises as ``predict``."""
+        X = as_tensor(X, 'X')
+        if X.dim() != 2 or X.shape[1] != self.input_shape:
+            raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
+        X = self._check_features(X, 'X').to(torch.float64)
+        eye = torch.eye(self.input_shape, dtype=torch.float64, device=self.device)
+        shrunk = (1 - self.shrinkage_param) * self.Sigma.to(torch.float64) + self.shrinkage_param * eye
+        L, info = torch.linalg.cholesky_ex(shrunk)
+        means = self.muK.to(torch.float64)
+        if int(info) == 0:          # rows @ L^-T: the squared norm of L^-1 (x - mu) is the distance
+            root = torch.linalg.solve_triangular(L, eye, upper=False).T
+        else:
+            values, vectors = torch.linalg.eigh(shrunk)     # pinv's cut-off: what is below it counts as zero
+            kept = values > values.abs().max() * self.input_shape * torch.finfo(torch.float64).eps
+            root = vectors * torch.where(kept, values.clamp(min=1e-300).rsqrt(), 0.0)
+        x, mu = X @ root, means @ root
+        distances = (x * x).sum(1, keepdim=True) + (mu * mu).sum(1) - 2 * x @ mu.T
+        distances = distances.clamp(min=0)
+        distances[:, self.cK == 0] = math.inf
+        return distances.cpu()
+
+    @torch.no_grad()
     def to_linear(self):
         """A ``torch.nn.Linear(d, C)`` on the CPU whose outputs equal ``decision_function``: weight W^T, bias b
         of the current classifier (bias -inf for classes not seen yet when mask_unseen_classes is on); a copy,
