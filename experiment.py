@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 
+import numpy as np
 import torch
 
 import cli
@@ -26,6 +27,7 @@ from errors import ProjectError
 from feature_cache import listings_folder
 from features import build_readers
 from heads import HEADS
+from open_set import OpenSetEvaluation
 from projection import ProjectedReader, RandomProjection, check_memory
 from reporting import ConsoleReporter, LearningCurveReporter
 from results import ResultsFolder, describe_run, make_summary, read_offline_accuracies, test_images_digest
@@ -100,12 +102,16 @@ class Experiment:
             self.batches_finished = first
             self.report('resumed', first, plan)
             summary = make_summary_writer(offline, (train, test), started, shared, folder)
+            open_set = open_set_evaluation(config, splits, order)
             if first < len(plan):
                 train.prefetch(plan[first].train_indices)
                 test.prefetch(plan[first].test_indices)
             for batch, following in zip(plan[first:], plan[first + 1:] + [None]):
                 crash_point('increment_start')
                 row, probabilities = fit_and_evaluate(heads, batch, following, train, test, device)
+                if open_set:
+                    row['open_set'], scores = open_set.evaluate(heads['slda'], test, batch)
+                    folder.record_scores(batch, scores)
                 save_preds = config.run.save_preds == 'every' or (config.run.save_preds == 'final' and not following)
                 folder.record(batch, row, probabilities, heads, save_preds, summary)
                 self.batches_finished += 1
@@ -130,6 +136,14 @@ def extract_across_processes(group, readers, files):
     tick = time.perf_counter()
     per_process = distributed.extract_shares(group, readers, files)
     return per_process, time.perf_counter() - tick
+
+
+def open_set_evaluation(config, splits, order):
+    """An OpenSetEvaluation of the test images of the classes --ood_classes holds out, or None."""
+    held_out = protocol.held_out_classes(config.stream.options, order) if order is not None else []
+    if not len(held_out):
+        return None
+    return OpenSetEvaluation(np.flatnonzero(np.isin(splits.test.labels, held_out)))
 
 
 def project(config, train, test, feature_dim):

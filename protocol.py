@@ -244,6 +244,10 @@ class ClassIncrementalOptions(ClassBatches):
     num_classes: Optional[int] = option(None, 'stream only the first N classes of the class order (default: all)',
                                         metavar='N', check=at_least(1))
     shuffle_data: bool = option(False, 'shuffle the images within each batch (with --seed)')
+    ood_classes: int = option(0, 'hold the last N classes of the class order out of training: after every batch, '
+                                 'the AUROC of SLDA\'s Mahalanobis novelty score and of the maximum softmax '
+                                 'probability, seen classes\' test images against these classes\' (summary.json)',
+                              metavar='N', check=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -270,9 +274,14 @@ def refuse(options, name, why):
 
 
 def plan_class_incremental(options, splits, base_init, class_order, shuffle_seed):
-    streamed = splits.num_classes if options.num_classes is None else options.num_classes
-    if streamed > splits.num_classes:
-        raise refuse(options, 'num_classes', f'{streamed}: the dataset has {splits.num_classes} classes')
+    available = splits.num_classes - options.ood_classes      # the held-out classes are never streamed
+    if available < 1:
+        raise refuse(options, 'ood_classes', f'{options.ood_classes}: the dataset has {splits.num_classes} classes '
+                                              f'and at least one must be streamed')
+    streamed = available if options.num_classes is None else options.num_classes
+    if streamed > available:
+        held_out = f', {options.ood_classes} of them held out by --ood_classes' if options.ood_classes else ''
+        raise refuse(options, 'num_classes', f'{streamed}: the dataset has {splits.num_classes} classes{held_out}')
     for name in ('classes_per_batch', 'base_init_classes'):
         value = getattr(options, name)
         if value is not None and value > streamed:
@@ -280,6 +289,12 @@ def plan_class_incremental(options, splits, base_init, class_order, shuffle_seed
     base_classes = options.base_init_classes if base_init else 0
     return class_incremental(splits.train.labels, splits.test.labels, class_order, streamed, base_classes,
                              options.classes_per_batch, shuffle_seed if options.shuffle_data else None)
+
+
+def held_out_classes(options, class_order):
+    """The classes --ood_classes keeps out of training: the last ``ood_classes`` of ``class_order``."""
+    count = getattr(options, 'ood_classes', 0)
+    return np.asarray(class_order)[len(class_order) - count:] if count else np.array([], dtype=np.int64)
 
 
 def image_batch_size(options, splits):

@@ -323,6 +323,10 @@ class ResultsFolder:
                              {head_name: head.state_dict() for head_name, head in heads.items() if head_name != 'slda'})
         self.files.write(save_tensor, self.file(f'slda_model_weights_{name}.pth'), heads['slda'].checkpoint())
 
+    def record_scores(self, batch, scores):
+        """Queue the open-set novelty scores of a batch (open_set.OpenSetEvaluation) as ood_scores_<batch>.pt."""
+        self.files.write(save_tensor, self.file(f'ood_scores_{batch.name}.pt'), scores)
+
     def finish(self, model, summary):
         """Write the final model and the finished summary, wait for every write; returns the summary."""
         self.files.write(save_tensor, self.file(FINAL_MODEL), model)

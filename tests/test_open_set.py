@@ -1,10 +1,16 @@
-"""Open-set scores: StreamingLDA.mahalanobis against a direct computation."""
+"""Open-set scores: StreamingLDA.mahalanobis against a direct computation, and --ood_classes' AUROCs."""
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
+import backbones
+import data
+from conftest import assert_one_line_error, run
+from features import FeatureExtractor
 from slda_model import StreamingLDA
 
 
@@ -33,3 +39,34 @@ def test_mahalanobis_without_a_positive_definite_covariance_uses_the_pseudo_inve
     pinv = torch.linalg.pinv(model.Sigma.double(), hermitian=True)
     expected = torch.stack([torch.stack([(x - mu) @ pinv @ (x - mu) for mu in model.muK.double()]) for x in X.double()])
     torch.testing.assert_close(model.mahalanobis(X), expected)
+
+
+@pytest.mark.filterwarnings('ignore:no checkpoint or weights given')
+def test_a_run_with_held_out_classes_reports_aurocs_of_its_saved_scores(tmp_path, capsys):
+    save = tmp_path / 'out'
+    network = ['--arch', 'timm:test_vit', '--weights', 'none', '--amp', 'off']       # small, and float32 throughout
+    assert run(['--ood_classes', 3, '--class_increment', 3, '--save_dir', save] + network)[0] == 0
+    rows = json.loads((save / 'summary.json').read_text())['increments']
+    assert [row['classes_seen'] for row in rows] == [3, 6, 7]         # classes 7, 8 and 9 are never trained on
+    splits = data.digits_splits()
+    novel = np.isin(splits.test.labels, [7, 8, 9])
+    extractor = FeatureExtractor('timm:test_vit', amp=False,
+                                 preprocessing=backbones.default_preprocessing('timm:test_vit', None).at_size(32))
+    features = extractor(splits.test.images)
+    for row in rows:
+        name = f'min_trained_0_max_trained_{row["classes_seen"]}'
+        scores = torch.load(save / f'ood_scores_{name}.pt', weights_only=True)
+        known = np.isin(splits.test.labels, np.arange(row['classes_seen']))
+        assert row['open_set']['known_images'] == known.sum() and row['open_set']['novel_images'] == novel.sum()
+        assert scores['novel'].tolist() == [False] * known.sum() + [True] * novel.sum()
+        for score in ('mahalanobis', 'msp'):
+            assert row['open_set']['auroc'][score] == roc_auc_score(scores['novel'], scores[score])
+        state = torch.load(save / f'slda_model_weights_{name}.pth', weights_only=True)      # a direct computation
+        precision = torch.linalg.inv(0.9999 * state['Sigma'].double() + 1e-4 * torch.eye(64, dtype=torch.float64))
+        rows_scored = torch.cat([features[known], features[novel]]).double()
+        means = state['muK'].double()[:row['classes_seen']]
+        centred = rows_scored[:, None, :] - means[None]
+        distances = torch.einsum('nkd,de,nke->nk', centred, precision, centred)
+        torch.testing.assert_close(scores['mahalanobis'], distances.min(dim=1).values, rtol=1e-4, atol=1e-3)
+    code, out = run(['--ood_classes', 10, '--save_dir', tmp_path / 'all'], capsys)
+    assert_one_line_error(code, out, '--ood_classes 10', 'at least one must be streamed')
