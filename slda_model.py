@@ -18,6 +18,7 @@ from utils import safe_torch_load, save_tensor
 # Rows per vectorised pass inside ``fit``. On the CPU, 2048 rows keep the float64 prefix sums (8 MB at
 # d = 512) in cache (bench/README.md); a GPU wants large passes to amortise kernel launches.
 FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
+COVARIANCE_UPDATES = ('paper', 'pooled')
 # Batches of at most this many rows are fitted one row at a time with in-place rank-1 updates: for a true
 # stream, one sample per call, sorting and prefix sums cost more than they save.
 FIT_PER_SAMPLE_ROWS = 4
@@ -75,6 +76,25 @@ def usable_device(device, dtype):
     return parsed
 
 
+def oas_shrinkage(S, n):
+    """The Oracle Approximating Shrinkage coefficient (Chen et al. 2010) of an empirical covariance S (d, d)
+    estimated from ``n`` samples, as scikit-learn's ``OAS`` (>= 1.0) computes it: rho in [0, 1] such that the
+    estimate is (1 - rho) S + rho (trace(S) / d) I. Computed in float64; a Python float."""
+    S = S.to(torch.float64)
+    d = S.shape[0]
+    mu = torch.trace(S) / d
+    alpha = (S ** 2).mean()
+    numerator = alpha + mu ** 2
+    denominator = (n + 1) * (alpha - mu ** 2 / d)
+    return 1.0 if denominator == 0 else min((numerator / denominator).item(), 1.0)
+
+
+def shrunk_towards_scaled_identity(S, rho):
+    """(1 - rho) S + rho (trace(S) / d) I, in S's dtype."""
+    eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
+    return (1.0 - rho) * S + rho * (torch.trace(S) / S.shape[0]) * eye
+
+
 def oas_covariance(Z):
     """Oracle Approximating Shrinkage estimate of the covariance of centred rows (Chen et al. 2010).
 
@@ -82,15 +102,23 @@ def oas_covariance(Z):
     computed in float64.
     """
     Z = Z.to(torch.float64)
-    n, d = Z.shape
-    S = Z.T @ Z / n
-    mu = torch.trace(S) / d
-    alpha = (S ** 2).mean()
-    numerator = alpha + mu ** 2
-    denominator = (n + 1) * (alpha - mu ** 2 / d)
-    shrinkage = 1.0 if denominator == 0 else min((numerator / denominator).item(), 1.0)
-    eye = torch.eye(d, dtype=S.dtype, device=S.device)
-    return (1.0 - shrinkage) * S + shrinkage * mu * eye
+    S = Z.T @ Z / Z.shape[0]
+    return shrunk_towards_scaled_identity(S, oas_shrinkage(S, Z.shape[0]))
+
+
+def pooled_scatter_update(means, counts, batch_means, batch_counts, within):
+    """Combine per-class statistics exactly (Chan, Golub and LeVeque 1979, the pairwise update): classes with
+    ``counts`` (K,) and ``means`` (K, d), and new data with ``batch_counts`` (K,), ``batch_means`` (K, d) and
+    within-class scatter ``within`` (d, d) around those batch means. Returns (the scatter to add to the pooled
+    within-class scatter, the combined means (K, d), the combined counts (K,)), all float64:
+    within + sum_k (c_k n_k / (c_k + n_k)) (b_k - mu_k)(b_k - mu_k)^T."""
+    counts, batch_counts = counts.to(torch.float64), batch_counts.to(torch.float64)
+    total = counts + batch_counts
+    shift = batch_means - means
+    weight = torch.where(total > 0, counts * batch_counts / total.clamp(min=1), 0.0)
+    scatter = within + (shift * weight[:, None]).T @ shift
+    combined = means + shift * torch.where(total > 0, batch_counts / total.clamp(min=1), 0.0)[:, None]
+    return scatter, combined, total
 
 
 def class_runs(y):
@@ -136,11 +164,22 @@ class StreamingLDA(nn.Module):
 
     Args:
         input_shape: feature dimension d, a positive int.
-        num_classes: number of classes C, a positive int; labels are integers in [0, C).
+        num_classes: number of classes C, a positive int; labels are integers in [0, C). None: the model starts
+            with no class and grows when a larger label arrives (means, counts and classifier), ending equal to a
+            model declared with the final number of classes.
         test_batch_size: rows scored per step in ``predict``, a positive int.
-        shrinkage_param: eps in Lambda = ((1 - eps) Sigma + eps I)^-1, a number in [0, 1].
+        shrinkage_param: eps in Lambda = ((1 - eps) Sigma + eps I)^-1, a number in [0, 1]; or ``'oas'``: at
+            each rebuild of the classifier, Lambda = ((1 - rho) Sigma + rho (trace(Sigma) / d) I)^-1 with rho the
+            Oracle Approximating Shrinkage coefficient of Sigma and the samples behind it (``oas_shrinkage``;
+            ``shrinkage_used`` gives the value).
         streaming_update_sigma: True for a plastic covariance updated by every sample; False keeps the
             covariance that ``fit_base`` estimated (or the identity without base initialisation).
+        covariance_update: ``'paper'``, the paper's rule (each sample adds (t / (t + 1)) r r^T to t Sigma, with t
+            the global count and r its residual from its class mean before it); or ``'pooled'``: Sigma is the exact
+            pooled within-class covariance, the within-class scatter over the number of samples (what
+            scikit-learn's ``LinearDiscriminantAnalysis(solver='lsqr', store_covariance=True).covariance_`` holds),
+            whatever the order of the stream, so that two models fitted on shards ``merge`` into one fitted on
+            both.
         device: where the state lives and the math runs; CUDA when available, else the CPU.
         dtype: float32 (default) or float64 for the means and covariance.
         mask_unseen_classes: score classes that have no sample yet as -inf. Off by default, as in the
@@ -166,10 +205,17 @@ class StreamingLDA(nn.Module):
     """
 
     def __init__(self, input_shape, num_classes, test_batch_size=1024, shrinkage_param=1e-4,
-                 streaming_update_sigma=True, device=None, dtype=torch.float32, mask_unseen_classes=False):
+                 streaming_update_sigma=True, device=None, dtype=torch.float32, mask_unseen_classes=False,
+                 covariance_update='paper'):
         super().__init__()
         self.input_shape = positive_int(input_shape, 'input_shape')
-        self.num_classes = positive_int(num_classes, 'num_classes')
+        self.grows = num_classes is None
+        self.num_classes = 0 if self.grows else positive_int(num_classes, 'num_classes')
+        if covariance_update not in COVARIANCE_UPDATES:
+            raise InputError(f'covariance_update must be one of {", ".join(COVARIANCE_UPDATES)}, got '
+                             f'{covariance_update!r}')
+        self.covariance_update = covariance_update
+        self.base_samples = 0       # samples behind a fixed covariance (fit_base's), for shrinkage_param='oas'
         self.test_batch_size = test_batch_size
         self.shrinkage_param = shrinkage_param
         if dtype not in (torch.float32, torch.float64):
@@ -195,10 +241,13 @@ class StreamingLDA(nn.Module):
 
     @shrinkage_param.setter
     def shrinkage_param(self, value):
+        if value == 'oas':
+            self._shrinkage_param = value
+            return
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise TypeError(f'shrinkage_param must be a number in [0, 1], got {value!r}') from None
+            raise TypeError(f'shrinkage_param must be a number in [0, 1] or \'oas\', got {value!r}') from None
         if not 0.0 <= value <= 1.0:
             raise InputError(f'shrinkage_param must be in [0, 1], got {value}')
         self._shrinkage_param = value
@@ -221,7 +270,8 @@ class StreamingLDA(nn.Module):
 
     def extra_repr(self):
         return (f'input_shape={self.input_shape}, num_classes={self.num_classes}, '
-                f'shrinkage_param={self.shrinkage_param}, streaming_update_sigma={self.streaming_update_sigma}')
+                f'shrinkage_param={self.shrinkage_param}, streaming_update_sigma={self.streaming_update_sigma}, '
+                f'covariance_update={self.covariance_update!r}')
 
     # ------------------------------------------------------------------ input validation
     def _check_features(self, X, name, convert=True):
@@ -271,11 +321,18 @@ class StreamingLDA(nn.Module):
     def _label_outside(self, label):
         return InputError(f'y holds label {label}, outside [0, num_classes={self.num_classes})')
 
+    def _label_limit(self):
+        """Labels must be below this: num_classes, or no limit for a model that grows."""
+        return math.inf if self.grows else self.num_classes
+
     def _check_batch(self, X, y, name, convert=True):
         X = self._check_features(X, name, convert=convert).reshape(-1, self.input_shape)
         y = self._check_labels(y, X.shape[0], name).to(device=self.device, dtype=torch.int64)
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            raise self._label_outside(y[(y < 0) | (y >= self.num_classes)][0].item())
+        limit = self._label_limit()
+        if y.numel() and (y.min() < 0 or y.max() >= limit):
+            raise self._label_outside(y[(y < 0) | (y >= limit)][0].item())
+        if y.numel():
+            self._grow_to(int(y.max()) + 1)
         return X, y
 
     def _check_few(self, X, y, name):
@@ -285,9 +342,27 @@ class StreamingLDA(nn.Module):
         rows = (X,) if X.dim() == 1 else X.unbind(0)
         labels = self._check_labels(y, len(rows), name).tolist()
         for label in labels:
-            if not 0 <= label < self.num_classes:
+            if not 0 <= label < self._label_limit():
                 raise self._label_outside(label)
+        self._grow_to(max(labels) + 1)
         return rows, labels
+
+    def _take_class_count(self, num_classes):
+        """A growing model about to load a saved state of ``num_classes`` classes takes that many (zeroed)."""
+        if self.grows and num_classes != self.num_classes:
+            self.muK = self.muK.new_zeros(num_classes, self.input_shape)
+            self.cK = self.cK.new_zeros(num_classes)
+            self.num_classes = num_classes
+
+    def _grow_to(self, num_classes):
+        """A growing model (num_classes=None) gets classes up to ``num_classes``, with zero means and counts;
+        called once its input has passed every check, so that a refused update changes nothing."""
+        if not self.grows or num_classes <= self.num_classes:
+            return
+        extra = num_classes - self.num_classes
+        self.muK = torch.cat([self.muK, self.muK.new_zeros(extra, self.input_shape)])
+        self.cK = torch.cat([self.cK, self.cK.new_zeros(extra)])
+        self.num_classes = num_classes
 
     # ------------------------------------------------------------------ training
     def fit(self, x, y):
@@ -306,6 +381,8 @@ class StreamingLDA(nn.Module):
         y for a label outside [0, num_classes) or a count other than B; TypeError for non-numeric x or y.
         """
         X = as_tensor(x, 'x').detach()     # the buffers need no grad: with X detached, nothing is recorded
+        if self.covariance_update == 'pooled':
+            return self._fit_pooled(X, y)
         if 0 < (X.shape[0] if X.dim() == 2 else 1) <= FIT_PER_SAMPLE_ROWS:
             self._fit_samples(*self._check_few(X, y, 'x'))
             return self
@@ -359,12 +436,72 @@ class StreamingLDA(nn.Module):
         self.cK[labels] = new_counts
         self.num_updates += B
 
+    def _fit_pooled(self, X, y):
+        """``fit`` with covariance_update='pooled': per chunk, the class means, counts and pooled scatter
+        combined exactly with the chunk's (``pooled_scatter_update``), in float64; Sigma = scatter / samples."""
+        X, y = self._check_batch(X, y, 'x', convert=False)
+        chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
+        for start in range(0, X.shape[0], chunk):
+            rows = X[start:start + chunk].to(device=self.device, dtype=torch.float64)
+            labels = y[start:start + chunk]
+            classes, position, batch_counts = torch.unique(labels, return_inverse=True, return_counts=True)
+            sums = torch.zeros(len(classes), self.input_shape, dtype=torch.float64, device=self.device)
+            batch_means = sums.index_add_(0, position, rows) / batch_counts[:, None]
+            centred = rows - batch_means[position]
+            seen = int(self.num_updates)
+            scatter, means, counts = pooled_scatter_update(self.muK[classes].to(torch.float64), self.cK[classes],
+                                                           batch_means, batch_counts, centred.T @ centred)
+            if self.streaming_update_sigma:
+                total = seen * self.Sigma.to(torch.float64) + scatter
+                self.Sigma.copy_((total / (seen + len(labels))).to(self.dtype))
+            self.muK[classes] = means.to(self.dtype)
+            self.cK[classes] = counts.to(torch.int64)
+            self.num_updates += len(labels)
+        return self
+
+    @torch.no_grad()
+    def merge(self, other):
+        """Add ``other``'s data to this model, exactly: for covariance_update='pooled' with plastic covariances,
+        the counts, means and pooled scatter of both combine (Chan, Golub and LeVeque's pairwise update), so that
+        models fitted on two shards merge into the model fitted on both, in any order. Returns this model.
+
+        Raises ValueError, leaving both unchanged, for the paper's rule (its covariance depends on the order of
+        the stream), a fixed covariance, or models of other feature sizes, class counts (unless this one grows)
+        or dtypes; TypeError when ``other`` is not a StreamingLDA."""
+        if not isinstance(other, StreamingLDA):
+            raise TypeError(f'merge takes a StreamingLDA, got {type(other).__name__}')
+        for model in (self, other):
+            if model.covariance_update != 'pooled' or not model.streaming_update_sigma:
+                raise InputError('merge needs covariance_update=\'pooled\' and a plastic covariance in both models: '
+                                 'the paper\'s rule depends on the order of the stream, and a fixed covariance '
+                                 'is not the data\'s')
+        if other.input_shape != self.input_shape or other.dtype != self.dtype:
+            raise InputError(f'merge needs the same input_shape and dtype: {self.input_shape} {self.dtype} here, '
+                             f'{other.input_shape} {other.dtype} there')
+        if other.num_classes > self.num_classes and not self.grows or \
+                other.num_classes < self.num_classes and not other.grows:
+            raise InputError(f'merge needs the same num_classes: {self.num_classes} here, {other.num_classes} there')
+        self._grow_to(other.num_classes)
+        count = other.num_classes
+        here, there = int(self.num_updates), int(other.num_updates)
+        within = here * self.Sigma.to(torch.float64) + there * other.Sigma.to(self.device, torch.float64)
+        scatter, means, counts = pooled_scatter_update(
+            self.muK[:count].to(torch.float64), self.cK[:count], other.muK.to(self.device, torch.float64),
+            other.cK.to(self.device), within)
+        if here + there:
+            self.Sigma.copy_((scatter / (here + there)).to(self.dtype))
+        self.muK[:count] = means.to(self.dtype)
+        self.cK[:count] = counts.to(torch.int64)
+        self.num_updates += there
+        return self
+
     @torch.no_grad()
     def fit_base(self, X, y):
         """Base initialisation on all base data at once; replaces the whole state.
 
         X: (n, d) features, y: (n,) labels. Class means and counts come from the data, num_updates = n, and
-        Sigma is the OAS estimate (assume_centered) of the class-centred features z - mu_y(z). Returns the
+        Sigma is the OAS estimate (assume_centered) of the class-centred features z - mu_y(z); with
+        covariance_update='pooled', their exact pooled covariance (the maximum-likelihood estimate). Returns the
         model. Raises as ``fit`` does, naming X, and ValueError for an empty batch; a refused batch changes
         nothing.
         """
@@ -375,12 +512,14 @@ class StreamingLDA(nn.Module):
         prefix = prefix_sums(X[order])
         means = torch.zeros(self.num_classes, self.input_shape, dtype=torch.float64, device=X.device)
         means[labels] = (prefix[starts + lengths] - prefix[starts]) / lengths[:, None]
-        sigma = oas_covariance(X.to(torch.float64) - means[y])
+        centred = X.to(torch.float64) - means[y]
+        sigma = centred.T @ centred / len(y) if self.covariance_update == 'pooled' else oas_covariance(centred)
         self.muK.copy_(means.to(self.dtype))
         self.cK.zero_()
         self.cK[labels] = lengths
         self.Sigma.copy_(sigma.to(self.dtype))
         self.num_updates.fill_(X.shape[0])
+        self.base_samples = X.shape[0]
         return self
 
     # ------------------------------------------------------------------ prediction
@@ -396,14 +535,12 @@ class StreamingLDA(nn.Module):
         """
         muK, Sigma = self.muK, self.Sigma
         trackable = not (muK.is_inference() or Sigma.is_inference())
-        stamp = (muK._version, Sigma._version, self.shrinkage_param) if trackable else None
+        stamp = (muK._version, Sigma._version, self.shrinkage_param, self.covariance_samples) if trackable else None
         derived = self._derived
         if (trackable and derived and derived['muK'] is muK and derived['Sigma'] is Sigma
                 and derived['stamp'] == stamp):
             return derived['head']
-        d = self.input_shape
-        eye = torch.eye(d, dtype=torch.float64, device=self.device)
-        shrunk = (1 - self.shrinkage_param) * self.Sigma.to(torch.float64) + self.shrinkage_param * eye
+        shrunk, rho = self.shrunk_covariance()
         M = self.muK.to(torch.float64).T
         L, info = torch.linalg.cholesky_ex(shrunk)
         if int(info) == 0:
@@ -417,8 +554,30 @@ class StreamingLDA(nn.Module):
                 self._warned_not_pd = True
             W = torch.linalg.pinv(shrunk, hermitian=True) @ M
         b = -0.5 * (M * W).sum(dim=0)
-        derived.update(muK=muK, Sigma=Sigma, stamp=stamp, head=(W.to(self.dtype), b.to(self.dtype)))
+        derived.update(muK=muK, Sigma=Sigma, stamp=stamp, head=(W.to(self.dtype), b.to(self.dtype)), shrinkage=rho)
         return derived['head']
+
+    @property
+    def covariance_samples(self):
+        """The samples behind Sigma: all of them for a plastic covariance, fit_base's for a fixed one."""
+        return int(self.num_updates) if self.streaming_update_sigma else self.base_samples
+
+    def shrunk_covariance(self):
+        """(the shrunk covariance (d, d) float64 that the classifier and ``mahalanobis`` invert, the shrinkage
+        used): (1 - eps) Sigma + eps I, or with shrinkage_param='oas' (1 - rho) Sigma + rho (trace(Sigma) / d) I
+        with rho = oas_shrinkage(Sigma, covariance_samples)."""
+        Sigma = self.Sigma.to(torch.float64)
+        if self.shrinkage_param == 'oas':
+            rho = oas_shrinkage(Sigma, max(self.covariance_samples, 1))
+            return shrunk_towards_scaled_identity(Sigma, rho), rho
+        eye = torch.eye(self.input_shape, dtype=torch.float64, device=self.device)
+        return (1 - self.shrinkage_param) * Sigma + self.shrinkage_param * eye, self.shrinkage_param
+
+    @property
+    def shrinkage_used(self):
+        """The shrinkage of the classifier as last built: shrinkage_param, or the OAS coefficient rho."""
+        self._classifier()
+        return self._derived['shrinkage']
 
     def decision_function(self, X):
         """Scores (n, C) = X W + b on the CPU; X: (n, d). Raises as ``predict``."""
@@ -469,7 +628,7 @@ class StreamingLDA(nn.Module):
             raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
         X = self._check_features(X, 'X').to(torch.float64)
         eye = torch.eye(self.input_shape, dtype=torch.float64, device=self.device)
-        shrunk = (1 - self.shrinkage_param) * self.Sigma.to(torch.float64) + self.shrinkage_param * eye
+        shrunk, _ = self.shrunk_covariance()
         L, info = torch.linalg.cholesky_ex(shrunk)
         means = self.muK.to(torch.float64)
         if int(info) == 0:          # rows @ L^-T: the squared norm of L^-1 (x - mu) is the distance
@@ -512,7 +671,8 @@ class StreamingLDA(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         names = ('muK', 'cK', 'Sigma', 'num_updates')
         if all(prefix + name in state_dict for name in names):   # missing keys are load_state_dict's to report
-            self._checked_state({name: state_dict[prefix + name] for name in names}, 'state_dict')
+            muK, _, _, _ = self._checked_state({name: state_dict[prefix + name] for name in names}, 'state_dict')
+            self._take_class_count(muK.shape[0])
         return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _checked_state(self, state, source):
@@ -524,6 +684,8 @@ class StreamingLDA(nn.Module):
         non-zero mean for a class with no sample, and num_updates other than the sum of cK, which every
         later fit would use as the global step t and so weigh the covariance wrongly."""
         C, d = self.num_classes, self.input_shape
+        if self.grows:      # a growing model takes the saved model's classes
+            C = len(state['muK']) if hasattr(state['muK'], '__len__') else C
         limit = feature_limit(self.dtype)
         checks = {'muK': ((C, d), self.dtype, limit), 'cK': ((C,), torch.float64, math.inf),
                   'Sigma': ((d, d), self.dtype, 4 * limit ** 2)}
@@ -599,6 +761,8 @@ class StreamingLDA(nn.Module):
             raise InputError(f'{path} is not an SLDA checkpoint: expected a dict with muK, cK, Sigma and '
                              f'num_updates')
         muK, cK, Sigma, num_updates = self._checked_state(state, path)
+        self._take_class_count(muK.shape[0])
+        self.base_samples = num_updates        # not saved: at most every sample, for a fixed covariance's OAS
         self.muK.copy_(muK)
         self.cK.copy_(cK)
         self.Sigma.copy_(Sigma)
