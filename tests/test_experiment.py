@@ -179,7 +179,7 @@ def test_resuming_a_finished_run_leaves_it_as_it_is(tmp_path, capsys):
 def test_an_unexpected_error_keeps_its_traceback_and_is_logged_in_the_save_folder(tmp_path, monkeypatch):
     def broken(scores, labels):
         raise ValueError('a bug deep in a library')
-    monkeypatch.setattr(experiment, 'topk_accuracy', broken)
+    monkeypatch.setattr(experiment, 'topk_hits', broken)
     with pytest.raises(ValueError, match='a bug deep in a library'):
         run(['--num_classes', 4, '--save_dir', tmp_path / 'out'])
     log = (tmp_path / 'out' / 'error.log').read_text()
