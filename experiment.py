@@ -151,14 +151,16 @@ def class_order(config, splits):
     if options.labels_dir:
         return (protocol.class_order_from_label_files(splits, options.labels_dir),
                 f'label files in {options.labels_dir}', None)
-    source = 'sorted' if options.class_order_seed is None else f'permutation, seed {options.class_order_seed}'
+    source = 'sorted' if options.class_order_seed is None else \
+        f'{"" if options.class_order_rng == "torch" else "numpy "}permutation, seed {options.class_order_seed}'
     warning = None
     if config.dataset.paper_class_order:
         warning = (f'no label files ({", ".join(protocol.label_file_names(splits.name))}) in --labels_dir or '
                    f'any of {", ".join(support_folders())}: the class order is {source}, so the base classes '
                    f'are neither the paper\'s nor those the base checkpoint was trained on, and results are not '
                    f'comparable to the paper\'s. image_files/README.md says where to get the files')
-    return protocol.generated_class_order(splits.num_classes, options.class_order_seed), source, warning
+    return (protocol.generated_class_order(splits.num_classes, options.class_order_seed, options.class_order_rng),
+            source, warning)
 
 
 def make_plan(config, splits, order):
