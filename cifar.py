@@ -51,12 +51,14 @@ class RefusedPickleError(InputError):
     """A pickle file that holds something other than the plain data and uint8 arrays of the CIFAR files."""
 
 
-# The only objects a CIFAR file refers to, by the names Python 2's pickle wrote (NumPy 2 names its module
-# numpy._core): the function and the two types NumPy's own pickling of an array uses. Nothing else is built.
-_reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
-ALLOWED_GLOBALS = {('numpy.core.multiarray', '_reconstruct'): _reconstruct,
-                   ('numpy._core.multiarray', '_reconstruct'): _reconstruct,
-                   ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype}
+# The only objects a CIFAR file refers to, by the names Python 2's pickle wrote, and NumPy 2 writes (numpy._core):
+# the functions and the two types NumPy's own pickling of an array uses (_frombuffer: pickle protocol 5, a file
+# pickled again by Python 3). Nothing else is built.
+_reconstruct = np.zeros(0).__reduce__()[0]
+_frombuffer = np.zeros(0).__reduce_ex__(5)[0]
+ALLOWED_GLOBALS = {(f'numpy.{core}.{module}', function.__name__): function for core in ('core', '_core')
+                   for module, function in (('multiarray', _reconstruct), ('numeric', _frombuffer))}
+ALLOWED_GLOBALS.update({('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype})
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -116,8 +118,9 @@ def read_images(path, release):
     pixels, labels = entry(content, 'data', path), entry(content, release.labels_key, path)
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or \
             pixels.shape[1] != 3 * IMAGE_SIDE * IMAGE_SIDE:
-        found = f'{pixels.dtype} array {pixels.shape}' if isinstance(pixels, np.ndarray) else type(pixels).__name__
-        raise InputError(f'{path}: "data" must be a uint8 array (n, 3072), found a {found}')
+        found = f'an array of {pixels.dtype}, shape {pixels.shape}' if isinstance(pixels, np.ndarray) else \
+            f'a {type(pixels).__name__}'
+        raise InputError(f'{path}: "data" must be a uint8 array (n, 3072), found {found}')
     if not isinstance(labels, list) or len(labels) != len(pixels) or not all(
             type(label) is int and 0 <= label < release.num_classes for label in labels):
         raise InputError(f'{path}: "{release.labels_key}" must list {len(pixels)} integers in '
