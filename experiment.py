@@ -85,7 +85,8 @@ class Experiment:
             if group and group.rank != 0:
                 return None
             description = describe_run(config, order, order_source, order_warning, extractor, feature_dim, device)
-            description.update(classes=list(splits.classes), test_images=test_images_digest(splits.test, plan))
+            description.update(classes=list(splits.classes), preprocessing=splits.transform_description,
+                               test_images=test_images_digest(splits.test, plan))
             if continuing:
                 folder.check_resume(description, splits, plan)
             folder.save_config(description, splits, order, plan)

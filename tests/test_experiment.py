@@ -35,8 +35,8 @@ def test_digits_reduced_configuration(tmp_path, capsys):
                     capsys)
     assert code == 0, out.err
     expected = increment_files(3) | increment_files(6) | {
-        'slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt', '.lock',
-        'digits_train_labels.npy', 'digits_val_labels.npy'}
+        'slda_model_weights_final.pth', 'config.json', 'summary.json', 'accuracy_matrix.csv', 'stream_order.txt',
+        '.lock', 'digits_train_labels.npy', 'digits_val_labels.npy'}
     assert set(os.listdir(save)) == expected
     train_labels = np.load(save / 'digits_train_labels.npy')           # sorted class order: positions = labels
     expected_order = [f'{1 + label // 3}\t{index}' for index, label in enumerate(train_labels) if label < 6]
