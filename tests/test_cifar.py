@@ -10,9 +10,11 @@ import torch
 
 import cifar
 import config
+import protocol
 from cifar_folder import NAMES10, build_cifar10, build_cifar100, python2_pickle
 from conftest import assert_one_line_error, make_checkpoint, run, setting
 from errors import InputError, MissingFileError
+from options import SettingError
 from experiment import list_splits
 
 
@@ -157,3 +159,13 @@ def test_a_folder_without_the_release_and_a_file_that_is_not_a_pickle_are_named(
     (tmp_path / 'meta').write_text('not a pickle')
     with pytest.raises(InputError, match=f'{tmp_path / "meta"} is not a readable pickle file'):
         cifar.cifar_splits('cifar100', str(tmp_path))
+
+
+def test_the_numpy_draw_needs_a_seed_and_leaves_numpy_s_global_state_alone():
+    with pytest.raises(SettingError, match='--class_order_rng numpy draws the class order with --class_order_seed N'):
+        config.make_config(class_order_rng='numpy')
+    before = np.random.get_state()[1].copy()
+    order = protocol.generated_class_order(100, 1993, 'numpy')
+    assert np.array_equal(np.random.get_state()[1], before)
+    np.random.seed(1993)
+    assert np.array_equal(order, np.random.permutation(100)) and order.dtype == np.int64
