@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data import SplitPair, class_rows, square_transform
+from data import Preprocessing, SplitPair, class_rows, format_triple, square_transform
 from errors import InputError, MissingFileError
 
 IMAGE_SIDE = 32
@@ -139,14 +139,15 @@ def read_class_names(path, release):
 
 class ArrayImages(Dataset):
     """Images held in memory, sorted by class: item i is (uint8 image (3, S, S), i, True), image i resized from
-    32x32 to S x S (``image_size``) with data.square_transform. ``names[i]`` is image i's name in stream_order.txt
-    (its file and row: ``train/4711``); ``where`` is the release's folder."""
+    32x32 to S x S (``preprocessing.image_size``, with its interpolation) by data.square_transform; the network
+    normalises it. ``names[i]`` is image i's name in stream_order.txt (its file and row: ``train/4711``); ``where``
+    is the release's folder."""
 
-    def __init__(self, images, labels, names, image_size, where):
+    def __init__(self, images, labels, names, preprocessing, where):
         self.images = images
         self.labels = labels
         self.names = names
-        self.image_size = image_size
+        self.preprocessing = preprocessing
         self.where = where
         self.transform = None     # made when the first image is read
 
@@ -155,7 +156,7 @@ class ArrayImages(Dataset):
 
     def __getitem__(self, index):
         if self.transform is None:
-            self.transform = square_transform(self.image_size)
+            self.transform = square_transform(self.preprocessing)
         return self.transform(Image.fromarray(self.images[index].transpose(1, 2, 0))), index, True
 
     def describe(self, index):
@@ -181,11 +182,12 @@ def release_folder(images_dir, release):
                            f'{release.folder}/ folder with them; this program never downloads them')
 
 
-def cifar_splits(name, images_dir, image_size=224):
+def cifar_splits(name, images_dir, preprocessing=Preprocessing()):
     """The train and test splits of release ``name`` (a key of RELEASES) found in ``images_dir`` (the release's
-    folder, or the folder holding it), images resized from 32x32 to ``image_size`` x ``image_size`` (bilinear, no
-    crop) and normalised with ImageNet's mean and standard deviation by the network. Within a class, images keep
-    the order of the files. Raises MissingFileError, RefusedPickleError or InputError naming the file at fault."""
+    folder, or the folder holding it), images resized from 32x32 to the network's input, ``preprocessing`` (a
+    data.Preprocessing: its image size and interpolation, square, no crop; its mean and standard deviation
+    applied by the network). Within a class, images keep the order of the files. Raises MissingFileError,
+    RefusedPickleError or InputError naming the file at fault."""
     release = RELEASES[name]
     folder = release_folder(images_dir, release)
     classes = read_class_names(os.path.join(folder, release.meta_file), release)
@@ -197,7 +199,9 @@ def cifar_splits(name, images_dir, image_size=224):
         labels = np.concatenate([labels for _, labels in parts])
         order = np.argsort(labels, kind='stable')
         made[split] = ArrayImages(np.concatenate([images for images, _ in parts])[order], labels[order],
-                                  names[order].tolist(), image_size, folder)
+                                  names[order].tolist(), preprocessing, folder)
+    size = preprocessing.image_size
     return SplitPair(name, classes, made['train'], made['test'],
-                     f'{release.name} python version, PIL bilinear resize {IMAGE_SIDE}x{IMAGE_SIDE} to '
-                     f'{image_size}x{image_size}, ImageNet normalisation', 'test', os.path.realpath(folder))
+                     f'{release.name} python version, PIL, resize {IMAGE_SIDE}x{IMAGE_SIDE} to {size}x{size} '
+                     f'({preprocessing.interpolation}), mean {format_triple(preprocessing.mean)}, '
+                     f'std {format_triple(preprocessing.std)}', 'test', os.path.realpath(folder))

@@ -9,12 +9,14 @@ The dataset, the ordering and each output layer declare their own options (datas
 a value for an option that the chosen ones do not take is refused, naming who takes it.
 """
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+import backbones
 import protocol
 from datasets import DATASETS, NoOptions
 from heads import HEADS
@@ -37,9 +39,16 @@ class DataSettings(Settings):
 
 @dataclass(frozen=True)
 class NetworkSettings(Settings):
-    arch: str = option('resnet18', 'torchvision classification model', metavar='NAME')
-    extract_layer: str = option('layer4.1', 'layer whose output, mean-pooled over space, is the feature',
-                                metavar='NAME')
+    arch: str = option('resnet18', 'the frozen network: a torchvision classification model (resnet18, vit_b_16, '
+                                    'swin_t, ...) or any timm model as timm:NAME or timm:NAME.TAG, e.g. '
+                                    'timm:vit_small_patch14_dinov2.lvd142m (README: Backbones)', metavar='NAME')
+    extract_layer: Optional[str] = option(
+        None, 'layer whose output, pooled to one vector, is the feature: a module name (spatial outputs are '
+              'averaged; tokens as --pooling says) or pre_logits, the network\'s own feature before its classifier '
+              '(default: layer4.1 for resnet18, the paper\'s, else pre_logits)', metavar='NAME')
+    pooling: str = option('auto', 'how a named layer\'s token output (B, N, C) becomes one vector: cls takes the '
+                                  'class token, mean averages the patch tokens, auto is cls where the network has '
+                                  'a class token', choices=backbones.POOLINGS)
     checkpoint: Optional[str] = option(
         None, 'checkpoint of the network trained on the base classes (default for imagenet: '
               'imagenet_100_class_ckpt.pth in the first of ./imagenet_files/, this project\'s image_files/ and '
@@ -47,8 +56,12 @@ class NetworkSettings(Settings):
     allow_partial_checkpoint: bool = option(
         False, 'use a checkpoint that lacks tensors the feature layer depends on (they keep their random '
                'initialisation; said on standard error and in config.json)')
-    weights: Optional[str] = option(None, 'a torchvision weight set already in the local torch cache, e.g. '
-                                          'IMAGENET1K_V1', metavar='NAME')
+    weights: Optional[str] = option(None, 'pretrained weights from the local caches, never downloaded: a '
+                                          'torchvision weight set (IMAGENET1K_V1, ...), DEFAULT for the network\'s '
+                                          'default (a timm model: its tag\'s), or none for a random '
+                                          'initialisation (default: DEFAULT for a timm model named with its '
+                                          'tag, else the dataset\'s: pretrained for core50, none for the digits '
+                                          'and imagefolder, the base checkpoint for imagenet)', metavar='NAME')
     feature_dim: Optional[int] = option(None, 'expected feature size; checked against the network (default: found)',
                                         flags=('--input_feature_size',), metavar='N', check=at_least(1))
     amp: str = option('auto', 'bfloat16 autocast for the network: auto uses it on CUDA and on CPUs with bfloat16 '
@@ -138,6 +151,13 @@ class Config:
         """SLDA's options (heads.SLDAOptions)."""
         return self.output.options['slda']
 
+    @functools.cached_property
+    def preprocessing(self):
+        """The data.Preprocessing the network gets: its own (backbones.default_preprocessing) at the image size
+        the data fixes or --image_size gives."""
+        size = self.dataset.input_size or self.data.options.image_size
+        return backbones.default_preprocessing(self.network.arch, self.network.weights).at_size(size)
+
     def results_settings(self):
         """{dotted name: value} of every setting that changes results: what --resume compares."""
         out = {}
@@ -206,12 +226,13 @@ def make_config(**given):
     data = take(DataSettings, given, dataset=dataset.name if dataset else given['dataset'])
     data = dataclasses.replace(data, options=take(dataset.options, given))
     check_images_dir(data)
+    network = take_network(given, dataset, dataset_defaulted)
+    data = with_image_size(data, network)
     ordering_name = given.get('ordering', dataset.ordering)
     ordering = take_ordering(given, dataset, ordering_name)
     heads = take_heads(given, dataset)
     refuse_unused(given, {'--dataset': dataset.name, '--ordering': ordering_name, '--heads': ','.join(heads.heads)})
     stream = take(StreamSettings, given, options=ordering, ordering=ordering_name)
-    network = take_network(given, dataset, dataset_defaulted)
     cache = take(CacheSettings, given)
     run = take_run(given, dataset, data, stream, heads)
     if given:
@@ -278,11 +299,28 @@ OWN_DATA_HINT = ' (--images_dir without --dataset means imagenet, as in the orig
 
 
 def take_network(given, dataset, dataset_defaulted=False):
-    """The network, with the dataset's default weights or checkpoint when neither is given; ``dataset_defaulted``:
-    the dataset was not named but implied by --images_dir."""
+    """The network, with default weights or checkpoint when neither is given (a timm model named with a tag: the
+    tag's weights; else the dataset's: a timm model takes its default tag's where the dataset's default is
+    pretrained weights, and imagenet's checkpoint is the paper's ResNet-18, for no other network), and its
+    default layer; ``dataset_defaulted``: the dataset was not named but implied by --images_dir."""
+    arch = given.get('arch', NetworkSettings.arch)
+    if backbones.is_timm(arch):
+        backbones.check_arch(arch)      # here, before any work: torchvision names are checked when the network loads
+    given.setdefault('extract_layer', backbones.default_layer(arch))
+    if backbones.is_timm(arch) and given.get('weights') not in (None, backbones.PRETRAINED, backbones.NO_WEIGHTS):
+        raise SettingError('weights', f'--weights {given["weights"]}: a timm model takes {backbones.PRETRAINED} '
+                                      f'(the weights of its tag) or {backbones.NO_WEIGHTS}; name the weights in '
+                                      f'--arch timm:NAME.TAG')
     if given.get('checkpoint') is None and given.get('weights') is None:
-        if dataset.default_weights:
-            given['weights'] = dataset.default_weights
+        if backbones.is_timm(arch) and backbones.parse_arch(arch)[2]:
+            given['weights'] = backbones.PRETRAINED        # a tag names the weights
+        elif dataset.default_weights:
+            given['weights'] = backbones.PRETRAINED if backbones.is_timm(arch) else dataset.default_weights
+        elif dataset.default_checkpoint and arch != backbones.PAPER_ARCH:
+            raise SettingError('weights', f'--dataset {dataset.name}\'s default network is the paper\'s '
+                                          f'{backbones.PAPER_ARCH} trained on the base classes; with --arch {arch} '
+                                          f'pass --weights (pretrained weights cached locally, or none) or '
+                                          f'--base_init_ckpt PATH')
         elif dataset.default_checkpoint:
             candidates = [os.path.join(folder, dataset.default_checkpoint) for folder in support_folders()]
             found = [path for path in candidates if os.path.isfile(path)]
@@ -295,6 +333,14 @@ def take_network(given, dataset, dataset_defaulted=False):
                                                  f'{OWN_DATA_HINT if dataset_defaulted else ""}')
             given['checkpoint'] = found[0]
     return take(NetworkSettings, given)
+
+
+def with_image_size(data, network):
+    """``data`` with the network's own input size where the dataset takes --image_size and none was given."""
+    if 'image_size' not in fields_of(type(data.options)) or data.options.image_size is not None:
+        return data
+    size = backbones.default_preprocessing(network.arch, network.weights).image_size
+    return dataclasses.replace(data, options=dataclasses.replace(data.options, image_size=size))
 
 
 def take_run(given, dataset, data, stream, heads):

@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -31,6 +32,36 @@ MAX_IMAGE_PIXELS = 89_478_485
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a network's input: resize the short side to ``resize_size`` pixels with
+    ``interpolation`` (a torchvision InterpolationMode value: bilinear, bicubic, ...), centre-crop
+    ``image_size`` x ``image_size`` pixels, scale to [0, 1], then subtract ``mean`` and divide by ``std`` per RGB
+    channel. The defaults are torchvision's ImageNet evaluation transform, the paper's; backbones.py reads
+    other networks' own from timm and torchvision."""
+    image_size: int = 224
+    resize_size: int = 256
+    interpolation: str = 'bilinear'
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def at_size(self, image_size):
+        """The same preprocessing for ``image_size`` pixels, resizing in the same ratio (256 for 224 at 0.875)."""
+        if image_size == self.image_size:
+            return self
+        crop_fraction = self.image_size / self.resize_size
+        return Preprocessing(image_size, int(round(image_size / crop_fraction)), self.interpolation, self.mean,
+                             self.std)
+
+    def describe(self):
+        return (f'resize {self.resize_size} ({self.interpolation}), centre-crop {self.image_size}, '
+                f'mean {format_triple(self.mean)}, std {format_triple(self.std)}')
+
+
+def format_triple(values):
+    return '(' + ', '.join(f'{v:.4g}' for v in values) + ')'
 
 
 def class_rows(labels, label):
@@ -83,15 +114,16 @@ class ImageList(Dataset):
     ``class_files[k]`` names the files of class k, relative to its folder ``root/class_folders[k]`` (by default
     ``root/classes[k]``, as in an ImageFolder; '' for files of a class spread over several folders) and joined
     by newlines. Paths are split out of it only for a class being read: a rerun from the feature cache, which
-    reads no image, then never builds ImageNet's 1.33 million path strings. ``make_transform(image_size)``
-    builds the PIL-to-uint8 transform (default ``folder_transform``); ``relative_root`` is ``root`` relative to
+    reads no image, then never builds ImageNet's 1.33 million path strings. ``make_transform(preprocessing)``
+    builds the PIL-to-uint8 transform (default ``folder_transform``) from a ``Preprocessing``; ``relative_root``
+    is ``root`` relative to
     the dataset's folder, for ``image_name``.
 
     A bad image is not an exception here so that the caller, which knows whether bad images are skipped,
     decides what to do, and so that the error names the file even from a DataLoader worker.
     """
 
-    def __init__(self, root, classes, class_files, image_size, class_folders=None, make_transform=None,
+    def __init__(self, root, classes, class_files, preprocessing, class_folders=None, make_transform=None,
                  relative_root=''):
         self.root = root
         self.classes = classes
@@ -99,7 +131,8 @@ class ImageList(Dataset):
         self.class_folders = classes if class_folders is None else class_folders
         counts = [names.count('\n') + 1 if names else 0 for names in class_files]
         self.labels = np.repeat(np.arange(len(classes)), counts)
-        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.image_size = preprocessing.image_size
         self.make_transform = make_transform or folder_transform
         self.relative_root = relative_root
         self.transform = None      # made when the first image is read
@@ -125,7 +158,7 @@ class ImageList(Dataset):
 
     def __getitem__(self, index):
         if self.transform is None:
-            self.transform = self.make_transform(self.image_size)
+            self.transform = self.make_transform(self.preprocessing)
         try:
             with Image.open(self.path(index)) as image:      # reads the header only; decoding comes later
                 if image.width * image.height > MAX_IMAGE_PIXELS:
@@ -157,7 +190,8 @@ class ImageList(Dataset):
 
 
 class TensorImages(Dataset):
-    """Images already in memory as a normalised float (n, 3, H, W) tensor; item i is (image, i, True)."""
+    """Images already in memory as a float (n, 3, H, W) tensor in [0, 1] (normalised by the network's
+    preprocessing on its device); item i is (image, i, True)."""
 
     def __init__(self, images, labels, name):
         self.images = images
@@ -204,8 +238,8 @@ def digits_splits():
     """scikit-learn's handwritten digits (1,797 real 8x8 images, 10 classes) as 32x32 RGB images.
 
     A fixed stratified split: within each class, in the dataset's order, every fourth image is a test
-    image (454 test, 1,343 train). Pixels are scaled to [0, 1], upscaled bilinearly and normalised with
-    ImageNet's mean and standard deviation, like photographs fed to the same network.
+    image (454 test, 1,343 train). Pixels are scaled to [0, 1] and upscaled bilinearly; the network's own
+    mean and standard deviation are applied on its device, as for photographs.
     """
     from sklearn.datasets import load_digits
     digits = load_digits()
@@ -214,7 +248,6 @@ def digits_splits():
     pixels = torch.from_numpy(digits.images[order] / 16.0).float().unsqueeze(1)
     images = torch.nn.functional.interpolate(pixels, size=(DIGITS_SIZE, DIGITS_SIZE), mode='bilinear',
                                              align_corners=False).clamp(0, 1).repeat(1, 3, 1, 1)
-    images = imagenet_normalize(images)
     position_in_class = np.zeros(len(labels), dtype=np.int64)
     for k in np.unique(labels):
         position_in_class[labels == k] = np.arange((labels == k).sum())
@@ -223,7 +256,7 @@ def digits_splits():
     return SplitPair('digits', classes,
                      TensorImages(images[~is_test], labels[~is_test], 'digits train'),
                      TensorImages(images[is_test], labels[is_test], 'digits test'),
-                     f'digits bilinear {DIGITS_SIZE}x{DIGITS_SIZE}, ImageNet normalisation')
+                     f'digits bilinear {DIGITS_SIZE}x{DIGITS_SIZE}')
 
 
 # CORe50 (Lomonaco & Maltoni 2017): sessions s1..s11, objects o1..o50, five objects per category in this order.
@@ -234,14 +267,14 @@ CORE50_TEST_SESSIONS = (3, 7, 10)
 CORE50_FRAME = re.compile(r'C_(\d\d)_(\d\d)_(\d\d\d)\.png')
 
 
-def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'):
+def core50_splits(images_dir, preprocessing=Preprocessing(), frame_stride=20, labels='category'):
     """CORe50's ``core50_128x128/`` folder: train on sessions 1, 2, 4, 5, 6, 8, 9, 11, test on 3, 7, 10.
 
     Of each clip (a session's recording of one object, frames ``C_SS_OO_FFF.png`` at 20 fps) the frames
     ``frame_stride // 2``, then every ``frame_stride``-th, are kept: 10, 30, ..., 290 for the default 20 (one
     per second). Files not named like frames are not images of the dataset and are left out. ``labels`` is
-    ``category`` (10 classes) or ``object`` (one class per object present). Images are resized to
-    ``image_size`` x ``image_size`` without cropping. A split lists its images by class, object, session,
+    ``category`` (10 classes) or ``object`` (one class per object present). Images are resized to the
+    ``preprocessing``'s image size, square, without cropping. A split lists its images by class, object, session,
     frame; its ``clips`` (n,) give each image's clip, numbered in that order.
     """
     if labels not in ('category', 'object'):
@@ -289,41 +322,51 @@ def core50_splits(images_dir, image_size=224, frame_stride=20, labels='category'
         empty = [name for name, files in zip(classes, names) if not files]
         if empty:
             raise InputError(f'CORe50 {split} split of {images_dir} has no frames of {", ".join(empty)}')
-        images = ImageList(images_dir, classes, ['\n'.join(files) for files in names], image_size,
+        images = ImageList(images_dir, classes, ['\n'.join(files) for files in names], preprocessing,
                            class_folders=[''] * len(classes), make_transform=square_transform)
         images.clips = np.array(clips, dtype=np.int64)
         made[split] = images
     return SplitPair('core50', classes, made['train'], made['test'],
-                     f'CORe50 {labels} labels, PIL, resize {image_size}x{image_size}, ImageNet normalisation', 'test',
+                     f'CORe50 {labels} labels, PIL, square resize {preprocessing.image_size} '
+                     f'({preprocessing.interpolation}), mean {format_triple(preprocessing.mean)}, '
+                     f'std {format_triple(preprocessing.std)}', 'test',
                      os.path.realpath(images_dir))
 
 
-def imagenet_normalize(images):
-    """(n, 3, H, W) uint8 images in [0, 255] or floats in [0, 1] -> float32 normalised with ImageNet's mean and
-    standard deviation; the same arithmetic as torchvision's ToTensor followed by Normalize."""
+def normalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """(n, 3, H, W) uint8 images in [0, 255] or floats in [0, 1] -> float32 normalised with ``mean`` and ``std``
+    per channel (ImageNet's by default); the same arithmetic as torchvision's ToTensor followed by Normalize."""
     if images.dtype == torch.uint8:
         images = images.float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     return images.sub(mean).div(std)
 
 
-def folder_transform(image_size):
-    """Resize the short side to image_size / 0.875 (256 for 224) and centre-crop; the result stays uint8.
+def interpolation_mode(name):
+    from torchvision.transforms import InterpolationMode
+    return InterpolationMode(name)
 
-    Normalisation happens on the network's device (``imagenet_normalize``): decoding workers then hand over
-    a quarter of the bytes, which matters when they feed a GPU.
+
+def folder_transform(preprocessing):
+    """Resize the short side to ``preprocessing.resize_size`` and centre-crop ``preprocessing.image_size``; the
+    result stays uint8.
+
+    Normalisation happens on the network's device (``normalize``): decoding workers then hand over a quarter
+    of the bytes, which matters when they feed a GPU.
     """
     from torchvision import transforms
-    resize = int(round(image_size / 0.875))
-    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
-                               transforms.PILToTensor()])
+    return transforms.Compose([
+        transforms.Resize(preprocessing.resize_size, interpolation_mode(preprocessing.interpolation)),
+        transforms.CenterCrop(preprocessing.image_size), transforms.PILToTensor()])
 
 
-def square_transform(image_size):
+def square_transform(preprocessing):
     """Resize to image_size x image_size, without keeping the aspect ratio or cropping; the result stays uint8."""
     from torchvision import transforms
-    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
+    size = preprocessing.image_size
+    return transforms.Compose([transforms.Resize((size, size), interpolation_mode(preprocessing.interpolation)),
+                               transforms.PILToTensor()])
 
 
 def list_classes(split_folder):
@@ -424,11 +467,11 @@ def read_listing(path):
     return listing
 
 
-def image_folder_splits(name, images_dir, image_size=224, test_split='val', list_class=ImageList,
+def image_folder_splits(name, images_dir, preprocessing=Preprocessing(), test_split='val', list_class=ImageList,
                         decoder_description='PIL', listing_dir=None):
     """An ImageFolder pair ``images_dir/train`` and ``images_dir/<test_split>`` with the same class folders.
 
-    ``list_class`` builds each split from (split folder, classes, class_files, image_size), like
+    ``list_class`` builds each split from (split folder, classes, class_files, preprocessing), like
     ``ImageList``; ``decoder_description``
     names who decodes the files, which is part of what the feature cache keys on. With ``listing_dir``, the
     file listing is kept there (a file per ``images_dir``) and classes whose folders are unchanged are not
@@ -465,7 +508,7 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
         if empty:
             raise InputError(f'class folder(s) with no images in {root}: {", ".join(empty[:5])} '
                              f'(image extensions: {", ".join(IMG_EXTENSIONS)})')
-        splits[split] = list_class(root, classes, class_files, image_size, relative_root=split)
+        splits[split] = list_class(root, classes, class_files, preprocessing, relative_root=split)
     if listing_file and listing != saved:
         try:
             os.makedirs(listing_dir, exist_ok=True)
@@ -473,5 +516,5 @@ def image_folder_splits(name, images_dir, image_size=224, test_split='val', list
         except OSError:
             pass        # a read-only shared cache: the listing is only a shortcut for the next run
     return SplitPair(name, classes, splits['train'], splits[test_split],
-                     f'decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
-                     f'centre-crop {image_size}, ImageNet normalisation', test_split, os.path.realpath(images_dir))
+                     f'decoded by {decoder_description}, {preprocessing.describe()}', test_split,
+                     os.path.realpath(images_dir))

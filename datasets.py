@@ -12,9 +12,6 @@ import data
 import split_lists
 from options import Settings, at_least, option
 
-IMAGE_SIZE = 224
-
-
 @dataclass(frozen=True)
 class NoOptions(Settings):
     """A dataset that takes no options (the digits). The class attributes are what other code reads of any
@@ -33,9 +30,10 @@ class FolderOptions(NoOptions):
                                              'sub-folder per class, or the class folders with --split_file; core50: '
                                              'core50_128x128/; cifar100, cifar10: the folder of the python version '
                                              'release or the one holding it)', metavar='DIR')
-    image_size: int = option(IMAGE_SIZE, 'network input size in pixels; image folders are resized to size / 0.875 '
-                                         'and centre-cropped, core50 and cifar images resized to size x size',
-                             metavar='N', check=at_least(1))
+    image_size: Optional[int] = option(None, 'network input size in pixels (default: the network\'s own, 224 for '
+                                             'torchvision\'s); image folders are resized in the network\'s crop '
+                                             'ratio (224 / 256 for torchvision\'s) and centre-cropped, core50 and '
+                                             'cifar images resized to size x size', metavar='N', check=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,8 @@ class CORe50Options(ImageFilesOptions):
 class DatasetEntry:
     name: str
     help: str
-    list_splits: Callable[..., data.SplitPair]   # (options, listing_dir=None, device_type='cpu') -> SplitPair
+    # (options, preprocessing (data.Preprocessing), listing_dir=None, device_type='cpu') -> SplitPair
+    list_splits: Callable[..., data.SplitPair]
     options: type = NoOptions               # the Settings subclass of the options it takes
     class_increment: int = 10               # classes per batch of the class orderings by default
     plastic_covariance: bool = True         # the covariance's default
@@ -83,6 +82,7 @@ class DatasetEntry:
     input_size: Optional[int] = None        # the network's input size when the data fixes it
     default_checkpoint: Optional[str] = None   # file name in image_files/ used when no weights are given
     default_weights: Optional[str] = None   # torchvision weights used when neither weights nor checkpoint is given
+                                            # (timm models: their tag's)
     paper_class_order: bool = False         # its label files give the paper's class order: warn without them
 
     @property
@@ -91,31 +91,31 @@ class DatasetEntry:
         return issubclass(self.options, ImageFilesOptions)
 
 
-def list_digits(options, listing_dir=None, device_type='cpu'):
+def list_digits(options, preprocessing, listing_dir=None, device_type='cpu'):
     return data.digits_splits()
 
 
-def list_core50(options, listing_dir=None, device_type='cpu'):
-    return data.core50_splits(options.images_dir, options.image_size, options.frame_stride, options.class_labels)
+def list_core50(options, preprocessing, listing_dir=None, device_type='cpu'):
+    return data.core50_splits(options.images_dir, preprocessing, options.frame_stride, options.class_labels)
 
 
 def image_folder_lister(name):
-    def list_image_folder(options, listing_dir=None, device_type='cpu'):
+    def list_image_folder(options, preprocessing, listing_dir=None, device_type='cpu'):
         list_class, decoder = data.ImageList, 'PIL'
         if options.decode_on_device:
             from device_decode import EncodedImageList    # here: it imports torchvision, which cached reruns skip
             list_class, decoder = EncodedImageList, f'torchvision on {device_type}'
         if options.split_file:
-            return split_lists.split_file_splits(name, options.images_dir, options.split_file, options.image_size,
+            return split_lists.split_file_splits(name, options.images_dir, options.split_file, preprocessing,
                                                  list_class, decoder)
-        return data.image_folder_splits(name, options.images_dir, options.image_size, options.test_split,
+        return data.image_folder_splits(name, options.images_dir, preprocessing, options.test_split,
                                         list_class, decoder, listing_dir)
     return list_image_folder
 
 
 def cifar_lister(name):
-    def list_cifar(options, listing_dir=None, device_type='cpu'):
-        return cifar.cifar_splits(name, options.images_dir, options.image_size)
+    def list_cifar(options, preprocessing, listing_dir=None, device_type='cpu'):
+        return cifar.cifar_splits(name, options.images_dir, preprocessing)
     return list_cifar
 
 

@@ -20,7 +20,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 import data
-from data import ImageList
+from data import ImageList, interpolation_mode
 
 JPEG_START = b'\xff\xd8\xff'        # start-of-image and a first marker, as PIL recognises a JPEG file
 # A marker that ends a scan's entropy-coded data: FF followed by anything but a stuffed 00, a restart marker
@@ -110,11 +110,13 @@ def collate_encoded(batch):
 
 class BatchDecoder:
     """Turns a batch from EncodedImageList into uint8 (B, 3, S, S) on ``device``: decode the JPEG files, resize
-    the short side to S / 0.875, centre-crop S. Images that cannot be decoded get ok = False (and a zero image)."""
+    the short side and centre-crop S as ``preprocessing`` (a data.Preprocessing) says. Images that cannot be
+    decoded get ok = False (and a zero image)."""
 
-    def __init__(self, image_size, device):
-        self.image_size = image_size
-        self.resize = int(round(image_size / 0.875))
+    def __init__(self, preprocessing, device):
+        self.image_size = preprocessing.image_size
+        self.resize = preprocessing.resize_size
+        self.interpolation = interpolation_mode(preprocessing.interpolation)
         self.device = torch.device(device)
 
     def _decode_one(self, encoded):
@@ -144,6 +146,6 @@ class BatchDecoder:
             if image is None:
                 ok[i] = False
                 continue
-            image = F.resize(image, [self.resize], antialias=True)
+            image = F.resize(image, [self.resize], self.interpolation, antialias=True)
             images[i] = F.center_crop(image, [self.image_size, self.image_size])
         return images, ok

@@ -85,7 +85,7 @@ class Experiment:
             if group and group.rank != 0:
                 return None
             description = describe_run(config, order, order_source, order_warning, extractor, feature_dim, device)
-            description.update(classes=list(splits.classes), preprocessing=splits.transform_description,
+            description.update(classes=list(splits.classes), transform=splits.transform_description,
                                test_images=test_images_digest(splits.test, plan))
             if continuing:
                 folder.check_resume(description, splits, plan)
@@ -140,7 +140,8 @@ def list_splits(config):
     """The dataset's splits; with --cache_check listing, the file listing is kept in the feature cache."""
     options, cache = config.data.options, config.cache.feature_cache
     listing_dir = listings_folder(cache) if cache and options.cache_check == 'listing' else None
-    return config.dataset.list_splits(options, listing_dir=listing_dir, device_type=torch.device(config.run.device).type)
+    return config.dataset.list_splits(options, config.preprocessing, listing_dir=listing_dir,
+                                      device_type=torch.device(config.run.device).type)
 
 
 def class_order(config, splits):

@@ -1,4 +1,4 @@
-"""Features of images: the frozen extractor (any torchvision classifier, any layer, spatially mean-pooled),
+"""Features of images: the frozen extractor (a torchvision or timm network, see backbones.py, any layer pooled),
 ``Extraction``, which runs a split's images through it class by class, and ``FeatureReader``, which serves a
 split's features computing each class's once: kept in memory for a run, or in a ``FeatureCache`` across runs."""
 import contextlib
@@ -15,13 +15,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+import backbones
 import data
-from data import imagenet_normalize
 from errors import InputError, MissingFileError, ProjectError
 from feature_cache import FeatureCache, cache_key, listings_folder
 from options import SettingError
-from retrieve_any_layer import ModelWrapper
-from utils import crash_point, remove_stale_temporaries, safe_torch_load
+from utils import crash_point, remove_stale_temporaries
 
 # Key prefixes added by wrappers: DataParallel and DistributedDataParallel, torch.compile, other training code
 CHECKPOINT_PREFIXES = ('module.', '_orig_mod.', 'model.')
@@ -53,8 +52,12 @@ class PartialCheckpointError(InputError):
 def tensors_used_by(model, layer, input_size):
     """Names of the state-dict tensors that the output of ``layer`` depends on: those of every module whose
     forward ends before the layer's does (the layer's own included) and those held directly by the modules
-    that contain it, found by running ``model`` on a dummy input. Batch-norm batch counts are left out: an
-    eval()-mode output does not use them."""
+    that contain it, found by running ``model`` on a dummy input; for ``pre_logits``, every tensor but the
+    classifier's. Batch-norm batch counts are left out: an eval()-mode output does not use them."""
+    if layer == backbones.PRE_LOGITS:
+        classifier = backbones.classifier_of(model)
+        skipped = {f'{classifier[0]}.{key}' for key in classifier[1].state_dict()} if classifier else set()
+        return {key for key in model.state_dict() if key not in skipped and not key.endswith('num_batches_tracked')}
     modules = dict(model.named_modules())
     finished = []
     handles = [module.register_forward_hook(lambda *_, name=name: finished.append(name))
@@ -78,14 +81,15 @@ def tensors_used_by(model, layer, input_size):
 def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_by='the features'):
     """Load the tensors of a checkpoint that match ``model`` by name and shape; report the rest.
 
-    The checkpoint is a state dict, or a dict holding one under ``state_dict`` or ``model_state``; key
-    prefixes ``module.`` (DataParallel), ``_orig_mod.`` (torch.compile) and ``model.`` are removed. The report
+    The checkpoint (``.safetensors``, or a torch file) is a state dict, or a dict holding one under
+    ``state_dict`` or ``model_state``; key prefixes ``module.`` (DataParallel), ``_orig_mod.`` (torch.compile)
+    and ``model.`` are removed, and a timm model's own conversion of published layouts applies. The report
     names each tensor not loaded once: held in another shape (as the original's 100-way ``fc``), not in the
     model, or missing from the checkpoint. A tensor of ``required`` (names) that the
     checkpoint lacks, or holds in another shape, raises PartialCheckpointError unless ``allow_partial``.
     Returns (a one-line report, the sorted names of the required tensors not loaded).
     """
-    checkpoint = safe_torch_load(path)
+    checkpoint = backbones.read_state_dict(path)
     state = checkpoint
     if isinstance(checkpoint, dict):
         for key in ('state_dict', 'model_state'):
@@ -99,6 +103,7 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
         while key.startswith(CHECKPOINT_PREFIXES):
             key = key.split('.', 1)[1]
         cleaned[key] = value
+    cleaned = backbones.convert_checkpoint(model, cleaned)
     own = model.state_dict()
     matched = {k: v for k, v in cleaned.items() if k in own and torch.is_tensor(v) and v.shape == own[k].shape}
     if not matched:
@@ -121,33 +126,6 @@ def load_checkpoint_into(model, path, required=(), allow_partial=False, needed_b
     return report, lacking
 
 
-def check_arch(arch):
-    """Raise ValueError unless ``arch`` names a torchvision classification model."""
-    import torchvision
-    if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise InputError(f'arch {arch} is not a torchvision classification model '
-                         f'(for example: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0)')
-
-
-def cached_torchvision_weights(arch, weights_name):
-    """Path of a torchvision weight file in the local torch cache; never downloads."""
-    import torchvision
-    check_arch(arch)
-    try:
-        weight_enum = torchvision.models.get_model_weights(arch)
-        weights = weight_enum[weights_name] if weights_name != 'DEFAULT' else weight_enum.DEFAULT
-    except (KeyError, ValueError):
-        names = ', '.join(w.name for w in torchvision.models.get_model_weights(arch))
-        raise InputError(f'weights {weights_name} is not a weight set of {arch} (known: {names}, DEFAULT)') \
-            from None
-    path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
-    if not os.path.isfile(path):
-        raise MissingFileError(f'pretrained weights {arch} {weights.name} are not in the local torch cache: '
-                                f'expected {path}. This program never downloads; fetch {weights.url} on a machine '
-                                f'with internet access and copy it there (or set TORCH_HOME), or give a checkpoint')
-    return path
-
-
 @contextlib.contextmanager
 def input_size_checked(arch, input_size):
     """Around a dummy forward pass of network ``arch`` on ``input_size`` x ``input_size`` images: what a
@@ -166,27 +144,40 @@ def input_size_checked(arch, input_size):
 
 
 class FeatureExtractor:
-    """A frozen network in eval() mode returning the spatially mean-pooled output of one layer.
+    """A frozen network in eval() mode returning one feature vector per image (backbones.FeatureNetwork).
 
-    Call it on a float image batch (B, 3, H, W) on any device; returns float32 features (B, d) on
-    ``device``. ``identity`` is a string that changes whenever the features would, known without building the
-    network. ``load()`` builds the network (importing torchvision, which is slow to import) and sets ``dim``;
-    the first call loads at the latest, so a rerun that finds every feature in the cache never does. Loading
-    raises SettingError (setting ``arch``) when the network cannot take ``input_size`` x ``input_size`` images.
+    ``arch``: a torchvision model name or ``timm:NAME[.TAG]``; ``layer``: a module name or ``pre_logits``
+    (default: backbones.default_layer); ``weights``: pretrained weights from the local caches (a torchvision weight
+    set, or DEFAULT for the network's default; ``none`` or None: random initialisation with ``seed``, said in a
+    warning); ``checkpoint``: a file of weights instead; ``preprocessing``: a data.Preprocessing (default: the
+    network's own, backbones.default_preprocessing).
+
+    Call it on an image batch (B, 3, S, S), uint8 in [0, 255] or float in [0, 1], on any device; it is normalised
+    with the preprocessing's mean and std on ``device`` and returns float32 features (B, d) there. ``identity`` is
+    a string that changes whenever the features would, known without building the network. ``load()`` builds
+    the network (importing torchvision or timm, which are slow to import) and sets ``dim``; the first call loads at
+    the latest, so a rerun that finds every feature in the cache never does. Loading raises SettingError (setting
+    ``arch``) when the network cannot take the preprocessing's image size.
     """
 
-    def __init__(self, arch='resnet18', layer='layer4.1', weights=None, checkpoint=None, device='cpu',
-                 amp=True, input_size=224, seed=0, allow_partial=False):
+    def __init__(self, arch='resnet18', layer=None, weights=None, checkpoint=None, device='cpu', amp=True,
+                 preprocessing=None, seed=0, allow_partial=False, pooling='auto'):
+        if weights == backbones.NO_WEIGHTS:
+            weights = None
         if weights and checkpoint:
             raise InputError('give either weights or checkpoint, not both')
-        self.arch, self.layer, self.weights, self.checkpoint = arch, layer, weights, checkpoint
-        self.input_size, self.seed = input_size, seed
+        self.arch, self.weights, self.checkpoint = arch, weights, checkpoint
+        self.layer = layer or backbones.default_layer(arch)
+        self.pooling = pooling
+        self.preprocessing = preprocessing or backbones.default_preprocessing(arch, weights)
+        self.input_size, self.seed = self.preprocessing.image_size, seed
         self.allow_partial = allow_partial
         self.partial = []       # tensors the features depend on that the checkpoint lacked (with allow_partial)
         self.device = torch.device(device)
         self.amp = bool(amp)
         self.network = None
         self.dim = None
+        self.weights_path = None
         not_loaded = 'loaded only when a feature is missing from the cache'
         if checkpoint:
             if not os.path.isfile(checkpoint):
@@ -194,36 +185,40 @@ class FeatureExtractor:
             weights_identity = 'checkpoint sha256 ' + file_sha256(checkpoint)
             self.weights_report = f'checkpoint {checkpoint}, {not_loaded}'
         elif weights:
-            self.weights_path = cached_torchvision_weights(arch, weights)
-            weights_identity = 'torchvision sha256 ' + file_sha256(self.weights_path)
-            self.weights_report = f'torchvision weights {weights} ({self.weights_path}), {not_loaded}'
+            self.weights_path = backbones.weights_file(arch, weights)
+            weights_identity = f'{weights} sha256 {file_sha256(self.weights_path)}'
+            self.weights_report = f'pretrained weights {weights} ({self.weights_path}), {not_loaded}'
         else:
             self.weights_report = (f'no checkpoint or weights given: {arch} is randomly initialised '
                                    f'(seed {seed}); features will be far weaker than a trained network\'s')
             warnings.warn(self.weights_report, stacklevel=2)
             weights_identity = f'random init seed {seed} torch {torch.__version__}'
-        self.identity = json.dumps({'arch': arch, 'layer': layer, 'weights': weights_identity,
-                                    'autocast_bfloat16': self.amp, 'pooling': 'spatial mean',
-                                    'torchvision': version('torchvision')}, sort_keys=True)
+        libraries = {'torchvision': version('torchvision')}
+        if backbones.is_timm(arch):
+            libraries['timm'] = version('timm')
+        self.identity = json.dumps({'arch': arch, 'layer': self.layer, 'weights': weights_identity,
+                                    'autocast_bfloat16': self.amp, 'pooling': self.pooling_description(),
+                                    'preprocessing': self.preprocessing.describe(), **libraries}, sort_keys=True)
+
+    def pooling_description(self):
+        if self.layer == backbones.PRE_LOGITS:
+            return 'the network\'s own pre-logits'
+        return 'spatial mean' if self.pooling == 'auto' else f'tokens: {self.pooling}'
 
     def load(self):
         """Build the network and load its weights, once; returns self."""
         if self.network is not None:
             return self
-        import torchvision
-        check_arch(self.arch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            model = torchvision.models.get_model(self.arch, weights=None)
-        network = ModelWrapper(model, [self.layer], return_single=True)     # checks the layer's name
+        with input_size_checked(self.arch, self.input_size):    # timm resizes position embeddings here
+            model = backbones.create_model(self.arch, self.weights_path, self.input_size, self.seed)
+        network = backbones.FeatureNetwork(model, self.layer, self.pooling)     # checks the layer's name
         if self.checkpoint:
             with input_size_checked(self.arch, self.input_size):    # this dummy pass is the first
                 required = tensors_used_by(model, self.layer, self.input_size)
             self.weights_report, self.partial = load_checkpoint_into(model, self.checkpoint, required,
                                                                      self.allow_partial, self.layer)
         elif self.weights:
-            model.load_state_dict(safe_torch_load(self.weights_path))
-            self.weights_report = f'loaded torchvision weights {self.weights} from {self.weights_path}'
+            self.weights_report = f'loaded pretrained weights {self.weights} from {self.weights_path}'
         network = network.eval().to(self.device)
         network.to(memory_format=torch.channels_last)
         for p in network.parameters():
@@ -234,22 +229,16 @@ class FeatureExtractor:
         return self
 
     def __call__(self, images):
-        """images: (B, 3, H, W), uint8 in [0, 255] (normalised here, on the device) or normalised floats."""
+        """images: (B, 3, S, S), uint8 in [0, 255] or float in [0, 1]."""
         return self._forward(self.load().network, images)
 
     @torch.inference_mode()
     def _forward(self, network, images):
         images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = imagenet_normalize(images)
+        images = data.normalize(images, self.preprocessing.mean, self.preprocessing.std)
         images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             output = network(images)
-        if output.dim() == 4:
-            output = output.mean(dim=(2, 3))
-        elif output.dim() != 2:
-            raise InputError(f'layer output has shape {tuple(output.shape)}; only (B, C, H, W), pooled over '
-                             f'H and W, and (B, C) are supported')
         return output.float()
 
 
@@ -512,11 +501,11 @@ class FeatureReader:
 def build_extractor(config, device):
     network = config.network
     amp = network.amp == 'on' or (network.amp == 'auto' and (device.type == 'cuda' or cpu_supports_bfloat16()))
-    input_size = config.dataset.input_size or config.data.options.image_size
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')   # the random-init warning is reported with the rest
         return FeatureExtractor(network.arch, network.extract_layer, network.weights, network.checkpoint, device,
-                                amp, input_size, config.run.seed, network.allow_partial_checkpoint)
+                                amp, config.preprocessing, config.run.seed, network.allow_partial_checkpoint,
+                                network.pooling)
 
 
 def build_readers(config, splits, plan, device, files):
@@ -547,7 +536,7 @@ def build_readers(config, splits, plan, device, files):
     decoding = {}
     if options.decode_on_device:
         from device_decode import BatchDecoder, collate_encoded
-        decoding = dict(decoder=BatchDecoder(options.image_size, device), collate_fn=collate_encoded)
+        decoding = dict(decoder=BatchDecoder(config.preprocessing, device), collate_fn=collate_encoded)
     extraction = Extraction(extractor, run.extraction_batch_size, run.num_workers, pin_memory=device.type == 'cuda',
                             progress=run.progress, **decoding)
     train, test = (FeatureReader(split, name, extraction, cache, keep=keep, files=files,

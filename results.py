@@ -14,6 +14,7 @@ class-order label files (class-incremental ordering) and stream_order.txt are wr
 are written atomically, in this order, on a background thread (utils.BackgroundFiles); a write that fails
 stops the ones after it, so a model file always means its batch's other files are complete.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -127,7 +128,7 @@ def describe_run(config, order, order_source, order_warning, extractor, feature_
         'class_order': None if order is None else order.tolist(), 'class_order_source': order_source,
         'class_order_warning': order_warning,
         'feature_dim': feature_dim, 'weights': extractor.weights_report, 'network': extractor.identity,
-        'partial_checkpoint': extractor.partial or None,
+        'partial_checkpoint': extractor.partial or None, 'preprocessing': dataclasses.asdict(extractor.preprocessing),
         'autocast_bfloat16': extractor.amp,
         'versions': {'python': platform.python_version(), 'torch': torch.__version__,
                      'torchvision': version('torchvision'), 'numpy': np.__version__},

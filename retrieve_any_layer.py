@@ -1,4 +1,4 @@
-"""Read the outputs of named layers of any ``nn.Module`` during its forward pass, with forward hooks."""
+"""Read the outputs (or inputs) of named layers of any ``nn.Module`` during its forward pass, with forward hooks."""
 
 import difflib
 
@@ -12,10 +12,11 @@ class ModelWrapper(nn.Module):
 
     Names are those of ``model.named_modules()`` (for example ``layer4.1`` of a torchvision ResNet).
     ``forward`` returns a list in the order of the names, or the single output when ``return_single`` is
-    True. ``remove_hooks()`` detaches the hooks and leaves ``model`` as it was.
+    True; with ``read_input``, each layer's (first) input instead of its output, as a classifier receives the
+    pre-logits feature. ``remove_hooks()`` detaches the hooks and leaves ``model`` as it was.
     """
 
-    def __init__(self, model, output_layer_names, return_single=False):
+    def __init__(self, model, output_layer_names, return_single=False, read_input=False):
         super().__init__()
         if isinstance(output_layer_names, str):
             output_layer_names = [output_layer_names]
@@ -33,13 +34,22 @@ class ModelWrapper(nn.Module):
                     f'valid names include: {", ".join(n for n in list(modules)[1:9])}, ...'
                 raise InputError(f'unknown layer name {name!r} for {type(model).__name__} ({hint})')
         self._outputs = {}
-        self._handles = [modules[name].register_forward_hook(self._saver(name))
-                         for name in self.output_layer_names]
+        if read_input:
+            self._handles = [modules[name].register_forward_pre_hook(self._input_saver(name))
+                             for name in self.output_layer_names]
+        else:
+            self._handles = [modules[name].register_forward_hook(self._saver(name))
+                             for name in self.output_layer_names]
 
     def _saver(self, name):
         def save_output(module, inputs, output):
             self._outputs[name] = output
         return save_output
+
+    def _input_saver(self, name):
+        def save_input(module, inputs):
+            self._outputs[name] = inputs[0]
+        return save_input
 
     def forward(self, x):
         self._outputs = {}

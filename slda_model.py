@@ -456,6 +456,19 @@ class StreamingLDA(nn.Module):
             out[start:start + chunk.shape[0]] = scores.cpu()
         return out
 
+    @torch.no_grad()
+    def to_linear(self):
+        """A ``torch.nn.Linear(d, C)`` on the CPU whose outputs equal ``decision_function``: weight W^T, bias b
+        of the current classifier (bias -inf for classes not seen yet when mask_unseen_classes is on); a copy,
+        unaffected by later updates."""
+        W, b = self._classifier()
+        if self.mask_unseen_classes:
+            b = torch.where(self.cK > 0, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
+        linear = nn.Linear(self.input_shape, self.num_classes, dtype=self.dtype)
+        linear.weight.copy_(W.T)
+        linear.bias.copy_(b)
+        return linear.requires_grad_(False)
+
     @property
     def samples_seen(self):
         """Samples fitted so far (``num_updates``), as the baseline output layers of heads.py report it."""

@@ -10,7 +10,7 @@ the line number.
 import os
 import posixpath
 
-from data import IMG_EXTENSIONS, ImageList, SplitPair
+from data import IMG_EXTENSIONS, ImageList, Preprocessing, SplitPair
 from errors import InputError, MissingFileError
 
 SPLITS = ('train', 'test')
@@ -61,10 +61,11 @@ def read_split_file(path, images_dir):
     return splits
 
 
-def split_file_splits(name, images_dir, path, image_size=224, list_class=ImageList, decoder_description='PIL'):
+def split_file_splits(name, images_dir, path, preprocessing=Preprocessing(), list_class=ImageList,
+                      decoder_description='PIL'):
     """The train and test splits of the images of ``images_dir`` that the split file ``path`` lists
-    (``read_split_file``), built by ``list_class`` as ``data.image_folder_splits`` builds them, with the classes of
-    the file's images. Raises MissingFileError for a missing folder or file, InputError for a bad line (naming it)
+    (``read_split_file``), built by ``list_class`` with ``preprocessing`` (a data.Preprocessing) as
+    ``data.image_folder_splits`` builds them, with the classes of the file's images. Raises MissingFileError for a missing folder or file, InputError for a bad line (naming it)
     or a class with no training image."""
     if not os.path.isdir(images_dir):
         raise MissingFileError(f'images_dir {images_dir} does not exist or is not a folder; it must hold the class '
@@ -81,8 +82,8 @@ def split_file_splits(name, images_dir, path, image_size=224, list_class=ImageLi
         raise InputError(f'--split_file {path} lists test images but no training image of class(es) '
                          f'{", ".join(untrained[:5])}')
     made = {split: list_class(images_dir, classes, ['\n'.join(sorted(files[split].get(class_name, [])))
-                                                     for class_name in classes], image_size)
+                                                     for class_name in classes], preprocessing)
             for split in SPLITS}
     return SplitPair(name, classes, made['train'], made['test'],
-                     f'split file, decoded by {decoder_description}, resize {int(round(image_size / 0.875))}, '
-                     f'centre-crop {image_size}, ImageNet normalisation', 'test', os.path.realpath(images_dir))
+                     f'split file, decoded by {decoder_description}, {preprocessing.describe()}', 'test',
+                     os.path.realpath(images_dir))

@@ -59,10 +59,11 @@ def synchronize(device):
 
 def original_way(args, images_dir, device):
     """The original pipeline's costs: float32 network, per-sample updates, tests re-extracted."""
-    splits = data.image_folder_splits('imagefolder', images_dir, args.image_size)
+    preprocessing = data.Preprocessing().at_size(args.image_size)
+    splits = data.image_folder_splits('imagefolder', images_dir, preprocessing)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        extractor = FeatureExtractor(device=device, amp=False, input_size=args.image_size).load()
+        extractor = FeatureExtractor(device=device, amp=False, preprocessing=preprocessing).load()
     extraction = Extraction(extractor, args.batch_size, args.workers, pin_memory=device.type == 'cuda',
                             progress=False)
     train, test = FeatureReader(splits.train, 'train', extraction), FeatureReader(splits.test, 'val', extraction)

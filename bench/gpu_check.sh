@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for an NVIDIA H100 machine, at most about 8 minutes: the tests with their CUDA variants, the SLDA
 # benchmark (including an ImageNet-sized 1.28M-sample stream), a cached rerun at a tenth of ImageNet's
-# training images, and the pipeline benchmark from JPEG on CUDA, with the machine's description. A step that
+# training images, the pipeline benchmark from JPEG on CUDA and the backbones' throughput (ResNet-18, timm ViT-S/16
+# and ViT-B/16), with the machine's description. A step that
 # fails or runs out of time is reported and the next one still runs. The tests need pytest and matplotlib.
 # Usage: bash bench/gpu_check.sh   (uses .venv after bash setup.sh, else python3: on a GPU machine without
 # internet access whose python3 already has torch, torchvision, scikit-learn, pillow and tqdm, no setup is
@@ -28,10 +29,12 @@ step "Tests without the subprocess ones, on this machine (the CUDA variants of t
   "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests
 step "SLDA: batched fit vs per-sample loops on CUDA" 100 \
   "$PYTHON" bench/bench_slda.py --device cuda --samples 50000 --original_samples 5000 --ours_samples 1281167
-step "SLDA on the CPU of the same machine, for comparison" 40 \
+step "SLDA on the CPU of the same machine, for comparison" 30 \
   "$PYTHON" bench/bench_slda.py --device cpu --samples 20000 --original_samples 2000 --repeats 1
 step "Rerun from the feature cache on CUDA: 1000 classes x (128 + 50) files" 80 \
   "$PYTHON" bench/bench_cached_rerun.py --device cuda --train_per_class 128 --cache_check listing --repeats 1
 step "Pipeline from JPEG on CUDA" 100 \
   "$PYTHON" bench/bench_pipeline.py --device cuda --classes 10 --train_per_class 150 --val_per_class 20 \
   --increment 2 --batch_size 256 --workers "$(nproc)" --decode_on_device
+step "Backbones on CUDA: ResNet-18, ViT-S/16, ViT-B/16 (timm), bfloat16 autocast" 45 \
+  "$PYTHON" bench/bench_backbones.py --device cuda --batch_size 128 --seconds 4

@@ -13,9 +13,10 @@ import config
 import protocol
 from cifar_folder import NAMES10, build_cifar10, build_cifar100, python2_pickle
 from conftest import assert_one_line_error, make_checkpoint, run, setting
+from data import Preprocessing
 from errors import InputError, MissingFileError
-from options import SettingError
 from experiment import list_splits
+from options import SettingError
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +44,7 @@ def test_cifar100_runs_end_to_end_in_the_numpy_class_order_of_seed_1993(folders,
     saved = json.loads((save / 'config.json').read_text())
     assert saved['class_order'] == order.tolist() and saved['classes'] == [f'class_{k:02d}' for k in range(100)]
     assert setting(saved, 'image_size') == 32 and setting(saved, 'class_order_rng') == 'numpy'
-    assert 'resize 32x32 to 32x32' in saved['preprocessing']
+    assert 'resize 32x32 to 32x32' in saved['transform']
     for split, file_name in (('train', 'cifar100_train_labels.npy'), ('test', 'cifar100_val_labels.npy')):
         positions = np.load(save / file_name)                   # the stream position of each image's class
         classes = np.sort(labels[split])                        # images in class order
@@ -81,11 +82,11 @@ def test_images_are_the_files_pixels_resized_to_the_network_input_224_by_default
     assert built.data.options.image_size == 224 and built.to_json()['data']['options']['image_size'] == 224
     splits = list_splits(built)
     assert splits.num_classes == 100 and len(splits.train) == 200 and len(splits.test) == 100
-    assert 'resize 32x32 to 224x224' in splits.transform_description      # config.json's preprocessing
+    assert 'resize 32x32 to 224x224' in splits.transform_description      # config.json's transform
     assert np.array_equal(splits.train.labels, np.sort(labels['train']))
     image, index, ok = splits.train[0]
     assert image.shape == (3, 224, 224) and image.dtype == torch.uint8 and ok and index == 0
-    small = cifar.cifar_splits('cifar100', str(folder), image_size=32)     # same size: the file's pixels exactly
+    small = cifar.cifar_splits('cifar100', str(folder), Preprocessing(32, 32))    # same size: the pixels
     row = int(np.flatnonzero(labels['test'] == 7)[0])
     position = int(np.searchsorted(small.test.labels, 7))
     assert small.test.image_name(position) == f'test/{row}'

@@ -25,7 +25,7 @@ def core50(tmp_path_factory):
 
 def test_split_sessions_frames_labels_and_clips(core50):
     root, _ = core50
-    splits = data.core50_splits(str(root), image_size=32)
+    splits = data.core50_splits(str(root), data.Preprocessing().at_size(32))
     assert splits.classes == list(data.CORE50_CATEGORIES) and splits.test_name == 'test'
     for split, sessions in ((splits.train, {1, 2, 4, 5, 6, 8, 9, 11}), (splits.test, {3, 7, 10})):
         names = [split.image_name(i) for i in range(len(split))]
@@ -45,7 +45,7 @@ def test_split_sessions_frames_labels_and_clips(core50):
             frames = [parsed[i][2] for i in np.flatnonzero(split.clips == clip)]
             assert frames == KEPT_FRAMES and np.ptp(np.flatnonzero(split.clips == clip)) == len(KEPT_FRAMES) - 1
     assert len(splits.train) == 8 * 10 * 3 and len(splits.test) == 3 * 10 * 3
-    objects = data.core50_splits(str(root), image_size=32, labels='object', frame_stride=40)   # frames 20, 60, ...
+    objects = data.core50_splits(str(root), data.Preprocessing().at_size(32), labels='object', frame_stride=40)   # frames 20, 60, ...
     assert objects.classes == [f'o{o}' for o in OBJECTS] and objects.train.labels.max() == len(OBJECTS) - 1
     assert {parse(objects.train.image_name(i))[2] for i in range(len(objects.train))} == {20}
 
@@ -62,9 +62,9 @@ def test_uint8_pipeline_equals_torchvision_to_tensor_and_normalize():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
     reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                     transforms.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])(image)
-    as_bytes = data.folder_transform(224)(image)
+    as_bytes = data.folder_transform(data.Preprocessing())(image)
     assert as_bytes.dtype == torch.uint8 and as_bytes.shape == (3, 224, 224)
-    assert torch.equal(data.imagenet_normalize(as_bytes.unsqueeze(0))[0], reference)
+    assert torch.equal(data.normalize(as_bytes.unsqueeze(0))[0], reference)
 
 
 def test_listing_matches_torchvision_image_folder_order(tmp_path):
@@ -86,7 +86,7 @@ def test_listing_matches_torchvision_image_folder_order(tmp_path):
     assert data.IMG_EXTENSIONS == IMG_EXTENSIONS
     samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
     class_files, _ = data.list_split(str(root), classes, {})
-    images = data.ImageList(str(root), classes, class_files, 32)
+    images = data.ImageList(str(root), classes, class_files, data.Preprocessing().at_size(32))
     ours = [images.describe(i) for i in range(len(images))]
     assert ours == [path for path, _ in samples] and images.labels.tolist() == [label for _, label in samples]
     assert os.path.join(root, 'cat', 'link', 'linked.jpg') in ours and not any(p.endswith('.txt') for p in ours)

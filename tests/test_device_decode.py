@@ -47,13 +47,13 @@ def test_batch_decoder_matches_pil_pipeline(tmp_path):
     for name, content in files.items():
         (tmp_path / 'images' / name).write_bytes(content)
         paths.append(str(tmp_path / 'images' / name))
-    split = (str(tmp_path), ['images'], ['\n'.join(files)], 64)
+    split = (str(tmp_path), ['images'], ['\n'.join(files)], data.Preprocessing().at_size(64))
     encoded = EncodedImageList(*split)
     pil = data.ImageList(*split)
     assert [pil.describe(i) for i in range(len(paths))] == paths
     batch, indices, ok = collate_encoded([encoded[i] for i in range(len(paths))])
     assert ok.tolist() == [True, True, True, False, False]       # garbage and the truncated JPEG: on reading
-    images, ok = BatchDecoder(64, 'cpu')(batch, ok)
+    images, ok = BatchDecoder(split[3], 'cpu')(batch, ok)
     assert ok.tolist() == [True, True, True, False, False]
     assert images.dtype == torch.uint8 and images.shape == (5, 3, 64, 64)
     for i in range(3):
@@ -90,7 +90,7 @@ def test_images_over_the_pixel_limit_are_bad_when_decoded_on_the_device(tmp_path
     (tmp_path / 'images' / 'big.JPEG').write_bytes(encode(photo(7, (50, 40)), 'JPEG'))      # 2,000 pixels
     (tmp_path / 'images' / 'small.JPEG').write_bytes(encode(photo(8, (30, 20)), 'JPEG'))    # 600 pixels
     monkeypatch.setattr(data, 'MAX_IMAGE_PIXELS', 1000)
-    encoded = EncodedImageList(str(tmp_path), ['images'], ['big.JPEG\nsmall.JPEG'], 16)
+    encoded = EncodedImageList(str(tmp_path), ['images'], ['big.JPEG\nsmall.JPEG'], data.Preprocessing().at_size(16))
     assert [encoded[i][2] for i in range(2)] == [False, True]
 
 
@@ -100,9 +100,9 @@ def decode_both_ways(tmp_path, files, size=48):
     (tmp_path / 'images').mkdir()
     for name, content in files.items():
         (tmp_path / 'images' / name).write_bytes(content)
-    split = (str(tmp_path), ['images'], ['\n'.join(files)], size)
+    split = (str(tmp_path), ['images'], ['\n'.join(files)], data.Preprocessing().at_size(size))
     batch, _, ok = collate_encoded([EncodedImageList(*split)[i] for i in range(len(files))])
-    images, ok = BatchDecoder(size, 'cpu')(batch, ok)
+    images, ok = BatchDecoder(split[3], 'cpu')(batch, ok)
     pil = data.ImageList(*split)
     return images, ok, [pil[i][::2] for i in range(len(files))]
 

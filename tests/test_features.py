@@ -88,7 +88,8 @@ def test_a_refused_input_size_is_refused_at_every_load(tmp_path, with_checkpoint
     if with_checkpoint:     # its dummy pass, which finds the tensors the layer needs, comes first
         checkpoint = str(tmp_path / 'squeezenet.pth')
         torch.save({'state_dict': torchvision.models.squeezenet1_0().state_dict()}, checkpoint)
-    extractor = FeatureExtractor('squeezenet1_0', 'features.12', checkpoint=checkpoint, amp=False, input_size=16)
+    extractor = FeatureExtractor('squeezenet1_0', 'features.12', checkpoint=checkpoint, amp=False,
+                                 preprocessing=data.Preprocessing().at_size(16))
     for _ in range(2):      # a notebook may try again: the refused network is not kept
         with pytest.raises(SettingError) as refused:
             extractor.load()
@@ -100,12 +101,12 @@ def test_checkpoint_with_prefixed_keys_gives_the_checkpoint_network(tmp_path):
     ckpt = tmp_path / 'prefixed.pth'
     reference = make_checkpoint(ckpt, prefix='module.model.', wrap='model_state', num_classes=100).eval()
     extractor = FeatureExtractor('resnet18', 'layer4.1', checkpoint=str(ckpt), device='cpu', amp=False,
-                                 input_size=32).load()
+                                 preprocessing=data.Preprocessing().at_size(32)).load()
     assert extractor.weights_report.startswith(f'loaded {len(reference.state_dict()) - 2} of ')
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.rand(2, 3, 32, 32)
     wrapper = ModelWrapper(reference, ['layer4.1'], return_single=True)
     with torch.no_grad():
-        expected = wrapper(images).mean(dim=(2, 3))
+        expected = wrapper(data.normalize(images)).mean(dim=(2, 3))
     torch.testing.assert_close(extractor(images), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -160,10 +161,10 @@ def test_torchvision_weights_come_only_from_the_local_cache(tmp_path, capsys, mo
     model = torchvision.models.resnet18().eval()
     torch.save(model.state_dict(), expected)
     extractor = FeatureExtractor('resnet18', 'layer4.1', weights='IMAGENET1K_V1', device='cpu', amp=False,
-                                 input_size=32)
-    images = torch.randn(2, 3, 32, 32)
+                                 preprocessing=data.Preprocessing().at_size(32))
+    images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        reference = ModelWrapper(model, ['layer4.1'], return_single=True)(images).mean(dim=(2, 3))
+        reference = ModelWrapper(model, ['layer4.1'], return_single=True)(data.normalize(images)).mean(dim=(2, 3))
     torch.testing.assert_close(extractor(images), reference)
     code, out = run(argv[:-1] + [tmp_path / 'out2', '--weights', 'NOT_A_WEIGHT_SET'], capsys)
     assert_one_line_error(code, out, 'weights NOT_A_WEIGHT_SET', 'resnet18')

@@ -302,11 +302,14 @@ def test_skipped_images_survive_a_resume(tmp_path, image_folder, capsys, monkeyp
 
 def test_a_start_that_fails_before_any_output_leaves_no_folder_behind(tmp_path, capsys):
     save = tmp_path / 'out'
-    code, out = run(['--num_classes', 4, '--weights', 'NO_SUCH_WEIGHTS', '--save_dir', save], capsys)
-    assert code == 2 and 'NO_SUCH_WEIGHTS' in out.err
+    unrelated = tmp_path / 'unrelated.pth'          # refused when the network loads, after the folder is claimed
+    torch.save({'not_a_layer.weight': torch.zeros(3)}, unrelated)
+    argv = ['--num_classes', 4, '--base_init_ckpt', unrelated, '--save_dir', save]
+    code, out = run(argv, capsys)
+    assert code == 2 and 'no tensor of' in out.err
     assert not save.exists()
     save.mkdir()                          # a folder the user made is theirs: it stays, empty
-    assert run(['--num_classes', 4, '--weights', 'NO_SUCH_WEIGHTS', '--save_dir', save])[0] == 2
+    assert run(argv)[0] == 2
     assert save.is_dir() and os.listdir(save) == ['.lock']
 
 

@@ -1,0 +1,42 @@
+"""export_features.py: a run's features, labels, class names and image paths in one file."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import export_features
+import features
+from conftest import SYNSETS, build_image_folder, run
+
+
+def test_exported_features_are_the_cached_ones_with_their_labels_and_paths(tmp_path, capsys, monkeypatch):
+    root, _ = build_image_folder(tmp_path)
+    flags = ['--dataset', 'imagefolder', '--images_dir', root, '--arch', 'timm:test_vit', '--weights', 'none',
+             '--class_increment', 3, '--num_workers', 0, '--feature_cache', tmp_path / 'cache', '--no-progress']
+    assert run(flags + ['--save_dir', tmp_path / 'out'])[0] == 0
+    with monkeypatch.context() as patch:        # everything comes from the cache the run filled
+        patch.setattr(features.Extraction, 'classes', lambda *args: pytest.fail('extracted again'))
+        assert export_features.main([str(tmp_path / 'cached.npz')] + list(map(str, flags))) == 0
+    assert 'wrote 17 train and 10 test feature vectors of timm:test_vit pre_logits' in capsys.readouterr().out
+    fresh = [str(a) for a in flags[:-3] + ['--no-progress']]        # no cache: extracted now, in float32
+    assert export_features.main([str(tmp_path / 'fresh.pt')] + fresh) == 0
+    cached, extracted = np.load(tmp_path / 'cached.npz'), torch.load(tmp_path / 'fresh.pt', weights_only=True)
+    for split, folder in (('train', 'train'), ('test', 'val')):
+        paths = [os.path.join(folder, synset, name) for synset in SYNSETS
+                 for name in sorted(os.listdir(root / folder / synset))]
+        assert list(cached[f'{split}_paths']) == extracted[f'{split}_paths'] == paths
+        expected_labels = [SYNSETS.index(path.split(os.sep)[1]) for path in paths]
+        assert cached[f'{split}_labels'].tolist() == extracted[f'{split}_labels'].tolist() == expected_labels
+        assert cached[f'{split}_features'].shape == (len(paths), 64)
+        torch.testing.assert_close(torch.from_numpy(cached[f'{split}_features']), extracted[f'{split}_features'],
+                                   rtol=2e-3, atol=2e-3)     # the cache keeps float16
+    assert list(cached['class_names']) == SYNSETS
+    assert json.loads(str(cached['network']))['arch'] == 'timm:test_vit'
+
+
+def test_an_output_that_is_neither_npz_nor_pt_is_one_line(tmp_path, capsys):
+    assert export_features.main([str(tmp_path / 'features.csv'), '--num_classes', '2', '--no-progress']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and 'features.csv' in err and '.npz or .pt' in err and len(err.splitlines()) == 1
