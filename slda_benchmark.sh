@@ -19,9 +19,9 @@ usage: BENCHMARKS="..." [CIFAR100_DIR=...] [CIFAR10_DIR=...] [IMAGENET_R_DIR=...
                       cifar10_b0_inc2      CIFAR-10, 2 classes per batch (CIFAR10_DIR: cifar-10-batches-py/)
                       imagenet_r_b0_inc20  ImageNet-R, 20 classes per batch (IMAGENET_R_DIR: its class folders;
                                            IMAGENET_R_SPLIT: the split file, a line "<path> train|test" per image)
-  BACKBONES         torchvision networks as arch:weights, weights in the local torch cache, or arch alone for the
-                    dataset's default weights or a --base_init_ckpt among the extra flags
-                    (default: resnet18:IMAGENET1K_V1)
+  BACKBONES         networks as ARCH@WEIGHTS (--arch and --weights, weights from the local caches), or ARCH alone
+                    for its default weights (a timm:NAME.TAG's own) or a --base_init_ckpt among the extra flags
+                    (default: resnet18@IMAGENET1K_V1)
   SEEDS             class-order seeds, numpy's draw (default: 1993)
   COVARIANCES       (default: plastic fixed; fixed keeps the base initialisation's estimate)
   SAVE_ROOT         where results go (default: streaming_experiments/benchmarks)
@@ -32,7 +32,7 @@ USAGE
 }
 
 BENCHMARKS=${BENCHMARKS:-cifar100_b0_inc10}
-BACKBONES=${BACKBONES:-resnet18:IMAGENET1K_V1}
+BACKBONES=${BACKBONES:-resnet18@IMAGENET1K_V1}
 SEEDS=${SEEDS:-1993}
 COVARIANCES=${COVARIANCES:-plastic fixed}
 SAVE_ROOT=${SAVE_ROOT:-streaming_experiments/benchmarks}
@@ -56,8 +56,8 @@ for benchmark in $BENCHMARKS; do
     *) echo "error: unknown benchmark $benchmark" >&2; usage ;;
   esac
   for backbone in $BACKBONES; do
-    arch=${backbone%%:*}; weights=()
-    [ "$arch" = "$backbone" ] || weights=(--weights "${backbone#*:}")
+    arch=${backbone%%@*}; weights=()
+    [ "$arch" = "$backbone" ] || weights=(--weights "${backbone#*@}")
     for seed in $SEEDS; do
       for covariance in $COVARIANCES; do
         case "$covariance" in
@@ -65,7 +65,8 @@ for benchmark in $BENCHMARKS; do
           fixed) settings=(--no-streaming_update_sigma) ;;
           *) echo "error: unknown covariance $covariance (plastic or fixed)" >&2; usage ;;
         esac
-        save_dir=$SAVE_ROOT/${benchmark}_${backbone/:/_}_seed${seed}_$covariance
+        name=${backbone//[:@\/]/_}
+        save_dir=$SAVE_ROOT/${benchmark}_${name}_seed${seed}_$covariance
         folders+=("$save_dir")
         resume=()
         if [ -f "$save_dir/summary.json" ] && grep -q '"finished": true' "$save_dir/summary.json"; then
