@@ -371,8 +371,8 @@ def usable_cpus():
 
 
 def check_images_dir(data):
-    """A dataset read from image files needs its folder."""
-    if not DATASETS[data.dataset].image_files:
+    """A dataset read from a folder needs it."""
+    if 'images_dir' not in fields_of(DATASETS[data.dataset].options):
         return
     if not data.options.images_dir:
         raise SettingError('images_dir', f'--dataset {data.dataset} needs --images_dir, the folder holding its '
@@ -393,6 +393,9 @@ def check_inputs(config):
     if getattr(order, 'labels_dir', None) and getattr(order, 'class_order_seed', None) is not None:
         raise SettingError('class_order_seed', f'--class_order_seed {order.class_order_seed} and --labels_dir '
                                                f'{order.labels_dir} both give a class order; give one')
+    if getattr(order, 'class_order_rng', 'torch') != 'torch' and order.class_order_seed is None:
+        raise SettingError('class_order_rng', f'--class_order_rng {order.class_order_rng} draws the class order '
+                                              f'with --class_order_seed N; give one (PyCIL and LAMDA-PILOT use 1993)')
     check_device(config.run.device)
     folder = config.cache.feature_cache
     if folder and os.path.exists(folder) and not os.path.isdir(folder):

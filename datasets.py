@@ -7,7 +7,9 @@ whose splits meet the ``data.Split`` contract.
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import cifar
 import data
+import split_lists
 from options import Settings, at_least, option
 
 @dataclass(frozen=True)
@@ -22,14 +24,21 @@ class NoOptions(Settings):
 
 
 @dataclass(frozen=True)
-class ImageFilesOptions(NoOptions):
-    """Options of every dataset read from image files."""
+class FolderOptions(NoOptions):
+    """Options of every dataset read from a folder."""
     images_dir: Optional[str] = option(None, 'the dataset\'s folder (image folders: train/ and val/ with a '
-                                             'sub-folder per class; core50: core50_128x128/)', metavar='DIR')
+                                             'sub-folder per class, or the class folders with --split_file; core50: '
+                                             'core50_128x128/; cifar100, cifar10: the folder of the python version '
+                                             'release or the one holding it)', metavar='DIR')
     image_size: Optional[int] = option(None, 'network input size in pixels (default: the network\'s own, 224 for '
                                              'torchvision\'s); image folders are resized in the network\'s crop '
-                                             'ratio (224 / 256 for torchvision\'s) and centre-cropped',
-                                       metavar='N', check=at_least(1))
+                                             'ratio (224 / 256 for torchvision\'s) and centre-cropped, core50 and '
+                                             'cifar images resized to size x size', metavar='N', check=at_least(1))
+
+
+@dataclass(frozen=True)
+class ImageFilesOptions(FolderOptions):
+    """Options of every dataset read from image files."""
     skip_bad_images: bool = option(False, 'skip unreadable images (listed in summary.json) instead of stopping',
                                    changes_results=False)
     cache_check: str = option('sizes', 'how cached features are matched to image files: sizes checks every '
@@ -44,6 +53,10 @@ class ImageFolderOptions(ImageFilesOptions):
     test_split: str = option('val', 'name of the test folder beside train/', metavar='NAME')
     decode_on_device: bool = option(False, 'decode JPEG files in batches on the network\'s device (nvJPEG on CUDA) '
                                            'instead of with PIL in the workers, which then only read files')
+    split_file: Optional[str] = option(None, 'a text file giving the split, for datasets published as a list '
+                                             '(ImageNet-R, CUB-200): a line per image, its path relative to '
+                                             '--images_dir and train or test; the class is the path\'s top folder. '
+                                             'Replaces the train/ and --test_split folders', metavar='FILE')
 
 
 @dataclass(frozen=True)
@@ -92,9 +105,18 @@ def image_folder_lister(name):
         if options.decode_on_device:
             from device_decode import EncodedImageList    # here: it imports torchvision, which cached reruns skip
             list_class, decoder = EncodedImageList, f'torchvision on {device_type}'
+        if options.split_file:
+            return split_lists.split_file_splits(name, options.images_dir, options.split_file, preprocessing,
+                                                 list_class, decoder)
         return data.image_folder_splits(name, options.images_dir, preprocessing, options.test_split,
                                         list_class, decoder, listing_dir)
     return list_image_folder
+
+
+def cifar_lister(name):
+    def list_cifar(options, preprocessing, listing_dir=None, device_type='cpu'):
+        return cifar.cifar_splits(name, options.images_dir, preprocessing)
+    return list_cifar
 
 
 DATASETS = {entry.name: entry for entry in [
@@ -111,4 +133,10 @@ DATASETS = {entry.name: entry for entry in [
     DatasetEntry('core50', 'CORe50\'s core50_128x128/ folder (sessions s1 ... s11)', list_core50, CORe50Options,
                  class_increment=2, ordering='iid', images_per_batch=1200, base_init=False,
                  default_weights='IMAGENET1K_V1'),
+    # The class-incremental benchmarks of today's papers ("B0 Inc10" on CIFAR-100): an ImageNet-1K-pretrained
+    # network on the 32x32 images resized to its input.
+    DatasetEntry('cifar100', 'CIFAR-100\'s python version (cifar-100-python/: train, test, meta)',
+                 cifar_lister('cifar100'), FolderOptions, class_increment=10, default_weights='IMAGENET1K_V1'),
+    DatasetEntry('cifar10', 'CIFAR-10\'s python version (cifar-10-batches-py/)', cifar_lister('cifar10'),
+                 FolderOptions, class_increment=2, default_weights='IMAGENET1K_V1'),
 ]}

@@ -27,11 +27,12 @@ from errors import ProjectError
 from feature_cache import listings_folder
 from features import build_readers
 from heads import HEADS
+from metrics import first_batches, run_metrics
 from open_set import OpenSetEvaluation
 from projection import ProjectedReader, RandomProjection, check_memory
 from reporting import ConsoleReporter, LearningCurveReporter
 from results import ResultsFolder, describe_run, make_summary, read_offline_accuracies, test_images_digest
-from utils import BackgroundFiles, UserError, crash_point, topk_accuracy
+from utils import BackgroundFiles, UserError, crash_point, percent_of, topk_hits
 
 
 class Experiment:
@@ -91,7 +92,8 @@ class Experiment:
                 return None
             train, test, head_dim = project(config, train, test, feature_dim)
             description = describe_run(config, order, order_source, order_warning, extractor, feature_dim, device)
-            description.update(classes=list(splits.classes), test_images=test_images_digest(splits.test, plan))
+            description.update(classes=list(splits.classes), transform=splits.transform_description,
+                               test_images=test_images_digest(splits.test, plan))
             if continuing:
                 folder.check_resume(description, splits, plan)
             folder.save_config(description, splits, order, plan)
@@ -101,7 +103,10 @@ class Experiment:
                 if continuing else 0
             self.batches_finished = first
             self.report('resumed', first, plan)
-            summary = make_summary_writer(offline, (train, test), started, shared, folder)
+            class_batches = first_batches(plan, splits.train.labels, splits.num_classes)
+            per_class_curves = not config.ordering.tests_seen_classes
+            summary = make_summary_writer(offline, (train, test), started, shared, folder,
+                                          lambda rows: run_metrics(rows, class_batches, per_class_curves))
             open_set = open_set_evaluation(config, splits, order)
             if first < len(plan):
                 train.prefetch(plan[first].train_indices)
@@ -175,14 +180,16 @@ def class_order(config, splits):
     if options.labels_dir:
         return (protocol.class_order_from_label_files(splits, options.labels_dir),
                 f'label files in {options.labels_dir}', None)
-    source = 'sorted' if options.class_order_seed is None else f'permutation, seed {options.class_order_seed}'
+    source = 'sorted' if options.class_order_seed is None else \
+        f'{"" if options.class_order_rng == "torch" else "numpy "}permutation, seed {options.class_order_seed}'
     warning = None
     if config.dataset.paper_class_order:
         warning = (f'no label files ({", ".join(protocol.label_file_names(splits.name))}) in --labels_dir or '
                    f'any of {", ".join(support_folders())}: the class order is {source}, so the base classes '
                    f'are neither the paper\'s nor those the base checkpoint was trained on, and results are not '
                    f'comparable to the paper\'s. image_files/README.md says where to get the files')
-    return protocol.generated_class_order(splits.num_classes, options.class_order_seed), source, warning
+    return (protocol.generated_class_order(splits.num_classes, options.class_order_seed, options.class_order_rng),
+            source, warning)
 
 
 def make_plan(config, splits, order):
@@ -208,7 +215,9 @@ def fit_and_evaluate(heads, batch, following, train, test, device):
     """Fit one batch of the plan with every output layer, evaluate each on the batch's test images and start
     reading the following batch's cached features; returns (the batch's summary row, SLDA's test
     probabilities (m, C) on the CPU, for the preds files). Top-1 and top-5 rank each layer's scores: float32
-    probabilities tie at exactly 0 for all but the best classes (utils.topk_accuracy)."""
+    probabilities tie at exactly 0 for all but the best classes (utils.topk_accuracy). The row also counts, per
+    class (lists of C), the batch's test images and each layer's top-1 hits among them, from which metrics.py
+    derives the accuracy matrix and per-class accuracies."""
     tick = time.perf_counter()
     X, y = train.take(batch.train_indices)
     X_test, y_test = test.take(batch.test_indices)
@@ -218,7 +227,8 @@ def fit_and_evaluate(heads, batch, following, train, test, device):
         test.prefetch(following.test_indices)
     X, y = X.to(device), y.to(device)
     row = {'classes_seen': batch.classes_seen, 'train_images': len(y), 'test_images': len(y_test),
-           'extract_seconds': round(extract_seconds, 3), 'heads': {}}
+           'extract_seconds': round(extract_seconds, 3), 'heads': {},
+           'test_images_per_class': torch.bincount(y_test, minlength=heads['slda'].num_classes).tolist()}
     probabilities = None
     for name, head in heads.items():
         tick = time.perf_counter()
@@ -230,8 +240,11 @@ def fit_and_evaluate(heads, batch, following, train, test, device):
         scores = head.decision_function(X_test)
         if name == 'slda':      # the original's preds files; its accuracies came from these, here from the scores
             probabilities = torch.softmax(scores, dim=1)
-        top1, top5 = topk_accuracy(scores, y_test)
+        hits = topk_hits(scores, y_test)
+        top1, top5 = map(percent_of, hits)
         row['heads'][name] = {'top1': top1, 'top5': top5, 'samples_seen': head.samples_seen,
+                              'top1_hits_per_class': torch.bincount(y_test[hits[0].cpu()],
+                                                                    minlength=scores.shape[1]).tolist(),
                               'fit_seconds': round(fit_seconds, 3),
                               'eval_seconds': round(time.perf_counter() - tick, 3),
                               # NaN or +inf scores (a learning rate too large): its accuracies mean nothing; -inf
@@ -259,14 +272,15 @@ def claim_folder(config, folder, group):
     return continuing, finished
 
 
-def make_summary_writer(offline, readers, started, shared, folder):
+def make_summary_writer(offline, readers, started, shared, folder, metrics):
     """summary(rows, finished) for the results folder; ``shared``: under torchrun, (images each process
-    extracted, seconds the shared extraction took), which is extraction, not preparation."""
+    extracted, seconds the shared extraction took), which is extraction, not preparation; ``metrics(rows)``:
+    summary.json's metrics."""
     prepare_seconds = time.perf_counter() - started - (shared[1] if shared else 0)
 
     def summary(rows, finished):
         return make_summary(rows, offline, readers, started, prepare_seconds, finished,
-                            skipped_before=folder.skipped_before, shared=shared)
+                            skipped_before=folder.skipped_before, shared=shared, metrics=metrics(rows))
     return summary
 
 

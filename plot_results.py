@@ -5,13 +5,17 @@
 
 The figure has top-1 and top-5 (percent) against the classes seen, or against the training images seen when
 every run is an iid or instance ordering (against the batch number when the runs mix the two), a line per
-run and output layer (--heads), labelled by experiment name. For ImageNet runs of the paper's protocol
+run and output layer (--heads), labelled by experiment name; beside them, SLDA's accuracy matrix as a heatmap
+(metrics.py: after batch i, top-1 on the classes first fitted in batch j) for each of the first four runs that
+have one of more than one batch. For ImageNet runs of the paper's protocol
 (base initialisation on 100 classes, 100 classes per increment) the values Hayes & Kanan report are drawn as
 reference points, labelled as read from the paper. The Markdown table (printed, and written beside the
 figure) gives per run and output layer: dataset, ordering, covariance, final top-1 and top-5 ("unfinished"
 while the run has not finished), Omega_all where offline accuracies were given (the paper's, against an offline
 network, --offline_accuracies; and against the run's own offline output layer with --heads offline; "undefined"
-where that layer scored 0% on some batch), images/s and wall time (seconds). Runs that share an experiment name
+where that layer scored 0% on some batch), images/s, wall time (seconds), the average incremental accuracy (mean
+over batches, top-1 / top-5), average forgetting and backward transfer (percentage points; blank where the run
+does not record them). Final top-1 is the last accuracy of continual-learning papers. Runs that share an experiment name
 are labelled by their folders. Folders of every release are read (runs.load_run), accuracies of earlier ones
 (fractions) in percent like the others; a folder that is not a run, or an --output that cannot be written, is an
 error naming it (exit 2).
@@ -21,6 +25,8 @@ import io
 import os
 import sys
 
+import numpy as np
+
 from protocol import ORDERINGS
 from runs import load_run, write_output
 from utils import atomic_write, save_text
@@ -28,6 +34,8 @@ from utils import atomic_write, save_text
 # Read from the paper (Hayes & Kanan 2020): top-5 (percent) after 100 and after 1000 classes.
 PAPER_TOP5 = {'SLDA, plastic covariance (paper)': ([100, 1000], [88.0, 58.0]),
               'offline ResNet-18 (paper)': ([100, 1000], [94.9, 89.1])}
+
+MAX_HEATMAPS = 4
 
 # The x axis, (label, the runs.Run field of its values), by the kinds of ordering the runs have; a mix of the two
 # kinds has no common measure of progress but the batch.
@@ -59,7 +67,13 @@ def plot_runs(runs, path):
     import matplotlib.pyplot as plt
 
     label, field = x_axis(runs)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=150, sharex=True)
+    matrices = [(name, run.accuracy_matrix['slda']) for run, name in zip(runs, labels(runs))
+                if len(run.accuracy_matrix.get('slda', ())) > 1][:MAX_HEATMAPS]
+    figure, axes = plt.subplots(1, 2 + len(matrices), figsize=(5 * (2 + len(matrices)), 4), dpi=150, squeeze=False)
+    axes = axes[0]
+    axes[1].sharex(axes[0])
+    for axis, (name, matrix) in zip(axes[2:], matrices):
+        draw_matrix(figure, axis, name, matrix)
     for run, name in zip(runs, labels(runs)):
         for head in run.heads:
             for axis, values in zip(axes, (run.top1[head], run.top5[head])):
@@ -82,6 +96,26 @@ def plot_runs(runs, path):
     write_output(path, atomic_write, lambda f: f.write(buffer.getvalue()))
 
 
+def draw_matrix(figure, axis, name, matrix):
+    """An accuracy matrix (T lists of T, percent, None where undefined) as a heatmap on ``axis``, its values written
+    in the cells when there are at most 12 batches."""
+    values = np.array([[np.nan if value is None else value for value in row] for row in matrix], dtype=float)
+    image = axis.imshow(values, cmap='viridis', vmin=0, vmax=100)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label='top-1 (%)')
+    batches = len(values)
+    if batches <= 12:
+        for (i, j), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                axis.text(j, i, f'{value:.0f}', ha='center', va='center', fontsize=6,
+                          color='black' if value > 60 else 'white')
+    ticks = range(0, batches, max(1, batches // 10))
+    axis.set_xticks(list(ticks), [str(t + 1) for t in ticks])
+    axis.set_yticks(list(ticks), [str(t + 1) for t in ticks])
+    axis.set_xlabel('classes first fitted in batch')
+    axis.set_ylabel('after batch')
+    axis.set_title(f'{name}: accuracy matrix', fontsize=9)
+
+
 def number(value, digits):
     """``value`` with ``digits`` decimals; blank for None."""
     return '' if value is None else f'{value:.{digits}f}'
@@ -101,16 +135,25 @@ def final(run, head):
     return [number(run.final_top1[head], 2), number(run.final_top5[head], 2)]
 
 
+def average_incremental(run, head):
+    """The average incremental accuracy cell: top-1 / top-5 in percent, or "unfinished"."""
+    if not run.finished:
+        return 'unfinished'
+    return ' / '.join(number(run.average_incremental[head][key], 2) for key in ('top1', 'top5'))
+
+
 def table(runs):
     """A Markdown table: a row per run and output layer."""
     lines = ['| run | dataset | ordering | covariance | head | final top-1 | final top-5 | Omega_all top-1 / top-5 '
-             '| vs offline head top-1 / top-5 | images/s | wall s |', '|' + '---|' * 11]
+             '| vs offline head top-1 / top-5 | images/s | wall s | average incremental top-1 / top-5 | forgetting '
+             '| backward transfer |', '|' + '---|' * 14]
     for run, name in zip(runs, labels(runs)):
         for head in run.heads:
             cells = [name, run.dataset, run.ordering, run.covariance, head, *final(run, head),
                      ratios(run.omega_all if head == 'slda' else None),
                      ratios((run.omega_vs_offline or {}).get(head)),
-                     number(run.images_per_second, 1), number(run.wall_seconds, 1)]
+                     number(run.images_per_second, 1), number(run.wall_seconds, 1), average_incremental(run, head),
+                     number(run.forgetting.get(head), 2), number(run.backward_transfer.get(head), 2)]
             lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 

@@ -208,10 +208,18 @@ def class_order_from_label_files(splits, labels_dir):
     return order
 
 
-def generated_class_order(num_classes, seed):
-    """Sorted order when seed is None, else a permutation drawn from a generator seeded with ``seed``."""
+def generated_class_order(num_classes, seed, rng='torch'):
+    """(num_classes,) int64, the class at each stream position: sorted order when seed is None, else a permutation
+    drawn with ``seed`` by ``rng``: 'torch', this project's (torch.randperm on a generator seeded with ``seed``),
+    or 'numpy', ``np.random.seed(seed); np.random.permutation(num_classes)``, the draw of PyCIL and LAMDA-PILOT
+    (their CIFAR-100 order is seed 1993's), made here with a RandomState of its own, so NumPy's global state is
+    left alone. Raises InputError for another ``rng``."""
     if seed is None:
         return np.arange(num_classes)
+    if rng == 'numpy':
+        return np.random.RandomState(seed).permutation(num_classes).astype(np.int64)
+    if rng != 'torch':
+        raise InputError(f'rng must be torch or numpy, got {rng!r}')
     return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).numpy()
 
 
@@ -241,6 +249,10 @@ class ClassIncrementalOptions(ClassBatches):
               'holds them)', metavar='DIR')
     class_order_seed: Optional[int] = option(None, 'without label files: shuffle the class order with this seed '
                                                    '(default: sorted order)', metavar='N', check=seed)
+    class_order_rng: str = option('torch', 'how --class_order_seed N draws the class order: torch, this project\'s '
+                                           'draw; numpy, np.random.seed(N); np.random.permutation(C) as PyCIL and '
+                                           'LAMDA-PILOT draw it (N = 1993: their CIFAR-100 order)',
+                                  choices=('torch', 'numpy'))
     num_classes: Optional[int] = option(None, 'stream only the first N classes of the class order (default: all)',
                                         metavar='N', check=at_least(1))
     shuffle_data: bool = option(False, 'shuffle the images within each batch (with --seed)')

@@ -4,7 +4,9 @@ After every batch of the plan, with NAME the batch's name (for the class-increme
 min_trained_0_max_trained_X, X the classes seen so far; batch_1, batch_2, ... for the others):
     preds_NAME.pt                       test probabilities (unless --save_preds says otherwise)
     accuracies_NAME.json                {"seen_classes_top1": [...], "seen_classes_top5": [...]}, in percent
-    summary.json                        per batch and totals, "finished": false until the end
+    summary.json                        per batch and totals, "finished": false until the end; "metrics" per
+                                        output layer (metrics.py)
+    accuracy_matrix.csv                 the accuracy matrix of every output layer so far (metrics.matrix_csv)
     heads_NAME.pth                      the other output layers' state (with --heads)
     slda_model_weights_NAME.pth         the SLDA state; written last, it marks the batch finished
 and at the end slda_model_weights_final.pth and summary.json with "finished": true. config.json, the
@@ -31,6 +33,7 @@ import torch
 
 from config import SCHEMA_VERSION, flag_of_setting
 from errors import InputError, MissingFileError
+from metrics import matrix_csv
 import runs
 from protocol import save_class_order
 from utils import UserError, load_json, safe_torch_load, save_json, save_tensor, save_text
@@ -306,8 +309,8 @@ class ResultsFolder:
 
     def record(self, batch, row, probabilities, heads, save_preds, summary):
         """Queue the files of a finished batch: ``row`` (its summary line, accuracies per output layer), SLDA's
-        test probabilities when ``save_preds``, the other output layers' state, SLDA's model checkpoint (last)
-        and ``summary(rows)``'s summary."""
+        test probabilities when ``save_preds``, ``summary(rows)``'s summary and its accuracy matrix, the other
+        output layers' state, SLDA's model checkpoint (last)."""
         row['train_images_so_far'] = sum(previous['train_images'] for previous in self.rows) + row['train_images']
         self.rows.append(row)
         slda = row['heads']['slda']
@@ -317,7 +320,7 @@ class ResultsFolder:
         if save_preds:
             self.files.write(save_tensor, self.file(f'preds_{name}.pt'), probabilities)
         self.files.write(save_json, self.file(f'accuracies_{name}.json'), self.accuracies)
-        self.files.write(save_json, self.file('summary.json'), summary(self.rows, finished=False))
+        self.write_summary(summary(self.rows, finished=False))
         if len(heads) > 1:
             self.files.write(save_tensor, self.file(f'heads_{name}.pth'),
                              {head_name: head.state_dict() for head_name, head in heads.items() if head_name != 'slda'})
@@ -331,14 +334,20 @@ class ResultsFolder:
         """Write the final model and the finished summary, wait for every write; returns the summary."""
         self.files.write(save_tensor, self.file(FINAL_MODEL), model)
         finished = summary(self.rows, finished=True)
-        self.files.write(save_json, self.file('summary.json'), finished)
+        self.write_summary(finished)
         self.files.finish()
         return finished
 
+    def write_summary(self, summary):
+        """Queue summary.json and accuracy_matrix.csv, made from its metrics."""
+        self.files.write(save_json, self.file('summary.json'), summary)
+        self.files.write(save_text, self.file('accuracy_matrix.csv'), [matrix_csv(summary['metrics'])])
 
-def make_summary(rows, offline, readers, started, prepare_seconds, finished, skipped_before=(), shared=None):
-    """summary.json: per batch ``rows``, final accuracies, Omega_all, seconds and extraction counts, and the
-    images skipped as unreadable (sorted, with ``skipped_before`` a resume, so that an interrupted run lists
+
+def make_summary(rows, offline, readers, started, prepare_seconds, finished, skipped_before=(), shared=None,
+                 metrics=None):
+    """summary.json: per batch ``rows``, final accuracies, Omega_all, ``metrics`` (metrics.run_metrics), seconds
+    and extraction counts, and the images skipped as unreadable (sorted, with ``skipped_before`` a resume, so that an interrupted run lists
     what an uninterrupted one does). Under torchrun, ``shared`` is (images each process extracted, seconds the
     processes took together): the throughput is theirs, not this process's reading of the cache."""
     extract = sum(row['extract_seconds'] for row in rows)
@@ -355,6 +364,7 @@ def make_summary(rows, offline, readers, started, prepare_seconds, finished, ski
         if rows else None,
         'omega_all': omega(rows, offline),
         'omega_vs_offline': omega_vs_offline(rows),
+        'metrics': metrics,
         'seconds': {'prepare': round(prepare_seconds, 3), 'extract': round(extract, 3),
                     'fit': round(sum(head['fit_seconds'] for head in heads), 3),
                     'evaluate': round(sum(head['eval_seconds'] for head in heads), 3),

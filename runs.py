@@ -39,6 +39,11 @@ class Run:
     top1, top5    {head: (accuracy after each batch, percent)}
     classes_seen, train_images_seen, batch_numbers    per batch: x values (classes, training images, 1, 2, ...)
     final_top1, final_top5    {head: final accuracy, percent}; empty until the run has finished
+    average_incremental    {head: {'top1', 'top5'}}: the mean over batches of the accuracies so far (percent), the
+                  average incremental accuracy of metrics.py, from the curves (so for runs of every release)
+    accuracy_matrix    {head: the accuracy matrix, T lists of T values (percent, None where undefined)}, and
+    forgetting, backward_transfer    {head: percentage points, or None where undefined}: from summary.json's
+                  "metrics" (metrics.py), for the heads where it is defined (none in runs of releases before it)
     omega_all     {'top1', 'top5'}: SLDA's mean accuracy ratio to the offline accuracies given, or None
     omega_vs_offline    {head: {'top1', 'top5'}} ratios to the run's offline head, or None; a ratio is None
                   where the offline head scored 0% on some batch
@@ -62,6 +67,10 @@ class Run:
     batch_numbers: tuple
     final_top1: dict
     final_top5: dict
+    average_incremental: dict
+    accuracy_matrix: dict
+    forgetting: dict
+    backward_transfer: dict
     omega_all: dict | None
     omega_vs_offline: dict | None
     images_per_second: float | None
@@ -153,11 +162,20 @@ def normalise(folder, summary, name, dataset, ordering, covariance, unit, result
 
     rows = summary['increments']
     seen = [sum(row['train_images'] for row in rows[:i]) for i in range(1, len(rows) + 1)]
+    top1, top5 = ({head: curve(head, key) for head in heads} for key in ('top1', 'top5'))
+    metrics = summary.get('metrics') or {}
+
+    def metric(name):
+        return {head: values[name] for head, values in metrics.items() if values.get(name) is not None}
     return Run(name=name, folder=folder, dataset=dataset, ordering=ordering, covariance=covariance,
                finished=bool(summary['finished']), heads=tuple(heads),
-               top1={head: curve(head, 'top1') for head in heads}, top5={head: curve(head, 'top5') for head in heads},
+               top1=top1, top5=top5,
                classes_seen=tuple(row['classes_seen'] for row in rows), train_images_seen=tuple(seen),
                batch_numbers=tuple(range(1, len(rows) + 1)), final_top1=finals('top1'), final_top5=finals('top5'),
+               average_incremental={head: {'top1': sum(top1[head]) / len(rows), 'top5': sum(top5[head]) / len(rows)}
+                                    for head in heads} if rows else {},
+               accuracy_matrix=metric('accuracy_matrix'), forgetting=metric('average_forgetting'),
+               backward_transfer=metric('backward_transfer'),
                omega_all=summary.get('omega_all'), omega_vs_offline=summary.get('omega_vs_offline'),
                images_per_second=summary.get('images_per_second'),
                wall_seconds=summary.get('seconds', {}).get('total_this_process'),

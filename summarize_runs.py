@@ -1,5 +1,6 @@
-"""A Markdown table of finished runs: mean and standard deviation over seeds of SLDA's final accuracies and of
-Omega_all, one row per group of runs that share every setting that changes results but their seeds.
+"""A Markdown table of finished runs: mean and standard deviation over seeds of SLDA's final (last) accuracies, of
+Omega_all, of its average incremental accuracy and of its average forgetting (metrics.py), one row per group of
+runs that share every setting that changes results but their seeds.
 
     python summarize_runs.py streaming_experiments/core50/core50_* --output tables/core50.md
 
@@ -8,7 +9,8 @@ by earlier releases are read as percent). A folder that is not a run (a mistyped
 a shell glob) is an error naming it (exit 2); runs that have not finished are listed and left out. Columns:
 dataset, ordering, covariance, the number of runs, the means ± standard deviations, the seeds of the group's runs
 (in the order of the DIRs) and the settings that tell the rows apart (those whose values differ between rows).
-Accuracies are in percent; the standard deviation is the sample one (n - 1), blank for a single run. --output's
+Accuracies are in percent, forgetting in percentage points (blank for runs of releases that did not record it);
+the standard deviation is the sample one (n - 1), blank for a single run. --output's
 folders are made when missing.
 """
 import argparse
@@ -19,14 +21,20 @@ import sys
 from runs import load_run, write_output
 from utils import save_text
 
-MEASURES = ['final top-1', 'final top-5', 'Omega_all top-1', 'Omega_all top-5']
+MEASURES = ['final top-1', 'final top-5', 'Omega_all top-1', 'Omega_all top-5', 'average incremental top-1',
+            'average incremental top-5', 'forgetting']
 
 
 def measures(run):
-    """{measure: value} of a finished run (runs.Run): SLDA's final accuracies (percent) and Omega_all if given."""
-    values = {'final top-1': run.final_top1['slda'], 'final top-5': run.final_top5['slda']}
+    """{measure: value} of a finished run (runs.Run): SLDA's final and average incremental accuracies (percent),
+    Omega_all if given and average forgetting (percentage points) if recorded."""
+    values = {'final top-1': run.final_top1['slda'], 'final top-5': run.final_top5['slda'],
+              'average incremental top-1': run.average_incremental['slda']['top1'],
+              'average incremental top-5': run.average_incremental['slda']['top5']}
     if run.omega_all:
         values.update({'Omega_all top-1': run.omega_all['top1'], 'Omega_all top-5': run.omega_all['top5']})
+    if 'slda' in run.forgetting:
+        values['forgetting'] = run.forgetting['slda']
     return values
 
 

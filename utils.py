@@ -256,6 +256,18 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
     scores: (n, C), n >= 1, on any device; labels: (n,) integers in [0, C). Returns a list of floats in
     [0, 100], 100 * hits / n for each k. Raises ValueError (InputError) for other shapes or labels outside [0, C).
     """
+    return [percent_of(hits) for hits in topk_hits(scores, labels, ks)]
+
+
+def percent_of(hits):
+    """100 * (true entries) / (entries) of a non-empty bool tensor: an accuracy in percent from ``topk_hits``."""
+    return int(hits.sum()) * 100 / len(hits)
+
+
+def topk_hits(scores, labels, ks=(1, 5)):
+    """For each k, a bool tensor (n,) on the device of ``scores``: whether row i's label is among its k highest
+    scores, ties and NaN counting against the label as ``topk_accuracy`` says (which counts these). Same arguments
+    and errors as ``topk_accuracy``."""
     if scores.dim() != 2 or len(scores) == 0:
         raise InputError(f'scores must have shape (n, C) with at least one row (no rows have no accuracy), got '
                          f'{tuple(scores.shape)}')
@@ -267,4 +279,4 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
     label_scores = scores.gather(1, labels.view(-1, 1))
     # "not lower" rather than ">=": a NaN on either side counts against the label; minus 1 for the label itself
     ahead = (~(scores < label_scores)).sum(dim=1) - 1
-    return [int((ahead < k).sum()) * 100 / len(labels) for k in ks]
+    return [ahead < k for k in ks]

@@ -34,7 +34,8 @@ def non_default(field, paths):
     special = {'images_dir': paths['dir'], 'checkpoint': paths['file'], 'labels_dir': paths['dir'],
                'feature_cache': paths['dir'], 'offline_accuracies': paths['file'], 'weights': 'IMAGENET1K_V1',
                'arch': 'resnet34', 'extract_layer': 'layer3', 'test_split': 'test', 'device': 'cpu',
-               'save_dir': paths['dir'], 'expt_name': 'named', 'heads': 'slda,ncm', 'dataset': 'imagefolder'}
+               'save_dir': paths['dir'], 'expt_name': 'named', 'heads': 'slda,ncm', 'dataset': 'imagefolder',
+               'split_file': paths['file']}
     if field.name in special:
         text = special[field.name]
         return text, field.metadata['parse'](text) if field.metadata['parse'] else text
@@ -78,6 +79,8 @@ def test_every_option_given_on_the_command_line_reaches_the_configuration(paths,
         argv += ['--class_increment', '5']
     if field.name == 'projection_seed':
         argv += ['--random_projection', '16']
+    if field.name == 'class_order_rng':     # it draws with a seed
+        argv += ['--class_order_seed', '5']
     built = cli.parse(chooser_argv(field.name, paths) + argv)
     assert find(built, field.name) == expected
 

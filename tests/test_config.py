@@ -20,7 +20,7 @@ def test_a_setting_that_is_not_one_is_a_type_error():
 # (command line, setting refused or None where the driver refuses it, flag named, whole message for one per kind)
 @pytest.mark.parametrize('argv,name,flag,message', [
     (['--images_dir', '{root}', '--dataset', 'digits'], 'images_dir', '--images_dir',
-     '--images_dir is for --dataset imagenet, imagefolder, core50; --dataset digits does not use it'),
+     '--images_dir is for --dataset imagenet, imagefolder, core50, cifar100, cifar10; --dataset digits does not use it'),
     (['--image_size', 64], 'image_size', '--image_size', None),
     (['--test_split', 'test'], 'test_split', '--test_split', None),
     (['--skip_bad_images'], 'skip_bad_images', '--skip_bad_images', None),

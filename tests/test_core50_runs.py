@@ -74,10 +74,18 @@ def test_iid_and_instance_batches_are_fixed_sizes_evaluated_on_all_test_images(r
         rows = summary(runs[name])['increments']
         assert [row['test_images'] for row in rows] == [90] * 5
         assert [row['train_images_so_far'] for row in rows] == [48, 96, 144, 192, 240]
+        # every category's 9 test images after every batch: its accuracy after each, as the iid orderings report it
+        assert all(row['test_images_per_class'] == [9] * 10 for row in rows)
+        metrics = summary(runs[name])['metrics']['slda']
+        assert metrics['per_class_top1'] == [[100 * hits / 9 for hits in row['heads']['slda']['top1_hits_per_class']]
+                                             for row in rows]
+        assert metrics['per_class_final_top1'] == metrics['per_class_top1'][-1]
+        assert len(metrics['per_class_forgetting']) == 10
         assert sorted(os.listdir(runs[name])) == sorted(
             [f'{kind}_batch_{i}.{ext}' for i in range(1, 6) for kind, ext in
              (('preds', 'pt'), ('accuracies', 'json'), ('slda_model_weights', 'pth'))] +
-            ['slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt', '.lock'])
+            ['slda_model_weights_final.pth', 'config.json', 'summary.json', 'accuracy_matrix.csv',
+             'stream_order.txt', '.lock'])
     assert clips_in_order(stream(runs['instance']))
     assert not clips_in_order(stream(runs['iid']))
 

@@ -35,8 +35,8 @@ def test_digits_reduced_configuration(tmp_path, capsys):
                     capsys)
     assert code == 0, out.err
     expected = increment_files(3) | increment_files(6) | {
-        'slda_model_weights_final.pth', 'config.json', 'summary.json', 'stream_order.txt', '.lock',
-        'digits_train_labels.npy', 'digits_val_labels.npy'}
+        'slda_model_weights_final.pth', 'config.json', 'summary.json', 'accuracy_matrix.csv', 'stream_order.txt',
+        '.lock', 'digits_train_labels.npy', 'digits_val_labels.npy'}
     assert set(os.listdir(save)) == expected
     train_labels = np.load(save / 'digits_train_labels.npy')           # sorted class order: positions = labels
     expected_order = [f'{1 + label // 3}\t{index}' for index, label in enumerate(train_labels) if label < 6]
@@ -179,7 +179,7 @@ def test_resuming_a_finished_run_leaves_it_as_it_is(tmp_path, capsys):
 def test_an_unexpected_error_keeps_its_traceback_and_is_logged_in_the_save_folder(tmp_path, monkeypatch):
     def broken(scores, labels):
         raise ValueError('a bug deep in a library')
-    monkeypatch.setattr(experiment, 'topk_accuracy', broken)
+    monkeypatch.setattr(experiment, 'topk_hits', broken)
     with pytest.raises(ValueError, match='a bug deep in a library'):
         run(['--num_classes', 4, '--save_dir', tmp_path / 'out'])
     log = (tmp_path / 'out' / 'error.log').read_text()

@@ -45,16 +45,22 @@ def accuracies(folder):
     return curves
 
 
-def test_plot_results_draws_a_fresh_run_and_a_stored_one_and_tabulates_their_summaries(tmp_path, capsys, drawn):
+def test_plot_results_draws_a_fresh_run_and_a_stored_one_and_tabulates_their_summaries(tmp_path, capsys, drawn,
+                                                                                      monkeypatch):
     """A run of today's experiment.py with an offline head, beside the stored folder."""
+    matrices = []
+    draw_matrix = plot_results.draw_matrix
+    monkeypatch.setattr(plot_results, 'draw_matrix', lambda figure, axis, name, matrix: (
+        matrices.append(matrix), draw_matrix(figure, axis, name, matrix)))
     assert run(['--num_classes', 4, '--heads', 'slda,ncm,offline', '--no-streaming_update_sigma', '--expt_name',
                 'fresh', '--save_dir', tmp_path / 'fresh'])[0] == 0
     code, out, rows = draw([tmp_path / 'fresh', ARGUMENTS], tmp_path, capsys)
     assert code == 0
     with Image.open(tmp_path / 'figure' / 'f.png') as image:
-        assert image.size == (1500, 600)
+        assert image.size == (2250, 600)        # the curves, and the fresh run's accuracy matrix: the stored has none
         assert len(image.convert('RGB').getcolors(maxcolors=1 << 20)) > 50    # lines, text, markers: not blank
     assert (tmp_path / 'figure' / 'f.md').read_text() in out.out
+    assert matrices == [read(tmp_path / 'fresh', 'summary.json')['metrics']['slda']['accuracy_matrix']]
     for folder, name in ((tmp_path / 'fresh', 'fresh'), (ARGUMENTS, 'arguments_layout')):
         summary = read(folder, 'summary.json')
         versus = summary['omega_vs_offline'] or {}
@@ -65,6 +71,11 @@ def test_plot_results_draws_a_fresh_run_and_a_stored_one_and_tabulates_their_sum
             assert rows[(name, head)][5:7] == [f'{top1[-1]:.2f}', f'{top5[-1]:.2f}']
             assert rows[(name, head)][8] == (f'{versus[head]["top1"]:.3f} / {versus[head]["top5"]:.3f}'
                                             if head in versus else '')
+            assert rows[(name, head)][11] == f'{statistics.mean(top1):.2f} / {statistics.mean(top5):.2f}'
+            recorded = (summary.get('metrics') or {}).get(head)     # in the fresh run only
+            assert rows[(name, head)][12:] == ([f'{recorded[key]:.2f}' for key in ('average_forgetting',
+                                                                                 'backward_transfer')]
+                                               if recorded else ['', ''])
     assert rows[('fresh', 'offline')][3] == 'fixed' and rows[('fresh', 'ncm')][8] != ''
 
 

@@ -9,10 +9,11 @@ import statistics
 import pytest
 
 import summarize_runs
-from run_folders import ARGUMENTS, FRACTIONS, arguments, copy_run, read, schema_2, table_rows, unfinished
+from run_folders import ARGUMENTS, FRACTIONS, arguments, copy_run, read, schema_2, table_rows, unfinished, write
 
 # Columns of the table.
-DATASET, ORDERING, COVARIANCE, RUNS, TOP1, TOP5, OMEGA1, OMEGA5, SEEDS, SETTINGS = range(10)
+DATASET, ORDERING, COVARIANCE, RUNS, TOP1, TOP5, OMEGA1, OMEGA5, AVERAGE1, AVERAGE5, FORGETTING, SEEDS, SETTINGS = \
+    range(13)
 
 
 def summarize(folders, capsys, *flags):
@@ -131,3 +132,22 @@ def test_a_seed_set_in_one_row_and_not_another_is_named(tmp_path, capsys):
     code, _, rows = summarize(folders, capsys)
     assert code == 0 and len(rows) == 2
     assert sorted(row[SETTINGS] for row in rows) == ['class_order_seed=3', 'class_order_seed=None']
+
+
+def test_average_incremental_accuracy_and_forgetting_are_averaged_over_seeds_where_recorded(tmp_path, capsys):
+    forgetting = [4.0, 7.5]
+    folders = []
+    for seed, value in enumerate(forgetting):
+        folder, _, summary = schema_2(tmp_path / f'new{seed}', seed)
+        summary['metrics'] = {'slda': {'average_forgetting': value, 'backward_transfer': -value}}
+        write(folder, 'summary.json', summary)
+        folders.append(folder)
+    code, _, rows = summarize(folders + [copy_run(ARGUMENTS, tmp_path / 'old')], capsys)
+    assert code == 0
+    new = next(row for row in rows if row[RUNS] == '2')
+    old = next(row for row in rows if row[RUNS] == '1')
+    curves = [row['heads']['slda'] for row in summary['increments']]
+    for column, key in ((AVERAGE1, 'top1'), (AVERAGE5, 'top5')):
+        assert new[column] == f'{statistics.mean(c[key] for c in curves):.2f} ± 0.00'
+    assert new[FORGETTING] == f'{statistics.mean(forgetting):.2f} ± {statistics.stdev(forgetting):.2f}'
+    assert old[FORGETTING] == '' and old[AVERAGE1] == new[AVERAGE1].split(' ±')[0]    # the same run, earlier layout
