@@ -114,6 +114,8 @@ class Experiment:
             for batch, following in zip(plan[first:], plan[first + 1:] + [None]):
                 crash_point('increment_start')
                 row, probabilities = fit_and_evaluate(heads, batch, following, train, test, device)
+                if config.slda.shrinkage == 'oas':
+                    row['heads']['slda']['shrinkage'] = heads['slda'].shrinkage_used
                 if open_set:
                     row['open_set'], scores = open_set.evaluate(heads['slda'], test, batch)
                     folder.record_scores(batch, scores)

@@ -20,7 +20,7 @@ import torch
 
 from errors import InputError
 from options import Settings, at_least, fraction, option, positive
-from slda_model import StreamingLDA
+from slda_model import COVARIANCE_UPDATES, StreamingLDA
 
 
 class BaselineState:
@@ -151,6 +151,11 @@ class NoOptions(Settings):
     """An output layer without options of its own."""
 
 
+def number_or_oas(text):
+    """--shrinkage's text: 'oas', or a number."""
+    return text if text == 'oas' else float(text)
+
+
 @dataclass(frozen=True)
 class SLDAOptions(Settings):
     plastic_covariance: bool = option(
@@ -158,7 +163,13 @@ class SLDAOptions(Settings):
               'initialisation\'s covariance fixed (default: the dataset\'s: fixed for imagenet, as in the '
               'original, plastic elsewhere)', flags=('--streaming_update_sigma',),
         off_flags=('--no-streaming_update_sigma',))
-    shrinkage: float = option(1e-4, 'covariance shrinkage', metavar='EPS', check=fraction)
+    shrinkage: object = option(1e-4, 'covariance shrinkage: a number in [0, 1], or oas for the Oracle Approximating '
+                                     'Shrinkage of the current covariance at every rebuild of the classifier (the value '
+                                     'used is in summary.json)', metavar='EPS', parse=number_or_oas,
+                               check=lambda value: None if value == 'oas' else fraction(value))
+    covariance_update: str = option('paper', 'how the covariance learns: paper, the paper\'s rule; pooled, the exact '
+                                             'pooled within-class covariance, whatever the order of the stream',
+                                    choices=COVARIANCE_UPDATES)
     mask_unseen_classes: bool = option(False, 'give classes not seen yet a score of -inf (the paper does not)')
     slda_dtype: str = option('float32', 'precision of the SLDA state', choices=('float32', 'float64'))
 
@@ -185,7 +196,8 @@ class HeadEntry:
 def build_slda(options, slda, feature_dim, num_classes, device):
     return StreamingLDA(feature_dim, num_classes, shrinkage_param=options.shrinkage,
                         streaming_update_sigma=options.plastic_covariance, device=device,
-                        dtype=getattr(torch, options.slda_dtype), mask_unseen_classes=options.mask_unseen_classes)
+                        dtype=getattr(torch, options.slda_dtype), mask_unseen_classes=options.mask_unseen_classes,
+                        covariance_update=options.covariance_update)
 
 
 HEADS = {entry.name: entry for entry in [

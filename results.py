@@ -109,10 +109,11 @@ def covariance_detail(config):
     """What SLDA's covariance is in a run of ``config``, in words (config.json's covariance_detail, the console).
     A fixed covariance keeps the one it starts from: without a base initialisation that is the identity, and
     SLDA is then exactly nearest class mean, whatever "fixed" suggests."""
+    pooled = config.slda.covariance_update == 'pooled'
     if config.slda.plastic_covariance:
-        return 'plastic (updated by every sample)'
+        return 'plastic (the exact pooled within-class covariance)' if pooled else 'plastic (updated by every sample)'
     if config.stream.base_init:
-        return "fixed (the base initialisation's estimate, kept)"
+        return f"fixed (the base initialisation's {'pooled ' if pooled else ''}estimate, kept)"
     return 'fixed (identity: no base initialisation, so nearest class mean)'
 
 

@@ -1,12 +1,15 @@
 """StreamingLDA beyond the paper's rule: the exact pooled covariance and merge, OAS shrinkage, a model that grows,
 each against an independent computation (numpy, scikit-learn)."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from sklearn.covariance import OAS
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from slda_model import StreamingLDA
+from conftest import run
+from slda_model import StreamingLDA, oas_shrinkage
 
 
 def stream(seed=0, n=300, d=5, classes=4):
@@ -124,3 +127,16 @@ def test_a_model_that_grows_equals_one_declared_with_its_final_size(update):
     reloaded = StreamingLDA(5, None, device='cpu', dtype=torch.float64)
     reloaded.load_state_dict(growing.state_dict())
     torch.testing.assert_close(reloaded.decision_function(test), declared.decision_function(test))
+
+
+def test_a_run_records_the_oas_shrinkage_of_each_batch(tmp_path):
+    save = tmp_path / 'out'
+    assert run(['--num_classes', 4, '--shrinkage', 'oas', '--covariance_update', 'pooled', '--save_dir', save])[0] == 0
+    rows = json.loads((save / 'summary.json').read_text())['increments']
+    saved = json.loads((save / 'config.json').read_text())
+    assert saved['covariance_detail'] == 'plastic (the exact pooled within-class covariance)'
+    for row in rows:
+        state = torch.load(save / f'slda_model_weights_min_trained_0_max_trained_{row["classes_seen"]}.pth',
+                           weights_only=True)
+        expected = oas_shrinkage(state['Sigma'], state['num_updates'])
+        assert row['heads']['slda']['shrinkage'] == pytest.approx(expected) and 0 < expected < 1
