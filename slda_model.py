@@ -381,11 +381,12 @@ class StreamingLDA(nn.Module):
         y for a label outside [0, num_classes) or a count other than B; TypeError for non-numeric x or y.
         """
         X = as_tensor(x, 'x').detach()     # the buffers need no grad: with X detached, nothing is recorded
+        if 0 < (X.shape[0] if X.dim() == 2 else 1) <= FIT_PER_SAMPLE_ROWS:
+            update = self._fit_pooled_samples if self.covariance_update == 'pooled' else self._fit_samples
+            update(*self._check_few(X, y, 'x'))
+            return self
         if self.covariance_update == 'pooled':
             return self._fit_pooled(X, y)
-        if 0 < (X.shape[0] if X.dim() == 2 else 1) <= FIT_PER_SAMPLE_ROWS:
-            self._fit_samples(*self._check_few(X, y, 'x'))
-            return self
         X, y = self._check_batch(X, y, 'x', convert=False)
         if X.shape[0] == 0:
             return self
@@ -435,6 +436,22 @@ class StreamingLDA(nn.Module):
         self.muK[labels] = (self.muK[labels].to(torch.float64) + run_sums / new_counts[:, None]).to(self.dtype)
         self.cK[labels] = new_counts
         self.num_updates += B
+
+    def _fit_pooled_samples(self, rows, labels):
+        """covariance_update='pooled' row by row, in place (Welford's update per class): with r = z - mu_k and
+        c = c_k before the sample and N samples in all, Sigma <- (N Sigma + (c / (c + 1)) r r^T) / (N + 1), then
+        mu_k <- mu_k + r / (c + 1)."""
+        seen = int(self.num_updates)
+        for z, label in zip(rows, labels):
+            mean, count = self.muK[label], int(self.cK[label])
+            if self.streaming_update_sigma:
+                residual = z - mean
+                self.Sigma.addr_(residual, residual, beta=seen / (seen + 1),
+                                 alpha=count / ((count + 1) * (seen + 1)))
+            mean.lerp_(z, 1 / (count + 1))
+            self.cK[label] += 1
+            seen += 1
+        self.num_updates.fill_(seen)
 
     def _fit_pooled(self, X, y):
         """``fit`` with covariance_update='pooled': per chunk, the class means, counts and pooled scatter
