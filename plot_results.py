@@ -69,11 +69,16 @@ def plot_runs(runs, path):
     label, field = x_axis(runs)
     matrices = [(name, run.accuracy_matrix['slda']) for run, name in zip(runs, labels(runs))
                 if len(run.accuracy_matrix.get('slda', ())) > 1][:MAX_HEATMAPS]
-    figure, axes = plt.subplots(1, 2 + len(matrices), figsize=(5 * (2 + len(matrices)), 4), dpi=150, squeeze=False)
+    novelty = [(run, name) for run, name in zip(runs, labels(runs)) if run.novelty_auroc]
+    curves = 2 + bool(novelty)
+    figure, axes = plt.subplots(1, curves + len(matrices), figsize=(5 * (curves + len(matrices)), 4), dpi=150,
+                                squeeze=False)
     axes = axes[0]
     axes[1].sharex(axes[0])
-    for axis, (name, matrix) in zip(axes[2:], matrices):
+    for axis, (name, matrix) in zip(axes[curves:], matrices):
         draw_matrix(figure, axis, name, matrix)
+    if novelty:
+        draw_novelty(axes[2], novelty, label, field)
     for run, name in zip(runs, labels(runs)):
         for head in run.heads:
             for axis, values in zip(axes, (run.top1[head], run.top5[head])):
@@ -94,6 +99,20 @@ def plot_runs(runs, path):
     figure.savefig(buffer, format='png')
     plt.close(figure)
     write_output(path, atomic_write, lambda f: f.write(buffer.getvalue()))
+
+
+def draw_novelty(axis, runs, label, field):
+    """The novelty AUROCs of --ood_classes runs ([(runs.Run, name)]) after each batch on ``axis``."""
+    for run, name in runs:
+        for score, values in run.novelty_auroc.items():
+            axis.plot(getattr(run, field), values, marker='o', markersize=3, label=f'{name} ({score})')
+    axis.axhline(0.5, color='grey', linewidth=0.8, linestyle=':')
+    axis.set_title('novelty AUROC (held-out classes)')
+    axis.set_xlabel(label)
+    axis.set_ylabel('AUROC')
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc='lower left')
 
 
 def draw_matrix(figure, axis, name, matrix):

@@ -52,6 +52,8 @@ class Run:
     results_settings    {name: value} of every setting that changes results (names: see the module's docstring)
     seeds         {name: value} of the results settings that seed a random choice and are set
     schema_version      2 for folders of this release, 1 for earlier layouts
+    novelty_auroc {score: AUROC after each batch} of --ood_classes runs (open_set.py: 'mahalanobis', 'msp'); empty
+                  for others
     """
     name: str
     folder: str
@@ -78,6 +80,7 @@ class Run:
     results_settings: dict
     seeds: dict
     schema_version: int = 1     # of config.json: 2 for this release, 1 for the layouts before it
+    novelty_auroc: dict = dataclasses.field(default_factory=dict)
 
     def setting(self, field):
         """The results setting named ``field`` in any layout ('class_increment' finds "stream.class_increment"
@@ -180,6 +183,8 @@ def normalise(folder, summary, name, dataset, ordering, covariance, unit, result
                images_per_second=summary.get('images_per_second'),
                wall_seconds=summary.get('seconds', {}).get('total_this_process'),
                results_settings=results_settings,
+               novelty_auroc={score: tuple(row['open_set']['auroc'][score] for row in rows)
+                              for score in (rows[0]['open_set']['auroc'] if rows and 'open_set' in rows[0] else ())},
                seeds={name: value for name, value in results_settings.items() if is_seed(name) and value is not None})
 
 

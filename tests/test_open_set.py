@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 import backbones
 import data
+import runs
 from conftest import assert_one_line_error, run
 from features import FeatureExtractor
 from slda_model import StreamingLDA
@@ -68,5 +69,8 @@ def test_a_run_with_held_out_classes_reports_aurocs_of_its_saved_scores(tmp_path
         centred = rows_scored[:, None, :] - means[None]
         distances = torch.einsum('nkd,de,nke->nk', centred, precision, centred)
         torch.testing.assert_close(scores['mahalanobis'], distances.min(dim=1).values, rtol=1e-4, atol=1e-3)
+    loaded = runs.load_run(str(save))           # what plot_results.py draws
+    assert loaded.novelty_auroc == {score: tuple(row['open_set']['auroc'][score] for row in rows)
+                                    for score in ('mahalanobis', 'msp')}
     code, out = run(['--ood_classes', 10, '--save_dir', tmp_path / 'all'], capsys)
     assert_one_line_error(code, out, '--ood_classes 10', 'at least one must be streamed')
