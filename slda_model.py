@@ -4,6 +4,7 @@ One mean and one count per class and a single covariance matrix shared by all cl
 at a time in a single pass. ``fit`` applies the paper's per-sample rule to a whole batch at once, exactly:
 the model after ``fit(X, y)`` equals the model after calling the per-sample rule on the rows of X in order.
 """
+import functools
 import math
 import operator
 import os
@@ -23,6 +24,7 @@ FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
 FIT_PER_SAMPLE_ROWS = 4
 
 
+@functools.cache
 def feature_limit(dtype):
     """The largest feature magnitude a model of this floating ``dtype`` accepts: about 1.8e13 for float32 and
     1.1e71 for float64.
@@ -108,15 +110,16 @@ def class_runs(y):
     return order, starts, ends - starts, y_sorted[starts]
 
 
-def prefix_sums(rows, block=32):
+def prefix_sums(rows, block=32, out=None):
     """(B + 1, d) float64 sums of the first i rows, i = 0..B. Differences of it give sums over runs of rows
-    without atomic additions, so results are the same from run to run on any device.
+    without atomic additions, so results are the same from run to run on any device. ``out``: a float64
+    (B + 1, d) tensor to write them into (a reused buffer spares the allocation), else a new one.
 
     Summed within blocks of ``block`` rows, then the blocks' totals carried over: the same sums as one
     cumsum down the rows, faster on the CPU because the blocks are independent.
     """
     n, d = rows.shape
-    prefix = torch.empty(n + 1, d, dtype=torch.float64, device=rows.device)
+    prefix = torch.empty(n + 1, d, dtype=torch.float64, device=rows.device) if out is None else out
     prefix[0] = 0
     sums = prefix[1:]
     whole = n - n % block
@@ -235,23 +238,23 @@ class StreamingLDA(nn.Module):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
         # Checked in X's own dtype, before any conversion, against a limit far inside the model dtype's range:
         # a value within it stays finite once converted, so the check holds for the converted rows too (a
-        # float64 value beyond float32's range is beyond the limit). aminmax is one cheap reduction and propagates
-        # NaN; one .tolist() is one device synchronisation, which counts when a stream fits one sample per call.
-        if X.numel():
-            low, high = torch.stack(torch.aminmax(X)).tolist()
-            limit = feature_limit(self.dtype)
-            if not -limit <= low <= high <= limit:
-                rows = X.reshape(-1, self.input_shape)
-                non_finite = ~torch.isfinite(rows).all(dim=1)
-                if non_finite.any():
-                    raise InputError(f'{name} contains NaN or infinite values (first in row '
-                                     f'{torch.nonzero(non_finite)[0].item()})')
-                first = torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
-                raise InputError(f'{name} has values beyond +-{limit:.3g}, where the {self.dtype} covariance '
-                                 f'would overflow (first in row {first}); scale the features or use '
-                                 f'dtype=torch.float64')
+        # float64 value beyond float32's range is beyond the limit). The largest magnitude is two cheap
+        # element-wise passes and propagates NaN; one .item() is one device synchronisation, which counts when
+        # a stream fits one sample per call.
+        muK = self._buffers['muK']
+        limit = feature_limit(muK.dtype)
+        if X.numel() and not X.abs().amax().item() <= limit:
+            rows = X.reshape(-1, self.input_shape)
+            non_finite = ~torch.isfinite(rows).all(dim=1)
+            if non_finite.any():
+                raise InputError(f'{name} contains NaN or infinite values (first in row '
+                                 f'{torch.nonzero(non_finite)[0].item()})')
+            first = torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
+            raise InputError(f'{name} has values beyond +-{limit:.3g}, where the {muK.dtype} covariance '
+                             f'would overflow (first in row {first}); scale the features or use '
+                             f'dtype=torch.float64')
         if convert:
-            X = X.to(device=self.device, dtype=self.dtype)
+            X = X.to(device=muK.device, dtype=muK.dtype)
         return X
 
     def _check_labels(self, y, rows, features_name):
@@ -280,10 +283,11 @@ class StreamingLDA(nn.Module):
 
     def _check_few(self, X, y, name):
         """Validation for the per-sample path: the rows of X as (d,) tensors on the model's device and dtype,
-        the labels as Python ints."""
+        the labels as Python ints. A label given as a Python int (a stream's usual one) skips the tensor
+        conversion."""
         X = self._check_features(X, name)
         rows = (X,) if X.dim() == 1 else X.unbind(0)
-        labels = self._check_labels(y, len(rows), name).tolist()
+        labels = [y] if type(y) is int and len(rows) == 1 else self._check_labels(y, len(rows), name).tolist()
         for label in labels:
             if not 0 <= label < self.num_classes:
                 raise self._label_outside(label)
@@ -294,12 +298,14 @@ class StreamingLDA(nn.Module):
         """Stream samples into the model: one sample (x: (d,), y: scalar) or a batch (x: (B, d), y: (B,)).
         Returns the model.
 
-        The result equals applying the paper's per-sample rule to the rows in order: with S = t Sigma, each
-        sample adds (t / (t + 1)) r r^T to S, where t is the global update count before the sample and
-        r = z - (its class mean before the sample). A few rows (a true stream's one sample per call) are
-        updated in place one at a time; a larger batch in one vectorised pass, which gives the same model to
-        rounding error. An empty batch (y may be an empty list) is a no-op. X may be float16 or on another
-        device: each pass converts only its rows.
+        The result equals applying the paper's per-sample rule to the rows in order (README, "How the
+        batched update works"): with S = t Sigma, each sample adds (t / (t + 1)) r r^T to S, where t is the
+        global update count before the sample and r = z - (its class mean before the sample), then
+        mu_k <- mu_k + (z - mu_k) / (c_k + 1). A few rows (a true stream's one sample per call) are updated in
+        place one at a time; a larger batch in vectorised passes, which give the same model to rounding error.
+        With a fixed covariance a batch costs O(B d): only the per-class sums and counts are touched. An empty
+        batch (y may be an empty list) is a no-op. X may be float16 or on another device: each pass converts
+        only its rows.
 
         Raises, before anything changes: ValueError naming x for a shape other than (B, d) or (d,) (a scalar
         is not a sample, even when d = 1), NaN, infinity or values beyond ``feature_limit``; ValueError naming
@@ -312,52 +318,98 @@ class StreamingLDA(nn.Module):
         X, y = self._check_batch(X, y, 'x', convert=False)
         if X.shape[0] == 0:
             return self
-        t = int(self.num_updates)
         chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
-        for start in range(0, X.shape[0], chunk):
-            rows = X[start:start + chunk].to(device=self.device, dtype=self.dtype)
-            self._fit_chunk(rows, y[start:start + chunk], t + start)
+        if self.streaming_update_sigma:
+            self._fit_plastic(X, y, chunk)
+        else:
+            self._fit_means(X, y, chunk)
         return self
 
     def _fit_samples(self, rows, labels):
         """The per-sample rule row by row, in place: Sigma <- (t / (t + 1)) Sigma + (t / (t + 1)^2) r r^T with
         r = z - mu_k, then mu_k <- mu_k + (z - mu_k) / (c_k + 1)."""
-        t = int(self.num_updates) if self.streaming_update_sigma else 0
+        buffers = self._buffers
+        muK, cK, Sigma, num_updates = buffers['muK'], buffers['cK'], buffers['Sigma'], buffers['num_updates']
+        plastic = self.streaming_update_sigma
+        t = int(num_updates) if plastic else 0
         for z, label in zip(rows, labels):
-            mean, count = self.muK[label], self.cK[label]
-            if self.streaming_update_sigma:
+            mean, count = muK[label], cK[label]
+            if plastic:
                 residual = z - mean
-                self.Sigma.addr_(residual, residual, beta=t / (t + 1), alpha=t / (t + 1) ** 2)
+                Sigma.addr_(residual, residual, beta=t / (t + 1), alpha=t / (t + 1) ** 2)
                 t += 1
-            mean.lerp_(z, 1 / (int(count) + 1))
+            mean.lerp_(z, 1 / (count.item() + 1))
             count.add_(1)
-        self.num_updates.add_(len(labels))
+        num_updates.add_(len(labels))
 
-    def _fit_chunk(self, X, y, t0):
-        """One vectorised pass; t0 is the number of updates before the chunk."""
+    def _fit_means(self, X, y, chunk):
+        """A batch with a fixed covariance: mu_k <- mu_k + sum(z - mu_k) / (c_k + n_k) over the n_k rows of
+        class k, the per-sample rule's result, with mu_k the mean before the batch. The centred rows are summed
+        per class in float64 (``index_add_``, in stream order), ``chunk`` rows at a time through two reused
+        buffers; nothing of size d x d is touched."""
+        labels, slots, counts = torch.unique(y, return_inverse=True, return_counts=True)
+        d = self.input_shape
+        sums = torch.zeros(len(labels), d, dtype=torch.float64, device=self.device)
+        rows = min(chunk, X.shape[0])
+        centred = torch.empty(rows, d, dtype=self.dtype, device=self.device)
+        wide = torch.empty(rows, d, dtype=torch.float64, device=self.device)
+        for start in range(0, X.shape[0], chunk):
+            block = X[start:start + chunk].to(device=self.device, dtype=self.dtype)
+            n = block.shape[0]
+            torch.index_select(self.muK, 0, y[start:start + n], out=centred[:n])
+            torch.sub(block, centred[:n], out=centred[:n])
+            sums.index_add_(0, slots[start:start + n], wide[:n].copy_(centred[:n]))
+        self._add_class_sums(labels, counts, sums)
+
+    def _add_class_sums(self, labels, counts, sums):
+        """mu_k <- mu_k + sums_k / (c_k + counts_k) in float64 and c_k <- c_k + counts_k for the classes
+        ``labels`` (R,), with ``sums`` (R, d) the float64 sums of their new rows centred on mu_k."""
+        new_counts = self.cK[labels] + counts
+        self.muK[labels] = (self.muK[labels].to(torch.float64) + sums / new_counts[:, None]).to(self.dtype)
+        self.cK[labels] = new_counts
+        self.num_updates += counts.sum()
+
+    def _fit_plastic(self, X, y, chunk):
+        """A batch with a plastic covariance, ``chunk`` rows per vectorised pass (``_fit_chunk``), through
+        work buffers allocated once per call and reused by every pass."""
+        rows = min(chunk, X.shape[0])
+        d, device = self.input_shape, self.device
+        work = {'rows': torch.empty(rows, d, dtype=self.dtype, device=device),
+                'shifts': torch.empty(rows, d, dtype=self.dtype, device=device),
+                'prefix': torch.empty(rows + 1, d, dtype=torch.float64, device=device),
+                'wide': torch.empty(rows, d, dtype=torch.float64, device=device),
+                'scatter': torch.empty(d, d, dtype=self.dtype, device=device)}
+        t = int(self.num_updates)
+        for start in range(0, X.shape[0], chunk):
+            block = X[start:start + chunk].to(device=device, dtype=self.dtype)
+            self._fit_chunk(block, y[start:start + chunk], t + start, work)
+
+    def _fit_chunk(self, X, y, t0, work):
+        """One vectorised pass of the plastic update over B rows; t0 is the number of updates before it and
+        ``work`` holds ``_fit_plastic``'s buffers (at least B rows each).
+
+        In class-sorted order (stable, so each class keeps its stream order), with u = z - mu_k the rows
+        centred on the class mean before the pass, a row's class mean before it is mu_k + Q / (c_k + n), Q the
+        sum of the u of the n earlier same-class rows of the pass (float64 prefix sums). Its residual is
+        r = u - Q / (c_k + n), and S = t Sigma gains R^T diag(w) R, w = t / (t + 1) per row, in one GEMM.
+        """
         B = X.shape[0]
-        # Work in class-sorted order (stable, so each class keeps its stream order) on rows centred on the
-        # class mean before the batch, u = z - mu_k. A row's pre-update class mean is then mu_k + Q / (c_k + n),
-        # with Q the sum of the u of the n earlier same-class rows of the batch (prefix sums in float64).
         order, starts, lengths, labels = class_runs(y)
         y_sorted = y[order]
-        u = X[order] - self.muK[y_sorted]
-        prefix = prefix_sums(u)
-        if self.streaming_update_sigma:
-            first_row = starts.repeat_interleave(lengths)
-            rows = torch.arange(B, device=X.device)
-            seen_before = self.cK[y_sorted] + (rows - first_row)
-            mean_shift = (prefix[:-1] - prefix[first_row]) / seen_before.clamp(min=1)[:, None]
-            residual = u - mean_shift.to(self.dtype)
-            steps = (t0 + order).to(torch.float64)       # global step of each row in stream order
-            weights = (steps / (steps + 1)).to(self.dtype)
-            scatter = (residual * weights[:, None]).T @ residual
-            self.Sigma.copy_((t0 * self.Sigma + scatter) / (t0 + B))
-        new_counts = self.cK[labels] + lengths
-        run_sums = prefix[starts + lengths] - prefix[starts]
-        self.muK[labels] = (self.muK[labels].to(torch.float64) + run_sums / new_counts[:, None]).to(self.dtype)
-        self.cK[labels] = new_counts
-        self.num_updates += B
+        u, shifts, wide = work['rows'][:B], work['shifts'][:B], work['wide'][:B]
+        torch.index_select(X, 0, order, out=u)
+        u.sub_(torch.index_select(self.muK, 0, y_sorted, out=shifts))
+        prefix = prefix_sums(u, out=work['prefix'][:B + 1])
+        first_row = starts.repeat_interleave(lengths)
+        seen_before = self.cK[y_sorted] + (torch.arange(B, device=X.device) - first_row)
+        torch.sub(prefix[:-1], torch.index_select(prefix, 0, first_row, out=wide), out=wide)
+        wide.div_(seen_before.clamp(min=1).to(torch.float64)[:, None])
+        u.sub_(shifts.copy_(wide))                       # u now holds the residuals r
+        steps = (t0 + order).to(torch.float64)           # global step of each row in stream order
+        weights = (steps / (steps + 1)).to(self.dtype)
+        scatter = torch.mm(torch.mul(u, weights[:, None], out=shifts).T, u, out=work['scatter'])
+        self.Sigma.mul_(t0).add_(scatter).div_(t0 + B)
+        self._add_class_sums(labels, lengths, prefix[starts + lengths] - prefix[starts])
 
     @torch.no_grad()
     def fit_base(self, X, y):
