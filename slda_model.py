@@ -22,6 +22,10 @@ FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
 # Batches of at most this many rows are fitted one row at a time with in-place rank-1 updates: for a true
 # stream, one sample per call, sorting and prefix sums cost more than they save.
 FIT_PER_SAMPLE_ROWS = 4
+# Scores are computed for the seen classes only, but for at least this many columns: MKL's kernels for
+# narrower products round differently from the full product's, and at least 16 columns (one AVX-512 register of
+# float32) give each score the same bits as the full product.
+MIN_SCORED_COLUMNS = 16
 
 
 @functools.cache
@@ -437,26 +441,35 @@ class StreamingLDA(nn.Module):
 
     # ------------------------------------------------------------------ prediction
     def _classifier(self):
-        """(W (d, C), b (C,)) of the linear classifier, computed once per change of the model.
+        """(columns, W (d, k), b (k,)) of the linear classifier for the k classes whose scores are computed,
+        computed once per change of the model: ``columns`` (k,) are those classes, the seen ones padded with
+        unseen ones to at least ``MIN_SCORED_COLUMNS`` (or to all C), or None for all C classes.
 
-        It depends on muK, Sigma and shrinkage_param alone. A buffer can change without this class knowing
-        (assigned anew, edited in place by the user), so the cache records which tensors it was derived from
-        and their version counters, which every in-place operation advances; comparing them costs nothing
-        per sample, unlike clearing a cache in every fit. Edits through ``.data`` or a numpy view of a
-        buffer bypass the version counter and are not seen. Tensors made under ``torch.inference_mode`` have no
-        version counter: with such buffers the classifier is computed afresh on every call.
+        A class with no sample has mu = 0, so its column of W and its b are exactly 0: its score is 0 without
+        computing it. W = Lambda M solves the shrunk covariance's Cholesky factor in float64 (README,
+        "Prediction"). It depends on muK, cK, Sigma and shrinkage_param alone. A buffer can change without
+        this class knowing (assigned anew, edited in place by the user), so the cache records which tensors it
+        was derived from and their version counters, which every in-place operation advances; comparing them
+        costs nothing per sample, unlike clearing a cache in every fit. Edits through ``.data`` or a numpy
+        view of a buffer bypass the version counter and are not seen. Tensors made under
+        ``torch.inference_mode`` have no version counter: with such buffers the classifier is computed afresh
+        on every call.
         """
-        muK, Sigma = self.muK, self.Sigma
-        trackable = not (muK.is_inference() or Sigma.is_inference())
-        stamp = (muK._version, Sigma._version, self.shrinkage_param) if trackable else None
+        muK, cK, Sigma = self.muK, self.cK, self.Sigma
+        trackable = not (muK.is_inference() or cK.is_inference() or Sigma.is_inference())
+        stamp = (muK._version, cK._version, Sigma._version, self.shrinkage_param) if trackable else None
         derived = self._derived
-        if (trackable and derived and derived['muK'] is muK and derived['Sigma'] is Sigma
+        if (trackable and derived and derived['muK'] is muK and derived['cK'] is cK and derived['Sigma'] is Sigma
                 and derived['stamp'] == stamp):
             return derived['head']
-        d = self.input_shape
+        d, C = self.input_shape, self.num_classes
+        seen = cK > 0
+        k = max(int(seen.sum()), MIN_SCORED_COLUMNS)
+        # The seen classes first, in class order, then the unseen ones: the first k, sorted, are the columns.
+        columns = None if k >= C else torch.argsort(~seen, stable=True)[:k].sort().values
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
-        shrunk = (1 - self.shrinkage_param) * self.Sigma.to(torch.float64) + self.shrinkage_param * eye
-        M = self.muK.to(torch.float64).T
+        shrunk = (1 - self.shrinkage_param) * Sigma.to(torch.float64) + self.shrinkage_param * eye
+        M = (muK if columns is None else muK[columns]).to(torch.float64).T
         L, info = torch.linalg.cholesky_ex(shrunk)
         if int(info) == 0:
             W = torch.cholesky_solve(M, L)
@@ -469,7 +482,8 @@ class StreamingLDA(nn.Module):
                 self._warned_not_pd = True
             W = torch.linalg.pinv(shrunk, hermitian=True) @ M
         b = -0.5 * (M * W).sum(dim=0)
-        derived.update(muK=muK, Sigma=Sigma, stamp=stamp, head=(W.to(self.dtype), b.to(self.dtype)))
+        derived.update(muK=muK, cK=cK, Sigma=Sigma, stamp=stamp,
+                       head=(columns, W.to(self.dtype), b.to(self.dtype)))
         return derived['head']
 
     def decision_function(self, X):
@@ -482,8 +496,12 @@ class StreamingLDA(nn.Module):
 
     @torch.no_grad()
     def predict(self, X, return_probas=False):
-        """Scores (n, C) = X W + b, or softmax probabilities, on the CPU; X: (n, d). The original's interface:
-        ``decision_function`` and ``predict_proba`` say the same by name.
+        """Scores (n, C) = X W + b, or their softmax probabilities over all C classes, on the CPU; X: (n, d).
+        The original's interface: ``decision_function`` and ``predict_proba`` say the same by name.
+
+        Only the seen classes' scores are computed (see ``_classifier``); the others are filled with the value
+        the full product gives them, 0 (mu = 0), or -inf with mask_unseen_classes. On the CPU each block of
+        ``test_batch_size`` rows is written straight into the output.
 
         Raises ValueError naming X for another shape, NaN, infinity or values beyond ``feature_limit``,
         TypeError for non-numeric X, and ValueError when mask_unseen_classes is on and no class has a sample
@@ -492,20 +510,29 @@ class StreamingLDA(nn.Module):
         X = as_tensor(X, 'X')
         if X.dim() != 2 or X.shape[1] != self.input_shape:
             raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
-        W, b = self._classifier()
+        columns, W, b = self._classifier()
+        fill = 0.0
         if self.mask_unseen_classes:
             seen = self.cK > 0
             if not seen.any():
                 raise InputError('mask_unseen_classes=True masks every class until one has a sample: fit the '
                                  'model before predicting')
-            b = torch.where(seen, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
+            fill = float('-inf')
+            b = b.masked_fill(~(seen if columns is None else seen[columns]), fill)
         out = torch.empty(X.shape[0], self.num_classes, dtype=self.dtype)
+        on_host = self.device.type == 'cpu'
         for start in range(0, X.shape[0], self.test_batch_size):
             chunk = self._check_features(X[start:start + self.test_batch_size], 'X')
-            scores = chunk @ W + b
+            rows = out[start:start + chunk.shape[0]]
+            scores = rows if on_host else torch.empty(rows.shape, dtype=self.dtype, device=self.device)
+            if columns is None:
+                torch.mm(chunk, W, out=scores).add_(b)
+            else:
+                scores.fill_(fill).index_copy_(1, columns, torch.mm(chunk, W).add_(b))
             if return_probas:
                 scores = torch.softmax(scores, dim=1)
-            out[start:start + chunk.shape[0]] = scores.cpu()
+            if scores is not rows:
+                rows.copy_(scores)
         return out
 
     @property
