@@ -17,6 +17,11 @@ import sys
 import time
 import traceback
 
+# OpenMP reads its wait policy once, when torch loads it. Threads that sleep while they wait, instead of
+# spinning, keep a run's parallel work fast when other processes share the cores (bench/README.md, "Threads");
+# a policy set in the environment is kept.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
 import torch
 
 import cli
@@ -228,17 +233,26 @@ def fit_and_evaluate(heads, batch, following, train, test, device, save_preds):
         fit_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
         scores = head.decision_function(X_test)
-        if name == 'slda' and save_preds:   # the original's preds files; its accuracies came from these, ours
-            probabilities = torch.softmax(scores, dim=1)        # from the scores
         top1, top5 = topk_accuracy(scores, y_test)
         # NaN or +inf scores (a learning rate too large): its accuracies mean nothing; -inf is a layer's way of
         # saying never (classes not seen yet). The largest score is NaN or +inf exactly then: one reduction.
         diverged = not bool(scores.amax() < float('inf'))
+        if name == 'slda' and save_preds:   # the original's preds files; its accuracies came from these, ours
+            probabilities = softmax_in_place(scores)            # from the scores
         del scores              # before the next layer scores
         row['heads'][name] = {'top1': top1, 'top5': top5, 'samples_seen': head.samples_seen,
                               'fit_seconds': round(fit_seconds, 3),
                               'eval_seconds': round(time.perf_counter() - tick, 3), 'diverged': diverged}
     return row, probabilities
+
+
+def softmax_in_place(scores, rows=1024):
+    """``scores`` (n, C) replaced by their softmax over the classes, ``rows`` rows at a time: the values of
+    ``torch.softmax(scores, dim=1)`` without a second (n, C) array. Returns scores."""
+    for start in range(0, len(scores), rows):
+        block = scores[start:start + rows]
+        block.copy_(torch.softmax(block, dim=1))
+    return scores
 
 
 def claim_folder(config, folder, group):

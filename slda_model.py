@@ -529,6 +529,9 @@ class StreamingLDA(nn.Module):
             b = b.masked_fill(~(seen if columns is None else seen[columns]), fill)
         out = torch.empty(X.shape[0], self.num_classes, dtype=self.dtype)
         on_host = self.device.type == 'cpu'
+        # the computed columns of a block, when they are not all: one buffer for every block
+        part = None if columns is None else torch.empty(min(self.test_batch_size, X.shape[0]), len(columns),
+                                                        dtype=self.dtype, device=self.device)
         for start in range(0, X.shape[0], self.test_batch_size):
             chunk = self._check_features(X[start:start + self.test_batch_size], 'X')
             rows = out[start:start + chunk.shape[0]]
@@ -536,7 +539,7 @@ class StreamingLDA(nn.Module):
             if columns is None:
                 torch.mm(chunk, W, out=scores).add_(b)
             else:
-                scores.fill_(fill).index_copy_(1, columns, torch.mm(chunk, W).add_(b))
+                scores.fill_(fill).index_copy_(1, columns, torch.mm(chunk, W, out=part[:len(chunk)]).add_(b))
             if return_probas:
                 scores = torch.softmax(scores, dim=1)
             if scores is not rows:

@@ -249,3 +249,9 @@ def test_the_preds_estimate_counts_what_each_setting_writes(tmp_path, monkeypatc
         (tmp_path / 'out' / 'preds_b0.pt').touch()
         fake_disk(monkeypatch, needed * 5 // 6)
         experiment.check_preds_space(settings, plan, num_classes=7)
+
+
+def test_softmax_in_place_gives_torch_softmax_bit_for_bit():
+    scores = torch.randn(10, 7, generator=torch.Generator().manual_seed(0)) * 100
+    expected = torch.softmax(scores, dim=1)
+    assert experiment.softmax_in_place(scores, rows=3) is scores and torch.equal(scores, expected)
