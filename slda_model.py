@@ -376,7 +376,7 @@ class StreamingLDA(nn.Module):
         """mu_k <- mu_k + sums_k / (c_k + counts_k) in float64 and c_k <- c_k + counts_k for the classes
         ``labels`` (R,), with ``sums`` (R, d) the float64 sums of their new rows centred on mu_k (overwritten)."""
         new_counts = self.cK[labels] + counts
-        means = sums.div_(new_counts[:, None]).add_(self.muK[labels])
+        means = sums.div_(new_counts.to(torch.float64)[:, None]).add_(self.muK[labels])
         self.muK.index_copy_(0, labels, means.to(self.dtype))
         self.cK[labels] = new_counts
         self.num_updates += counts.sum()

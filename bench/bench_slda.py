@@ -155,7 +155,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dims', type=int, nargs='+', default=[512, 768, 2048])
     parser.add_argument('--classes', type=int, nargs='+', default=[1000, 10000])
-    parser.add_argument('--predict_classes', type=int, nargs='+', default=[1000, 10000, 21841],
+    parser.add_argument('--predict_classes', type=int, nargs='*', default=[1000, 10000, 21841],
                         help='class counts of the prediction measurement, at d = 512')
     parser.add_argument('--batched_samples', type=int, default=20_000)
     parser.add_argument('--per_call_samples', type=int, default=2_000,
