@@ -16,8 +16,8 @@ from torch import nn
 from errors import InputError
 from utils import safe_torch_load, save_tensor
 
-# Rows per vectorised pass inside ``fit``. On the CPU, 2048 rows keep the float64 prefix sums (8 MB at
-# d = 512) in cache (bench/README.md); a GPU wants large passes to amortise kernel launches.
+# Rows per vectorised pass of the plastic update inside ``fit``: on the CPU, 2048 rows were the fastest share
+# of the GEMM's rate tried (bench/README.md); a GPU wants large passes to amortise kernel launches.
 FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
 # Batches of at most this many rows are fitted one row at a time with in-place rank-1 updates: for a true
 # stream, one sample per call, sorting and prefix sums cost more than they save.
@@ -142,6 +142,17 @@ def prefix_sums(rows, block=32, out=None):
         if whole:
             sums[whole:] += sums[whole - 1]
     return prefix
+
+
+def add_rows(sums, index, rows):
+    """sums[index[i]] += rows[i] for every row i, in place, the same from run to run. sums: (R, d); index: (n,)
+    int64 in [0, R); rows: (n, d) of sums' dtype. On the CPU ``index_add_`` adds the rows in order; on a GPU it
+    uses atomic additions in a varying order, so there ``index_put_`` with accumulate=True, which sorts them, does
+    it (PyTorch's notes on ``torch.use_deterministic_algorithms`` list which is which)."""
+    if sums.device.type == 'cpu':
+        sums.index_add_(0, index, rows)
+    else:
+        sums.index_put_((index,), rows, accumulate=True)
 
 
 class StreamingLDA(nn.Module):
@@ -308,8 +319,8 @@ class StreamingLDA(nn.Module):
         """Stream samples into the model: one sample (x: (d,), y: scalar) or a batch (x: (B, d), y: (B,)).
         Returns the model.
 
-        The result equals applying the paper's per-sample rule to the rows in order (README, "How the
-        batched update works"): with S = t Sigma, each sample adds (t / (t + 1)) r r^T to S, where t is the
+        The result equals applying the paper's per-sample rule (Hayes & Kanan 2020) to the rows in order:
+        with S = t Sigma, each sample adds (t / (t + 1)) r r^T to S, where t is the
         global update count before the sample and r = z - (its class mean before the sample), then
         mu_k <- mu_k + (z - mu_k) / (c_k + 1). A few rows (a true stream's one sample per call) are updated in
         place one at a time; a larger batch in vectorised passes, which give the same model to rounding error.
@@ -355,8 +366,8 @@ class StreamingLDA(nn.Module):
     def _fit_means(self, X, y, chunk):
         """A batch with a fixed covariance: mu_k <- mu_k + sum(z - mu_k) / (c_k + n_k) over the n_k rows of
         class k, the per-sample rule's result, with mu_k the mean before the batch. The rows centred on their
-        class mean (in the model's dtype, as the per-sample rule's z - mu_k) are summed per class in float64 by
-        ``index_add_``, in stream order, a cache-sized block at a time (at most ``chunk`` rows, FIT_SUM_BYTES
+        class mean (in the model's dtype, as the per-sample rule's z - mu_k) are summed per class in float64
+        (``add_rows``), in stream order, a cache-sized block at a time (at most ``chunk`` rows, FIT_SUM_BYTES
         of float64) through two reused buffers; nothing of size d x d is touched."""
         labels, slots, counts = torch.unique(y, return_inverse=True, return_counts=True)
         d, device = self.input_shape, self.device
@@ -369,7 +380,7 @@ class StreamingLDA(nn.Module):
             n = block.shape[0]
             # computed in the model's dtype, stored in float64
             torch.sub(block, torch.index_select(self.muK, 0, y[start:start + n], out=means[:n]), out=centred[:n])
-            sums.index_add_(0, slots[start:start + n], centred[:n])
+            add_rows(sums, slots[start:start + n], centred[:n])
         self._add_class_sums(labels, counts, sums)
 
     def _add_class_sums(self, labels, counts, sums):
@@ -454,14 +465,14 @@ class StreamingLDA(nn.Module):
         unseen ones to at least ``MIN_SCORED_COLUMNS`` (or to all C), or None for all C classes.
 
         A class with no sample has mu = 0, so its column of W and its b are exactly 0: its score is 0 without
-        computing it. W = Lambda M solves the shrunk covariance's Cholesky factor in float64 (README,
-        "Prediction"). It depends on muK, cK, Sigma and shrinkage_param alone. A buffer can change without
-        this class knowing (assigned anew, edited in place by the user), so the cache records which tensors it
-        was derived from and their version counters, which every in-place operation advances; comparing them
-        costs nothing per sample, unlike clearing a cache in every fit. Edits through ``.data`` or a numpy
-        view of a buffer bypass the version counter and are not seen. Tensors made under
-        ``torch.inference_mode`` have no version counter: with such buffers the classifier is computed afresh
-        on every call.
+        computing it. W = Lambda M with Lambda = ((1 - eps) Sigma + eps I)^-1 and b = -mu^T Lambda mu / 2
+        (Hayes & Kanan 2020), solved with the Cholesky factor in float64. It depends on muK, cK, Sigma and
+        shrinkage_param alone. A buffer can change without this class knowing (assigned anew, edited in place by
+        the user), so the cache records which tensors it was derived from and their version counters, which
+        every in-place operation advances; comparing them costs nothing per sample, unlike clearing a cache in
+        every fit. Edits through ``.data`` or a numpy view of a buffer bypass the version counter and are not
+        seen. Tensors made under ``torch.inference_mode`` have no version counter: with such buffers the
+        classifier is computed afresh on every call.
         """
         muK, cK, Sigma = self.muK, self.cK, self.Sigma
         trackable = not (muK.is_inference() or cK.is_inference() or Sigma.is_inference())
