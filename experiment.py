@@ -17,11 +17,6 @@ import sys
 import time
 import traceback
 
-# OpenMP reads its wait policy once, when torch loads it. Threads that sleep while they wait, instead of
-# spinning, keep a run's parallel work fast when other processes share the cores (bench/README.md, "Threads");
-# a policy set in the environment is kept.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-
 import torch
 
 import cli

@@ -1,8 +1,9 @@
 """Which torch thread setting serves an SLDA run best on a machine that other processes share.
 
 Runs the same SLDA workloads in a fresh process per setting: torch's default (one thread per core, OpenMP
-threads that spin while they wait), one thread, and the default thread count with ``OMP_WAIT_POLICY=PASSIVE``
-(waiting threads sleep). Each is measured on its own and beside a competing process this script starts (one core
+threads that spin while they wait), one thread, the default thread count with ``OMP_WAIT_POLICY=PASSIVE``
+(waiting threads sleep), and with ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep; GNU OpenMP, which torch's
+Linux wheels use). Each is measured on its own and beside a competing process this script starts (one core
 kept busy by a Python loop, as another job on the machine would), and the rates are printed side by side,
 fastest of ``--repeats`` runs each.
 
@@ -16,7 +17,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {'default (spin)': ({}, None), 'one thread': ({}, 1), 'passive wait': ({'OMP_WAIT_POLICY': 'PASSIVE'}, None)}
+SETTINGS = {'default (spin)': ({}, None), 'one thread': ({}, 1), 'passive wait': ({'OMP_WAIT_POLICY': 'PASSIVE'}, None),
+            'short spin': ({'GOMP_SPINCOUNT': '10000'}, None)}
 
 
 def workloads(repeats):
@@ -84,12 +86,10 @@ def main():
     for load in ('alone', 'beside a busy process'):
         print(f'\n{load}:')
         names = list(results[load, 'default (spin)'])
-        print(f'{"workload":44s}' + ''.join(f'{setting:>18s}' for setting in SETTINGS))
+        print(f'{"workload":44s}' + ''.join(f'{setting:>16s}' for setting in SETTINGS) + '  unit')
         for name in names:
-            unit = results[load, 'default (spin)'][name][1]
-            print(f'{name:44s}' + ''.join(f'{results[load, setting][name][0]:>12,.0f} {unit:>5s}'[-18:].rjust(18)
-                                           for setting in SETTINGS))
-
+            print(f'{name:44s}' + ''.join(f'{results[load, setting][name][0]:16,.0f}' for setting in SETTINGS)
+                  + f'  {results[load, "default (spin)"][name][1]}')
 
 if __name__ == '__main__':
     main()
