@@ -20,6 +20,7 @@ original's (it is not installed here: a bench-only environment would be needed).
 
     python bench/bench_slda.py                                # about 5 minutes on 2 CPU cores
     python bench/bench_slda.py --dims 512 --classes 1000      # one size
+    python bench/bench_slda.py --device cuda                  # on a GPU
 """
 import argparse
 import multiprocessing
@@ -78,29 +79,38 @@ def random_stream(n, d, num_classes, seed=0):
     return X, y
 
 
-def fastest(run, repeats, setup=lambda: None):
-    """The fastest of ``repeats`` runs of ``run(setup())``, in seconds."""
+def fastest(run, repeats, device, setup=lambda: None):
+    """The fastest of ``repeats`` runs of ``run(setup())`` on ``device``, in seconds."""
     best = float('inf')
     for _ in range(repeats):
         state = setup()
+        synchronize(device)
         tick = time.perf_counter()
         run(state)
+        synchronize(device)
         best = min(best, time.perf_counter() - tick)
     return best
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 def measure_fit(d, classes, plastic, args):
     """{name: samples/s} of the hardware limits, ours (batched, one per call) and the original's rule."""
     torch.manual_seed(0)
-    chunk = slda_model.FIT_CHUNK_ROWS['cpu']
-    R, out, Sigma, r = torch.randn(chunk, d), torch.empty(d, d), torch.eye(d), torch.randn(d)
+    device = torch.device(args.device)
+    chunk = slda_model.FIT_CHUNK_ROWS.get(device.type, slda_model.FIT_CHUNK_ROWS['cuda'])
+    R, out = torch.randn(chunk, d, device=device), torch.empty(d, d, device=device)
+    Sigma, r = torch.eye(d, device=device), torch.randn(d, device=device)
     batched_n, per_call_n = args.batched_samples, args.per_call_samples
-    original_n = per_call_n if not plastic else max(20, min(per_call_n, int(2e9 / d ** 3)))
-    X, y = random_stream(max(batched_n, per_call_n), d, classes)
+    original_n = per_call_n if not plastic or device.type != 'cpu' else max(20, min(per_call_n, int(2e9 / d ** 3)))
+    X, y = (tensor.to(device) for tensor in random_stream(max(batched_n, per_call_n), d, classes))
     labels = y.tolist()
 
     def model():
-        return StreamingLDA(d, classes, streaming_update_sigma=plastic, device='cpu')
+        return StreamingLDA(d, classes, streaming_update_sigma=plastic, device=device)
 
     def per_call(m):
         for i in range(per_call_n):
@@ -111,12 +121,13 @@ def measure_fit(d, classes, plastic, args):
             original_update(m, X[i], y[i], i)
 
     rates = {
-        'GEMM-only': chunk / fastest(lambda _: torch.mm(R.T, R, out=out), args.repeats),
+        'GEMM-only': chunk / fastest(lambda _: torch.mm(R.T, R, out=out), args.repeats, device),
         'addr-only': 1000 / fastest(lambda _: [Sigma.addr_(r, r, beta=0.5, alpha=0.25) for _ in range(1000)],
-                                    args.repeats),
-        'batched fit': batched_n / fastest(lambda m: m.fit(X[:batched_n], y[:batched_n]), args.repeats, model),
-        'one per call': per_call_n / fastest(per_call, args.repeats, model),
-        'original': original_n / fastest(original, args.repeats, model),
+                                    args.repeats, device),
+        'batched fit': batched_n / fastest(lambda m: m.fit(X[:batched_n], y[:batched_n]), args.repeats, device,
+                                           model),
+        'one per call': per_call_n / fastest(per_call, args.repeats, device, model),
+        'original': original_n / fastest(original, args.repeats, device, model),
     }
     return rates
 
@@ -125,21 +136,23 @@ def measure_predict(d, classes, args):
     """Seconds to score 10,000 features right after an update, ours and the original's; the classifier's
     solve in float64 and float32 and the float32 solve's largest relative error."""
     torch.manual_seed(0)
-    X, y = random_stream(max(args.batched_samples, 2 * classes), d, classes)
-    model = StreamingLDA(d, classes, device='cpu').fit(X, y)
+    device = torch.device(args.device)
+    X, y = (tensor.to(device) for tensor in random_stream(max(args.batched_samples, 2 * classes, 10_000), d, classes))
+    model = StreamingLDA(d, classes, device=device).fit(X, y)
     test = X[:10_000]
 
     def after_update():
         model.fit(X[0], int(y[0]))       # one more sample: the next predict computes its classifier afresh
 
-    ours = fastest(lambda _: model.predict(test), args.repeats, after_update)
-    original = fastest(lambda _: original_predict(model, test), args.repeats)
-    shrunk = (1 - model.shrinkage_param) * model.Sigma.double() + model.shrinkage_param * torch.eye(d).double()
+    ours = fastest(lambda _: model.predict(test), args.repeats, device, after_update)
+    original = fastest(lambda _: original_predict(model, test), args.repeats, device)
+    eye = torch.eye(d, dtype=torch.float64, device=device)
+    shrunk = (1 - model.shrinkage_param) * model.Sigma.double() + model.shrinkage_param * eye
     M = model.muK.double().T
     L = torch.linalg.cholesky(shrunk)
-    solve64 = fastest(lambda _: torch.cholesky_solve(M, L), args.repeats)
+    solve64 = fastest(lambda _: torch.cholesky_solve(M, L), args.repeats, device)
     M32, L32 = M.float(), L.float()
-    solve32 = fastest(lambda _: torch.cholesky_solve(M32, L32), args.repeats)
+    solve32 = fastest(lambda _: torch.cholesky_solve(M32, L32), args.repeats, device)
     W64 = torch.cholesky_solve(M, L)
     error = ((torch.cholesky_solve(M32, torch.linalg.cholesky(shrunk.float())).double() - W64).abs().max()
              / W64.abs().max()).item()
@@ -161,8 +174,9 @@ def main():
     parser.add_argument('--per_call_samples', type=int, default=2_000,
                         help='samples of the one-per-call runs (the original\'s plastic rule gets fewer at large d)')
     parser.add_argument('--repeats', type=int, default=3, help='runs of each; the fastest is reported')
+    parser.add_argument('--device', default='cpu', help='where the model and the stream live (cpu, cuda)')
     args = parser.parse_args()
-    print(f'CPU, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}, '
+    print(f'{args.device}, {torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}, '
           f'torch {torch.__version__}; samples/s, fastest of {args.repeats}; each size in a fresh process')
     print(f'{"d":>5s} {"C":>6s} {"covariance":>10s} {"GEMM-only":>10s} {"addr-only":>10s} {"batched":>10s} '
           f'{"per call":>9s} {"original":>9s} | {"batched/GEMM":>12s} {"batched/per call":>16s} '
