@@ -12,6 +12,7 @@ accuracies and model are saved.
 From Python: ``Experiment(config.make_config(dataset='digits', save_dir='runs/digits')).run()``.
 """
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -71,6 +72,7 @@ class Experiment:
         order, order_source, order_warning = class_order(config, splits)
         self.report('warn', order_warning)
         plan = make_plan(config, splits, order)
+        check_preds_space(config, plan, splits.num_classes)
         self.report('warn', config.ordering.plan_warning(config.stream.options, splits))
         offline = read_offline_accuracies(config.run.offline_accuracies, len(plan))
         if config.output.random_projection:
@@ -113,14 +115,15 @@ class Experiment:
                 test.prefetch(plan[first].test_indices)
             for batch, following in zip(plan[first:], plan[first + 1:] + [None]):
                 crash_point('increment_start')
-                row, probabilities = fit_and_evaluate(heads, batch, following, train, test, device)
+                save_preds = saves_preds(config, following)
+                row, probabilities = fit_and_evaluate(heads, batch, following, train, test, device, save_preds)
                 if config.slda.shrinkage == 'oas':
                     row['heads']['slda']['shrinkage'] = heads['slda'].shrinkage_used
                 if open_set:
                     row['open_set'], scores = open_set.evaluate(heads['slda'], test, batch)
                     folder.record_scores(batch, scores)
-                save_preds = config.run.save_preds == 'every' or (config.run.save_preds == 'final' and not following)
                 folder.record(batch, row, probabilities, heads, save_preds, summary)
+                del probabilities       # the writer holds them until written; the next batch need not
                 self.batches_finished += 1
                 self.report('batch', batch, len(plan), row)
             summary = folder.finish(heads['slda'].checkpoint(), summary)
@@ -213,13 +216,37 @@ def build_heads(config, feature_dim, num_classes, device):
     return heads
 
 
-def fit_and_evaluate(heads, batch, following, train, test, device):
+def saves_preds(config, following):
+    """Whether the batch before ``following`` (None after the last) writes its preds file."""
+    return config.run.save_preds == 'every' or (config.run.save_preds == 'final' and following is None)
+
+
+def check_preds_space(config, plan, num_classes):
+    """Refuse, before any work, a run whose preds files would not fit in the free space of the save folder's
+    file system: each is (test images x num_classes) probabilities in SLDA's dtype. Files already there (a
+    resumed run's) are not counted. Raises UserError naming --save_preds final or none."""
+    element = torch.finfo(getattr(torch, config.slda.slda_dtype)).bits // 8
+    needed = sum(len(batch.test_indices) * num_classes * element
+                 for batch, following in zip(plan, plan[1:] + [None])
+                 if saves_preds(config, following)
+                 and not os.path.exists(os.path.join(config.run.save_dir, f'preds_{batch.name}.pt')))
+    where = os.path.abspath(config.run.save_dir)
+    while not os.path.isdir(where):
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise UserError(f'--save_preds {config.run.save_preds} would write {needed / 1e9:.2f} GB of probabilities '
+                        f'to {config.run.save_dir}, where {free / 1e9:.2f} GB are free: use --save_preds final '
+                        f'(the last batch\'s only) or none, or free some space')
+
+
+def fit_and_evaluate(heads, batch, following, train, test, device, save_preds):
     """Fit one batch of the plan with every output layer, evaluate each on the batch's test images and start
     reading the following batch's cached features; returns (the batch's summary row, SLDA's test
-    probabilities (m, C) on the CPU, for the preds files). Top-1 and top-5 rank each layer's scores: float32
-    probabilities tie at exactly 0 for all but the best classes (utils.topk_accuracy). The row also counts, per
-    class (lists of C), the batch's test images and each layer's top-1 hits among them, from which metrics.py
-    derives the accuracy matrix and per-class accuracies."""
+    probabilities (m, C) on the CPU for the preds file when ``save_preds``, else None). Top-1 and top-5 rank
+    each layer's scores: float32 probabilities tie at exactly 0 for all but the best classes
+    (utils.topk_accuracy). The row also counts, per class (lists of C), the batch's test images and each layer's
+    top-1 hits among them, from which metrics.py derives the accuracy matrix and per-class accuracies."""
     tick = time.perf_counter()
     X, y = train.take(batch.train_indices)
     X_test, y_test = test.take(batch.test_indices)
@@ -240,19 +267,30 @@ def fit_and_evaluate(heads, batch, following, train, test, device):
         fit_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
         scores = head.decision_function(X_test)
-        if name == 'slda':      # the original's preds files; its accuracies came from these, here from the scores
-            probabilities = torch.softmax(scores, dim=1)
         hits = topk_hits(scores, y_test)
         top1, top5 = map(percent_of, hits)
+        num_classes = scores.shape[1]
+        # NaN or +inf scores (a learning rate too large): its accuracies mean nothing; -inf is a layer's way of
+        # saying never (classes not seen yet). The largest score is NaN or +inf exactly then: one reduction.
+        diverged = not bool(scores.amax() < float('inf'))
+        if name == 'slda' and save_preds:   # the original's preds files; its accuracies came from these, ours
+            probabilities = softmax_in_place(scores)            # from the scores
+        del scores              # before the next layer scores
         row['heads'][name] = {'top1': top1, 'top5': top5, 'samples_seen': head.samples_seen,
                               'top1_hits_per_class': torch.bincount(y_test[hits[0].cpu()],
-                                                                    minlength=scores.shape[1]).tolist(),
+                                                                    minlength=num_classes).tolist(),
                               'fit_seconds': round(fit_seconds, 3),
-                              'eval_seconds': round(time.perf_counter() - tick, 3),
-                              # NaN or +inf scores (a learning rate too large): its accuracies mean nothing; -inf
-                              # is a layer's way of saying never (classes not seen yet)
-                              'diverged': bool(scores.isnan().any() or scores.isposinf().any())}
+                              'eval_seconds': round(time.perf_counter() - tick, 3), 'diverged': diverged}
     return row, probabilities
+
+
+def softmax_in_place(scores, rows=1024):
+    """``scores`` (n, C) replaced by their softmax over the classes, ``rows`` rows at a time: the values of
+    ``torch.softmax(scores, dim=1)`` without a second (n, C) array. Returns scores."""
+    for start in range(0, len(scores), rows):
+        block = scores[start:start + rows]
+        block.copy_(torch.softmax(block, dim=1))
+    return scores
 
 
 def claim_folder(config, folder, group):

@@ -4,6 +4,7 @@ One mean and one count per class and a single covariance matrix shared by all cl
 at a time in a single pass. ``fit`` applies the paper's per-sample rule to a whole batch at once, exactly:
 the model after ``fit(X, y)`` equals the model after calling the per-sample rule on the rows of X in order.
 """
+import functools
 import math
 import operator
 import os
@@ -15,15 +16,23 @@ from torch import nn
 from errors import InputError
 from utils import safe_torch_load, save_tensor
 
-# Rows per vectorised pass inside ``fit``. On the CPU, 2048 rows keep the float64 prefix sums (8 MB at
-# d = 512) in cache (bench/README.md); a GPU wants large passes to amortise kernel launches.
+# Rows per vectorised pass of the plastic update inside ``fit``: on the CPU, 2048 rows were the fastest share
+# of the GEMM's rate tried (bench/README.md); a GPU wants large passes to amortise kernel launches.
 FIT_CHUNK_ROWS = {'cpu': 2048, 'cuda': 65536}
 COVARIANCE_UPDATES = ('paper', 'pooled')
 # Batches of at most this many rows are fitted one row at a time with in-place rank-1 updates: for a true
 # stream, one sample per call, sorting and prefix sums cost more than they save.
 FIT_PER_SAMPLE_ROWS = 4
+# With a fixed covariance, a batch's rows are centred and summed per class this many bytes of float64 at a time:
+# blocks that stay in a core's L2 cache (bench/README.md).
+FIT_SUM_BYTES = 2 << 20
+# Scores are computed for the seen classes only, but for at least this many columns: MKL's kernels for
+# narrower products round differently from the full product's, and at least 16 columns (one AVX-512 register of
+# float32) give each score the same bits as the full product.
+MIN_SCORED_COLUMNS = 16
 
 
+@functools.cache
 def feature_limit(dtype):
     """The largest feature magnitude a model of this floating ``dtype`` accepts: about 1.8e13 for float32 and
     1.1e71 for float64.
@@ -136,27 +145,42 @@ def class_runs(y):
     return order, starts, ends - starts, y_sorted[starts]
 
 
-def prefix_sums(rows, block=32):
+def prefix_sums(rows, block=32, out=None):
     """(B + 1, d) float64 sums of the first i rows, i = 0..B. Differences of it give sums over runs of rows
-    without atomic additions, so results are the same from run to run on any device.
+    without atomic additions, so results are the same from run to run on any device. ``out``: a float64
+    (B + 1, d) tensor to write them into (a reused buffer spares the allocation), else a new one.
 
     Summed within blocks of ``block`` rows, then the blocks' totals carried over: the same sums as one
-    cumsum down the rows, faster on the CPU because the blocks are independent.
+    cumsum down the rows. Within the blocks, one addition per row position, each over every block's row at once:
+    on the CPU 3-7x faster than ``torch.cumsum`` down the rows, which runs element by element.
     """
     n, d = rows.shape
-    prefix = torch.empty(n + 1, d, dtype=torch.float64, device=rows.device)
+    prefix = torch.empty(n + 1, d, dtype=torch.float64, device=rows.device) if out is None else out
     prefix[0] = 0
     sums = prefix[1:]
     whole = n - n % block
     if whole:
-        within = sums[:whole].view(-1, block, d)
-        torch.cumsum(rows[:whole].reshape(-1, block, d), dim=1, dtype=torch.float64, out=within)
+        within, source = sums[:whole].view(-1, block, d), rows[:whole].reshape(-1, block, d)
+        within[:, 0] = source[:, 0]
+        for i in range(1, block):
+            torch.add(within[:, i - 1], source[:, i], out=within[:, i])
         within[1:] += within[:-1, -1].cumsum(dim=0)[:, None]
     if whole < n:
         torch.cumsum(rows[whole:], dim=0, dtype=torch.float64, out=sums[whole:])
         if whole:
             sums[whole:] += sums[whole - 1]
     return prefix
+
+
+def add_rows(sums, index, rows):
+    """sums[index[i]] += rows[i] for every row i, in place, the same from run to run. sums: (R, d); index: (n,)
+    int64 in [0, R); rows: (n, d) of sums' dtype. On the CPU ``index_add_`` adds the rows in order; on a GPU it
+    uses atomic additions in a varying order, so there ``index_put_`` with accumulate=True, which sorts them, does
+    it (PyTorch's notes on ``torch.use_deterministic_algorithms`` list which is which)."""
+    if sums.device.type == 'cpu':
+        sums.index_add_(0, index, rows)
+    else:
+        sums.index_put_((index,), rows, accumulate=True)
 
 
 class StreamingLDA(nn.Module):
@@ -285,23 +309,23 @@ class StreamingLDA(nn.Module):
             raise TypeError(f'{name} must hold real numbers, got dtype {X.dtype}')
         # Checked in X's own dtype, before any conversion, against a limit far inside the model dtype's range:
         # a value within it stays finite once converted, so the check holds for the converted rows too (a
-        # float64 value beyond float32's range is beyond the limit). aminmax is one cheap reduction and propagates
-        # NaN; one .tolist() is one device synchronisation, which counts when a stream fits one sample per call.
-        if X.numel():
-            low, high = torch.stack(torch.aminmax(X)).tolist()
-            limit = feature_limit(self.dtype)
-            if not -limit <= low <= high <= limit:
-                rows = X.reshape(-1, self.input_shape)
-                non_finite = ~torch.isfinite(rows).all(dim=1)
-                if non_finite.any():
-                    raise InputError(f'{name} contains NaN or infinite values (first in row '
-                                     f'{torch.nonzero(non_finite)[0].item()})')
-                first = torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
-                raise InputError(f'{name} has values beyond +-{limit:.3g}, where the {self.dtype} covariance '
-                                 f'would overflow (first in row {first}); scale the features or use '
-                                 f'dtype=torch.float64')
+        # float64 value beyond float32's range is beyond the limit). aminmax is one cheap reduction, allocates
+        # nothing of X's size and propagates NaN.
+        muK = self._buffers['muK']
+        limit = feature_limit(muK.dtype)
+        low, high = (value.item() for value in torch.aminmax(X)) if X.numel() else (0, 0)
+        if not -limit <= low <= high <= limit:
+            rows = X.reshape(-1, self.input_shape)
+            non_finite = ~torch.isfinite(rows).all(dim=1)
+            if non_finite.any():
+                raise InputError(f'{name} contains NaN or infinite values (first in row '
+                                 f'{torch.nonzero(non_finite)[0].item()})')
+            first = torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
+            raise InputError(f'{name} has values beyond +-{limit:.3g}, where the {muK.dtype} covariance '
+                             f'would overflow (first in row {first}); scale the features or use '
+                             f'dtype=torch.float64')
         if convert:
-            X = X.to(device=self.device, dtype=self.dtype)
+            X = X.to(device=muK.device, dtype=muK.dtype)
         return X
 
     def _check_labels(self, y, rows, features_name):
@@ -337,10 +361,11 @@ class StreamingLDA(nn.Module):
 
     def _check_few(self, X, y, name):
         """Validation for the per-sample path: the rows of X as (d,) tensors on the model's device and dtype,
-        the labels as Python ints."""
+        the labels as Python ints. A label given as a Python int (a stream's usual one) skips the tensor
+        conversion."""
         X = self._check_features(X, name)
         rows = (X,) if X.dim() == 1 else X.unbind(0)
-        labels = self._check_labels(y, len(rows), name).tolist()
+        labels = [y] if type(y) is int and len(rows) == 1 else self._check_labels(y, len(rows), name).tolist()
         for label in labels:
             if not 0 <= label < self._label_limit():
                 raise self._label_outside(label)
@@ -369,12 +394,14 @@ class StreamingLDA(nn.Module):
         """Stream samples into the model: one sample (x: (d,), y: scalar) or a batch (x: (B, d), y: (B,)).
         Returns the model.
 
-        The result equals applying the paper's per-sample rule to the rows in order: with S = t Sigma, each
-        sample adds (t / (t + 1)) r r^T to S, where t is the global update count before the sample and
-        r = z - (its class mean before the sample). A few rows (a true stream's one sample per call) are
-        updated in place one at a time; a larger batch in one vectorised pass, which gives the same model to
-        rounding error. An empty batch (y may be an empty list) is a no-op. X may be float16 or on another
-        device: each pass converts only its rows.
+        The result equals applying the paper's per-sample rule (Hayes & Kanan 2020) to the rows in order:
+        with S = t Sigma, each sample adds (t / (t + 1)) r r^T to S, where t is the
+        global update count before the sample and r = z - (its class mean before the sample), then
+        mu_k <- mu_k + (z - mu_k) / (c_k + 1). A few rows (a true stream's one sample per call) are updated in
+        place one at a time; a larger batch in vectorised passes, which give the same model to rounding error.
+        With a fixed covariance a batch costs O(B d): only the per-class sums and counts are touched. An empty
+        batch (y may be an empty list) is a no-op. X may be float16 or on another device: each pass converts
+        only its rows.
 
         Raises, before anything changes: ValueError naming x for a shape other than (B, d) or (d,) (a scalar
         is not a sample, even when d = 1), NaN, infinity or values beyond ``feature_limit``; ValueError naming
@@ -390,52 +417,100 @@ class StreamingLDA(nn.Module):
         X, y = self._check_batch(X, y, 'x', convert=False)
         if X.shape[0] == 0:
             return self
-        t = int(self.num_updates)
         chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
-        for start in range(0, X.shape[0], chunk):
-            rows = X[start:start + chunk].to(device=self.device, dtype=self.dtype)
-            self._fit_chunk(rows, y[start:start + chunk], t + start)
+        if self.streaming_update_sigma:
+            self._fit_plastic(X, y, chunk)
+        else:
+            self._fit_means(X, y, chunk)
         return self
 
     def _fit_samples(self, rows, labels):
         """The per-sample rule row by row, in place: Sigma <- (t / (t + 1)) Sigma + (t / (t + 1)^2) r r^T with
         r = z - mu_k, then mu_k <- mu_k + (z - mu_k) / (c_k + 1)."""
-        t = int(self.num_updates) if self.streaming_update_sigma else 0
+        buffers = self._buffers
+        muK, cK, Sigma, num_updates = buffers['muK'], buffers['cK'], buffers['Sigma'], buffers['num_updates']
+        plastic = self.streaming_update_sigma
+        t = int(num_updates) if plastic else 0
         for z, label in zip(rows, labels):
-            mean, count = self.muK[label], self.cK[label]
-            if self.streaming_update_sigma:
+            mean, count = muK[label], cK[label]
+            if plastic:
                 residual = z - mean
-                self.Sigma.addr_(residual, residual, beta=t / (t + 1), alpha=t / (t + 1) ** 2)
+                Sigma.addr_(residual, residual, beta=t / (t + 1), alpha=t / (t + 1) ** 2)
                 t += 1
-            mean.lerp_(z, 1 / (int(count) + 1))
+            mean.lerp_(z, 1 / (count.item() + 1))
             count.add_(1)
-        self.num_updates.add_(len(labels))
+        num_updates.add_(len(labels))
 
-    def _fit_chunk(self, X, y, t0):
-        """One vectorised pass; t0 is the number of updates before the chunk."""
+    def _fit_means(self, X, y, chunk):
+        """A batch with a fixed covariance: mu_k <- mu_k + sum(z - mu_k) / (c_k + n_k) over the n_k rows of
+        class k, the per-sample rule's result, with mu_k the mean before the batch. The rows centred on their
+        class mean (in the model's dtype, as the per-sample rule's z - mu_k) are summed per class in float64
+        (``add_rows``), in stream order, a cache-sized block at a time (at most ``chunk`` rows, FIT_SUM_BYTES
+        of float64) through two reused buffers; nothing of size d x d is touched."""
+        labels, slots, counts = torch.unique(y, return_inverse=True, return_counts=True)
+        d, device = self.input_shape, self.device
+        rows = max(1, min(chunk, X.shape[0], FIT_SUM_BYTES // (8 * d)))
+        sums = torch.zeros(len(labels), d, dtype=torch.float64, device=device)
+        means = torch.empty(rows, d, dtype=self.dtype, device=device)
+        centred = torch.empty(rows, d, dtype=torch.float64, device=device)
+        for start in range(0, X.shape[0], rows):
+            block = X[start:start + rows].to(device=device, dtype=self.dtype)
+            n = block.shape[0]
+            # computed in the model's dtype, stored in float64
+            torch.sub(block, torch.index_select(self.muK, 0, y[start:start + n], out=means[:n]), out=centred[:n])
+            add_rows(sums, slots[start:start + n], centred[:n])
+        self._add_class_sums(labels, counts, sums)
+
+    def _add_class_sums(self, labels, counts, sums):
+        """mu_k <- mu_k + sums_k / (c_k + counts_k) in float64 and c_k <- c_k + counts_k for the classes
+        ``labels`` (R,), with ``sums`` (R, d) the float64 sums of their new rows centred on mu_k (overwritten)."""
+        new_counts = self.cK[labels] + counts
+        means = sums.div_(new_counts.to(torch.float64)[:, None]).add_(self.muK[labels])
+        self.muK.index_copy_(0, labels, means.to(self.dtype))
+        self.cK[labels] = new_counts
+        self.num_updates += counts.sum()
+
+    def _fit_plastic(self, X, y, chunk):
+        """A batch with a plastic covariance, ``chunk`` rows per vectorised pass (``_fit_chunk``), through
+        work buffers allocated once per call and reused by every pass."""
+        rows = min(chunk, X.shape[0])
+        d, device = self.input_shape, self.device
+        work = {'rows': torch.empty(rows, d, dtype=self.dtype, device=device),
+                'shifts': torch.empty(rows, d, dtype=self.dtype, device=device),
+                'prefix': torch.empty(rows + 1, d, dtype=torch.float64, device=device),
+                'wide': torch.empty(rows, d, dtype=torch.float64, device=device),
+                'scatter': torch.empty(d, d, dtype=self.dtype, device=device)}
+        t = int(self.num_updates)
+        for start in range(0, X.shape[0], chunk):
+            block = X[start:start + chunk].to(device=device, dtype=self.dtype)
+            self._fit_chunk(block, y[start:start + chunk], t + start, work)
+
+    def _fit_chunk(self, X, y, t0, work):
+        """One vectorised pass of the plastic update over B rows; t0 is the number of updates before it and
+        ``work`` holds ``_fit_plastic``'s buffers (at least B rows each).
+
+        In class-sorted order (stable, so each class keeps its stream order), with u = z - mu_k the rows
+        centred on the class mean before the pass, a row's class mean before it is mu_k + Q / (c_k + n), Q the
+        sum of the u of the n earlier same-class rows of the pass (float64 prefix sums). Its residual is
+        r = u - Q / (c_k + n), and S = t Sigma gains R^T diag(w) R, w = t / (t + 1) per row, in one GEMM.
+        """
         B = X.shape[0]
-        # Work in class-sorted order (stable, so each class keeps its stream order) on rows centred on the
-        # class mean before the batch, u = z - mu_k. A row's pre-update class mean is then mu_k + Q / (c_k + n),
-        # with Q the sum of the u of the n earlier same-class rows of the batch (prefix sums in float64).
         order, starts, lengths, labels = class_runs(y)
         y_sorted = y[order]
-        u = X[order] - self.muK[y_sorted]
-        prefix = prefix_sums(u)
-        if self.streaming_update_sigma:
-            first_row = starts.repeat_interleave(lengths)
-            rows = torch.arange(B, device=X.device)
-            seen_before = self.cK[y_sorted] + (rows - first_row)
-            mean_shift = (prefix[:-1] - prefix[first_row]) / seen_before.clamp(min=1)[:, None]
-            residual = u - mean_shift.to(self.dtype)
-            steps = (t0 + order).to(torch.float64)       # global step of each row in stream order
-            weights = (steps / (steps + 1)).to(self.dtype)
-            scatter = (residual * weights[:, None]).T @ residual
-            self.Sigma.copy_((t0 * self.Sigma + scatter) / (t0 + B))
-        new_counts = self.cK[labels] + lengths
-        run_sums = prefix[starts + lengths] - prefix[starts]
-        self.muK[labels] = (self.muK[labels].to(torch.float64) + run_sums / new_counts[:, None]).to(self.dtype)
-        self.cK[labels] = new_counts
-        self.num_updates += B
+        u, shifts, wide = work['rows'][:B], work['shifts'][:B], work['wide'][:B]
+        torch.index_select(X, 0, order, out=u)
+        u.sub_(torch.index_select(self.muK, 0, y_sorted, out=shifts))
+        prefix = prefix_sums(u, out=work['prefix'][:B + 1])
+        first_row = starts.repeat_interleave(lengths)
+        seen_before = self.cK[y_sorted] + (torch.arange(B, device=X.device) - first_row)
+        torch.sub(prefix[:-1], torch.index_select(prefix, 0, first_row, out=wide), out=wide)
+        wide.div_(seen_before.clamp(min=1).to(torch.float64)[:, None])
+        u.sub_(shifts.copy_(wide))                       # u now holds the residuals r
+        steps = (t0 + order).to(torch.float64)           # global step of each row in stream order
+        weights = (steps / (steps + 1)).to(self.dtype)
+        scatter = torch.mm(torch.mul(u, weights[:, None], out=shifts).T, u, out=work['scatter'])
+        self.Sigma.mul_(t0).add_(scatter).div_(t0 + B)
+        self._add_class_sums(labels, lengths, prefix[starts + lengths] - prefix[starts])
 
     def _fit_pooled_samples(self, rows, labels):
         """covariance_update='pooled' row by row, in place (Welford's update per class): with r = z - mu_k and
@@ -541,24 +616,34 @@ class StreamingLDA(nn.Module):
 
     # ------------------------------------------------------------------ prediction
     def _classifier(self):
-        """(W (d, C), b (C,)) of the linear classifier, computed once per change of the model.
+        """(columns, W (d, k), b (k,)) of the linear classifier for the k classes whose scores are computed,
+        computed once per change of the model: ``columns`` (k,) are those classes, the seen ones padded with
+        unseen ones to at least ``MIN_SCORED_COLUMNS`` (or to all C), or None for all C classes.
 
-        It depends on muK, Sigma and shrinkage_param alone. A buffer can change without this class knowing
-        (assigned anew, edited in place by the user), so the cache records which tensors it was derived from
-        and their version counters, which every in-place operation advances; comparing them costs nothing
-        per sample, unlike clearing a cache in every fit. Edits through ``.data`` or a numpy view of a
-        buffer bypass the version counter and are not seen. Tensors made under ``torch.inference_mode`` have no
-        version counter: with such buffers the classifier is computed afresh on every call.
+        A class with no sample has mu = 0, so its column of W and its b are exactly 0: its score is 0 without
+        computing it. W = Lambda M with Lambda = ((1 - eps) Sigma + eps I)^-1 and b = -mu^T Lambda mu / 2
+        (Hayes & Kanan 2020), solved with the Cholesky factor in float64. It depends on muK, cK, Sigma and
+        shrinkage_param alone. A buffer can change without this class knowing (assigned anew, edited in place by
+        the user), so the cache records which tensors it was derived from and their version counters, which
+        every in-place operation advances; comparing them costs nothing per sample, unlike clearing a cache in
+        every fit. Edits through ``.data`` or a numpy view of a buffer bypass the version counter and are not
+        seen. Tensors made under ``torch.inference_mode`` have no version counter: with such buffers the
+        classifier is computed afresh on every call.
         """
-        muK, Sigma = self.muK, self.Sigma
-        trackable = not (muK.is_inference() or Sigma.is_inference())
-        stamp = (muK._version, Sigma._version, self.shrinkage_param, self.covariance_samples) if trackable else None
+        muK, cK, Sigma = self.muK, self.cK, self.Sigma
+        trackable = not (muK.is_inference() or cK.is_inference() or Sigma.is_inference())
+        stamp = (muK._version, cK._version, Sigma._version, self.shrinkage_param,
+                 self.covariance_samples) if trackable else None
         derived = self._derived
-        if (trackable and derived and derived['muK'] is muK and derived['Sigma'] is Sigma
+        if (trackable and derived and derived['muK'] is muK and derived['cK'] is cK and derived['Sigma'] is Sigma
                 and derived['stamp'] == stamp):
             return derived['head']
+        seen = cK > 0
+        k = max(int(seen.sum()), MIN_SCORED_COLUMNS)
+        # The seen classes first, in class order, then the unseen ones: the first k, sorted, are the columns.
+        columns = None if k >= self.num_classes else torch.argsort(~seen, stable=True)[:k].sort().values
         shrunk, rho = self.shrunk_covariance()
-        M = self.muK.to(torch.float64).T
+        M = (muK if columns is None else muK[columns]).to(torch.float64).T
         L, info = torch.linalg.cholesky_ex(shrunk)
         if int(info) == 0:
             W = torch.cholesky_solve(M, L)
@@ -571,7 +656,8 @@ class StreamingLDA(nn.Module):
                 self._warned_not_pd = True
             W = torch.linalg.pinv(shrunk, hermitian=True) @ M
         b = -0.5 * (M * W).sum(dim=0)
-        derived.update(muK=muK, Sigma=Sigma, stamp=stamp, head=(W.to(self.dtype), b.to(self.dtype)), shrinkage=rho)
+        derived.update(muK=muK, cK=cK, Sigma=Sigma, stamp=stamp,
+                       head=(columns, W.to(self.dtype), b.to(self.dtype)), shrinkage=rho)
         return derived['head']
 
     @property
@@ -606,8 +692,12 @@ class StreamingLDA(nn.Module):
 
     @torch.no_grad()
     def predict(self, X, return_probas=False):
-        """Scores (n, C) = X W + b, or softmax probabilities, on the CPU; X: (n, d). The original's interface:
-        ``decision_function`` and ``predict_proba`` say the same by name.
+        """Scores (n, C) = X W + b, or their softmax probabilities over all C classes, on the CPU; X: (n, d).
+        The original's interface: ``decision_function`` and ``predict_proba`` say the same by name.
+
+        Only the seen classes' scores are computed (see ``_classifier``); the others are filled with the value
+        the full product gives them, 0 (mu = 0), or -inf with mask_unseen_classes. On the CPU each block of
+        ``test_batch_size`` rows is written straight into the output.
 
         Raises ValueError naming X for another shape, NaN, infinity or values beyond ``feature_limit``,
         TypeError for non-numeric X, and ValueError when mask_unseen_classes is on and no class has a sample
@@ -616,20 +706,32 @@ class StreamingLDA(nn.Module):
         X = as_tensor(X, 'X')
         if X.dim() != 2 or X.shape[1] != self.input_shape:
             raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
-        W, b = self._classifier()
+        columns, W, b = self._classifier()
+        fill = 0.0
         if self.mask_unseen_classes:
             seen = self.cK > 0
             if not seen.any():
                 raise InputError('mask_unseen_classes=True masks every class until one has a sample: fit the '
                                  'model before predicting')
-            b = torch.where(seen, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
+            fill = float('-inf')
+            b = b.masked_fill(~(seen if columns is None else seen[columns]), fill)
         out = torch.empty(X.shape[0], self.num_classes, dtype=self.dtype)
+        on_host = self.device.type == 'cpu'
+        # the computed columns of a block, when they are not all: one buffer for every block
+        part = None if columns is None else torch.empty(min(self.test_batch_size, X.shape[0]), len(columns),
+                                                        dtype=self.dtype, device=self.device)
         for start in range(0, X.shape[0], self.test_batch_size):
             chunk = self._check_features(X[start:start + self.test_batch_size], 'X')
-            scores = chunk @ W + b
+            rows = out[start:start + chunk.shape[0]]
+            scores = rows if on_host else torch.empty(rows.shape, dtype=self.dtype, device=self.device)
+            if columns is None:
+                torch.mm(chunk, W, out=scores).add_(b)
+            else:
+                scores.fill_(fill).index_copy_(1, columns, torch.mm(chunk, W, out=part[:len(chunk)]).add_(b))
             if return_probas:
                 scores = torch.softmax(scores, dim=1)
-            out[start:start + chunk.shape[0]] = scores.cpu()
+            if scores is not rows:
+                rows.copy_(scores)
         return out
 
     @torch.no_grad()
@@ -665,12 +767,15 @@ class StreamingLDA(nn.Module):
         """A ``torch.nn.Linear(d, C)`` on the CPU whose outputs equal ``decision_function``: weight W^T, bias b
         of the current classifier (bias -inf for classes not seen yet when mask_unseen_classes is on); a copy,
         unaffected by later updates."""
-        W, b = self._classifier()
-        if self.mask_unseen_classes:
-            b = torch.where(self.cK > 0, b, torch.tensor(float('-inf'), dtype=b.dtype, device=b.device))
+        columns, W, b = self._classifier()
         linear = nn.Linear(self.input_shape, self.num_classes, dtype=self.dtype)
-        linear.weight.copy_(W.T)
-        linear.bias.copy_(b)
+        linear.weight.zero_()       # an unseen class's column: mu = 0, so zero weights and bias
+        linear.bias.zero_()
+        everything = slice(None) if columns is None else columns.cpu()
+        linear.weight[everything] = W.T.cpu()
+        linear.bias[everything] = b.cpu()
+        if self.mask_unseen_classes:
+            linear.bias.masked_fill_(self.cK.cpu() == 0, float('-inf'))
         return linear.requires_grad_(False)
 
     @property

@@ -1,13 +1,26 @@
-"""Speed of StreamingLDA.fit against the per-sample loop that the original and Avalanche run.
+"""StreamingLDA against the original's per-sample rule and the hardware's limits, at several sizes, in one run.
 
-Both consume the same random stream (d=512, C=1000 by default) from the same starting model; the script
-prints samples/s for each, their ratio and the largest difference between the two resulting models, then
-times the first predict (precision matrix and classifier) and scoring of 10,000 samples. Last, a true stream:
-one sample per call, ours (``fit(x, y)`` with x of shape (d,)) against the original's rule, with a plastic and
-with a fixed covariance.
+For each feature dimension d, class count C and covariance (plastic or fixed), in a fresh process (the memory
+allocator's state left by one method changes the speed of the next by up to 2x here), on the same random stream:
 
-    python bench/bench_slda.py                         # 50,000 samples, about a minute on 2 CPU cores
-    python bench/bench_slda.py --ours_samples 1281167  # also time ours on an ImageNet-sized stream
+- the hardware limits: the GEMM-only rate (samples/s at which the batched plastic update's one matrix product
+  R^T diag(w) R runs alone, on a pass of ``FIT_CHUNK_ROWS`` rows) and the addr-only rate (one in-place rank-1
+  update of a d x d matrix per sample, the per-sample plastic rule's unavoidable cost);
+- ours: ``fit`` on the whole stream (batched), and ``fit(x, y)`` one sample per call;
+- the original's rule, one sample per call as the original's ``fit`` writes it (README, "Differences from the
+  original"): the sample and label moved and reshaped, Sigma <- (t Sigma + (t / (t + 1)) r r^T) / (t + 1) into a
+  new matrix, mu_k <- mu_k + (z - mu_k) / (c_k + 1) through a label tensor.
+
+Then prediction at d = 512: scoring 10,000 features right after an update, ours against the original's predict
+(pseudo-inverse of the shrunk covariance, W = Lambda M and b per call, one product per test batch), and the
+classifier's solve in float64 (ours) against float32, with the float32 solve's largest error.
+
+Every figure is the fastest of ``--repeats`` runs. Avalanche's StreamingLDA is the same per-sample rule as the
+original's (it is not installed here: a bench-only environment would be needed).
+
+    python bench/bench_slda.py                                # about 5 minutes on 2 CPU cores
+    python bench/bench_slda.py --dims 512 --classes 1000      # one size
+    python bench/bench_slda.py --device cuda                  # on a GPU
 """
 import argparse
 import multiprocessing
@@ -18,6 +31,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import slda_model  # noqa: E402
 from slda_model import StreamingLDA  # noqa: E402
 
 
@@ -43,19 +57,18 @@ def original_update(model, x, y, t):
 
 
 @torch.no_grad()
-def in_place_update(model, z, k, t):
-    """The same rule with in-place updates of Sigma: the fastest per-sample loop we could write."""
-    if model.streaming_update_sigma:
-        r = z - model.muK[k]
-        model.Sigma.mul_(t / (t + 1)).addr_(r, r, alpha=t / (t + 1) ** 2)
-    model.muK[k] += (z - model.muK[k]) / (model.cK[k] + 1)
-    model.cK[k] += 1
-    model.num_updates += 1
-
-
-def synchronize(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
+def original_predict(model, X, test_batch_size=1024):
+    """Scores as the original's ``predict`` computes them on every call: Lambda from the pseudo-inverse, then
+    W = Lambda M, c = mu^T Lambda mu / 2, and X W - c per test batch into an (n, C) matrix."""
+    eye = torch.eye(model.input_shape, device=model.device)
+    Lambda = torch.pinverse((1 - model.shrinkage_param) * model.Sigma + model.shrinkage_param * eye)
+    M = model.muK.transpose(1, 0)
+    W = torch.matmul(Lambda, M)
+    c = 0.5 * torch.sum(M * W, dim=0)
+    scores = torch.empty((X.shape[0], model.num_classes))
+    for start in range(0, X.shape[0], test_batch_size):
+        scores[start:start + test_batch_size] = torch.matmul(X[start:start + test_batch_size], W) - c
+    return scores
 
 
 def random_stream(n, d, num_classes, seed=0):
@@ -66,103 +79,125 @@ def random_stream(n, d, num_classes, seed=0):
     return X, y
 
 
-def timed(run, device):
-    synchronize(device)
-    start = time.perf_counter()
-    run()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def measure(method, args, samples, dtype=torch.float32, plastic=None):
-    """Run one method on the first ``samples`` rows of the stream; returns its time and final state.
-
-    Called in a fresh process per method: the memory allocator's state left by one method (tens of thousands
-    of small tensors, or a few large blocks) otherwise changes the speed of the next by up to 2x here.
-    """
-    device = torch.device(args.device)
-    X, y = random_stream(args.samples, args.dim, args.classes)
-    X, y = X[:samples].to(device), y[:samples].to(device)
-    plastic = not args.fixed_sigma if plastic is None else plastic
+def fastest(run, repeats, device, setup=lambda: None):
+    """The fastest of ``repeats`` runs of ``run(setup())`` on ``device``, in seconds."""
     best = float('inf')
-    for _ in range(args.repeats):       # the shared machine is noisy: report each method's fastest run
-        model = StreamingLDA(args.dim, args.classes, streaming_update_sigma=plastic, device=device, dtype=dtype)
-        if method == 'ours':
-            seconds = timed(lambda: model.fit(X, y), device)
-        elif method == 'ours_per_sample':
-            seconds = timed(lambda: [model.fit(X[i], y[i]) for i in range(samples)], device)
-        else:
-            update = original_update if method == 'original' else in_place_update
-            seconds = timed(lambda: [update(model, X[i], y[i], i) for i in range(samples)], device)
-        best = min(best, seconds)
-    result = {'seconds': best, 'state': {k: v.cpu() for k, v in model.state_dict().items()}}
-    if method == 'ours' and dtype == torch.float32:
-        test = X[:10_000]
-        result['first_predict'] = timed(lambda: model.predict(test[:1]), device)
-        result['scoring'] = timed(lambda: model.predict(test, return_probas=True), device)
-    return result
+    for _ in range(repeats):
+        state = setup()
+        synchronize(device)
+        tick = time.perf_counter()
+        run(state)
+        synchronize(device)
+        best = min(best, time.perf_counter() - tick)
+    return best
 
 
-def in_fresh_process(*call_args):
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure_fit(d, classes, plastic, args):
+    """{name: samples/s} of the hardware limits, ours (batched, one per call) and the original's rule."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    chunk = slda_model.FIT_CHUNK_ROWS.get(device.type, slda_model.FIT_CHUNK_ROWS['cuda'])
+    R, out = torch.randn(chunk, d, device=device), torch.empty(d, d, device=device)
+    Sigma, r = torch.eye(d, device=device), torch.randn(d, device=device)
+    batched_n, per_call_n = args.batched_samples, args.per_call_samples
+    original_n = per_call_n if not plastic or device.type != 'cpu' else max(20, min(per_call_n, int(2e9 / d ** 3)))
+    X, y = (tensor.to(device) for tensor in random_stream(max(batched_n, per_call_n), d, classes))
+    labels = y.tolist()
+
+    def model():
+        return StreamingLDA(d, classes, streaming_update_sigma=plastic, device=device)
+
+    def per_call(m):
+        for i in range(per_call_n):
+            m.fit(X[i], labels[i])
+
+    def original(m):
+        for i in range(original_n):
+            original_update(m, X[i], y[i], i)
+
+    rates = {
+        'GEMM-only': chunk / fastest(lambda _: torch.mm(R.T, R, out=out), args.repeats, device),
+        'addr-only': 1000 / fastest(lambda _: [Sigma.addr_(r, r, beta=0.5, alpha=0.25) for _ in range(1000)],
+                                    args.repeats, device),
+        'batched fit': batched_n / fastest(lambda m: m.fit(X[:batched_n], y[:batched_n]), args.repeats, device,
+                                           model),
+        'one per call': per_call_n / fastest(per_call, args.repeats, device, model),
+        'original': original_n / fastest(original, args.repeats, device, model),
+    }
+    return rates
+
+
+def measure_predict(d, classes, args):
+    """Seconds to score 10,000 features right after an update, ours and the original's; the classifier's
+    solve in float64 and float32 and the float32 solve's largest relative error."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    X, y = (tensor.to(device) for tensor in random_stream(max(args.batched_samples, 2 * classes, 10_000), d, classes))
+    model = StreamingLDA(d, classes, device=device).fit(X, y)
+    test = X[:10_000]
+
+    def after_update():
+        model.fit(X[0], int(y[0]))       # one more sample: the next predict computes its classifier afresh
+
+    ours = fastest(lambda _: model.predict(test), args.repeats, device, after_update)
+    original = fastest(lambda _: original_predict(model, test), args.repeats, device)
+    eye = torch.eye(d, dtype=torch.float64, device=device)
+    shrunk = (1 - model.shrinkage_param) * model.Sigma.double() + model.shrinkage_param * eye
+    M = model.muK.double().T
+    L = torch.linalg.cholesky(shrunk)
+    solve64 = fastest(lambda _: torch.cholesky_solve(M, L), args.repeats, device)
+    M32, L32 = M.float(), L.float()
+    solve32 = fastest(lambda _: torch.cholesky_solve(M32, L32), args.repeats, device)
+    W64 = torch.cholesky_solve(M, L)
+    error = ((torch.cholesky_solve(M32, torch.linalg.cholesky(shrunk.float())).double() - W64).abs().max()
+             / W64.abs().max()).item()
+    return {'ours': ours, 'original': original, 'solve64': solve64, 'solve32': solve32, 'error32': error}
+
+
+def in_fresh_process(function, *call_args):
     with multiprocessing.get_context('spawn').Pool(1) as pool:
-        return pool.apply(measure, call_args)
+        return pool.apply(function, call_args)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--samples', type=int, default=50_000, help='stream length for the side-by-side run')
-    parser.add_argument('--repeats', type=int, default=3, help='runs of each method; the fastest is reported')
-    parser.add_argument('--original_samples', type=int, default=10_000,
-                        help='samples given to the (slow) loop written as the original writes it')
-    parser.add_argument('--ours_samples', type=int, default=0,
-                        help='if > 0, also time our batched fit alone on a stream this long')
-    parser.add_argument('--dim', type=int, default=512)
-    parser.add_argument('--classes', type=int, default=1000)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--fixed_sigma', action='store_true', help='time a fixed covariance instead')
+    parser.add_argument('--dims', type=int, nargs='+', default=[512, 768, 2048])
+    parser.add_argument('--classes', type=int, nargs='+', default=[1000, 10000])
+    parser.add_argument('--predict_classes', type=int, nargs='*', default=[1000, 10000, 21841],
+                        help='class counts of the prediction measurement, at d = 512')
+    parser.add_argument('--batched_samples', type=int, default=20_000)
+    parser.add_argument('--per_call_samples', type=int, default=2_000,
+                        help='samples of the one-per-call runs (the original\'s plastic rule gets fewer at large d)')
+    parser.add_argument('--repeats', type=int, default=3, help='runs of each; the fastest is reported')
+    parser.add_argument('--device', default='cpu', help='where the model and the stream live (cpu, cuda)')
     args = parser.parse_args()
-    print(f'device={args.device} threads={torch.get_num_threads()} d={args.dim} C={args.classes} '
-          f'samples={args.samples} covariance={"fixed" if args.fixed_sigma else "plastic"}; '
-          f'each method in a fresh process, fastest of {args.repeats} runs')
-
-    original_n = min(args.original_samples, args.samples)
-    results = {
-        'per-sample loop as the original writes it': (original_n, in_fresh_process('original', args, original_n)),
-        'per-sample loop, in-place (best case)': (args.samples, in_fresh_process('in_place', args, args.samples)),
-        'batched fit (ours)': (args.samples, in_fresh_process('ours', args, args.samples)),
-    }
-    ours_n, ours = list(results.values())[-1]
-    ours_rate = ours_n / ours['seconds']
-    for name, (n, result) in results.items():
-        rate = n / result['seconds']
-        print(f'{name:44s}: {n:9,} samples in {result["seconds"]:7.2f} s = {rate:10,.0f} samples/s   '
-              f'ours is {ours_rate / rate:6.1f}x')
-    loop = results['per-sample loop, in-place (best case)'][1]['state']
-    repeats, args.repeats = args.repeats, 1
-    reference = in_fresh_process('ours', args, args.samples, torch.float64)['state']
-    for name in ('muK', 'Sigma'):
-        loop_value, ours_value, ref = loop[name], ours['state'][name], reference[name]
-        print(f'{name:5s} max |difference|: loop vs ours {(loop_value - ours_value).abs().max().item():.2e}; '
-              f'vs a float64 run: loop {(loop_value.double() - ref).abs().max().item():.2e}, '
-              f'ours {(ours_value.double() - ref).abs().max().item():.2e} '
-              f'(largest entry {ref.abs().max().item():.2e})')
-    print(f'counts identical: {torch.equal(loop["cK"], ours["state"]["cK"])}')
-    print(f'first predict (precision matrix + head): {ours["first_predict"] * 1000:.1f} ms; '
-          f'scoring 10,000 samples: {ours["scoring"] * 1000:.1f} ms')
-
-    args.repeats = repeats
-    print(f'one sample per call, {original_n:,} samples, fastest of {repeats} runs each:')
-    for plastic in (True, False):
-        rule, per_sample = (original_n / in_fresh_process(method, args, original_n, torch.float32, plastic)['seconds']
-                            for method in ('original', 'ours_per_sample'))
-        print(f'  {"plastic" if plastic else "fixed":7s} covariance: the original\'s rule {rule:9,.0f} samples/s; '
-              f'ours, fit(x, y) per sample {per_sample:9,.0f} samples/s; ours is {per_sample / rule:.1f}x')
-
-    if args.ours_samples > 0:
-        args.samples = args.ours_samples
-        seconds = in_fresh_process('ours', args, args.ours_samples)['seconds']
-        print(f'batched fit on {args.ours_samples:,} samples: {seconds:.2f} s '
-              f'({args.ours_samples / seconds:,.0f} samples/s)')
+    print(f'{args.device}, {torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}, '
+          f'torch {torch.__version__}; samples/s, fastest of {args.repeats}; each size in a fresh process')
+    print(f'{"d":>5s} {"C":>6s} {"covariance":>10s} {"GEMM-only":>10s} {"addr-only":>10s} {"batched":>10s} '
+          f'{"per call":>9s} {"original":>9s} | {"batched/GEMM":>12s} {"batched/per call":>16s} '
+          f'{"per call/original":>17s}')
+    for d in args.dims:
+        for classes in args.classes:
+            for plastic in (True, False):
+                rates = in_fresh_process(measure_fit, d, classes, plastic, args)
+                gemm_share = f'{rates["batched fit"] / rates["GEMM-only"]:.0%}' if plastic else '-'
+                print(f'{d:5d} {classes:6d} {"plastic" if plastic else "fixed":>10s} {rates["GEMM-only"]:10,.0f} '
+                      f'{rates["addr-only"]:10,.0f} {rates["batched fit"]:10,.0f} {rates["one per call"]:9,.0f} '
+                      f'{rates["original"]:9,.0f} | {gemm_share:>12s} '
+                      f'{rates["batched fit"] / rates["one per call"]:15.1f}x '
+                      f'{rates["one per call"] / rates["original"]:16.1f}x', flush=True)
+    print('\nscoring 10,000 features right after an update, d = 512 (seconds):')
+    for classes in args.predict_classes:
+        result = in_fresh_process(measure_predict, 512, classes, args)
+        print(f'  C = {classes:5d}: ours {result["ours"]:.3f}, the original\'s predict {result["original"]:.3f} '
+              f'(ours is {result["original"] / result["ours"]:.2f}x faster); classifier solve float64 '
+              f'{result["solve64"] * 1000:.0f} ms, float32 {result["solve32"] * 1000:.0f} ms (largest error '
+              f'{result["error32"]:.1e} of the largest weight)', flush=True)
 
 
 if __name__ == '__main__':

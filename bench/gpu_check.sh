@@ -27,10 +27,12 @@ echo "CPU cores: $(nproc)"
 "$PYTHON" -c 'import torch, torchvision; print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
 step "Tests without the subprocess ones, on this machine (the CUDA variants of the SLDA oracles run here)" 150 \
   "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests
-step "SLDA: batched fit vs per-sample loops on CUDA" 100 \
-  "$PYTHON" bench/bench_slda.py --device cuda --samples 50000 --original_samples 5000 --ours_samples 1281167
+step "SLDA on CUDA: every size against the original's rule and the GEMM-only and addr-only limits" 150 \
+  "$PYTHON" bench/bench_slda.py --device cuda
+step "SLDA on CUDA: an ImageNet-sized batch" 60 \
+  "$PYTHON" bench/bench_slda.py --device cuda --dims 512 --classes 1000 --batched_samples 1281167 --predict_classes
 step "SLDA on the CPU of the same machine, for comparison" 30 \
-  "$PYTHON" bench/bench_slda.py --device cpu --samples 20000 --original_samples 2000 --repeats 1
+  "$PYTHON" bench/bench_slda.py --device cpu --dims 512 --classes 1000 --repeats 1
 step "Rerun from the feature cache on CUDA: 1000 classes x (128 + 50) files" 80 \
   "$PYTHON" bench/bench_cached_rerun.py --device cuda --train_per_class 128 --cache_check listing --repeats 1
 step "Pipeline from JPEG on CUDA" 100 \

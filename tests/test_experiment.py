@@ -5,8 +5,10 @@ order it reports, interruption and resume, errors on the command line, and fit_a
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -205,6 +207,51 @@ def test_the_driver_ranks_by_scores_and_still_returns_the_probabilities():
                   base_init=True)
     heads = {'slda': StreamingLDA(2, CLASSES, device='cpu')}
     row, probabilities = fit_and_evaluate(heads, batch, None, Reader(X, y), Reader(X_test, y_test),
-                                          torch.device('cpu'))
+                                          torch.device('cpu'), save_preds=True)
     assert (row['heads']['slda']['top1'], row['heads']['slda']['top5']) == (0.0, 100.0)
     assert torch.equal(probabilities, heads['slda'].predict_proba(X_test))
+    _, probabilities = fit_and_evaluate(heads, batch, None, Reader(X, y), Reader(X_test, y_test),
+                                        torch.device('cpu'), save_preds=False)
+    assert probabilities is None
+
+
+
+def fake_disk(monkeypatch, free):
+    """Make experiment.py see ``free`` bytes free on every file system."""
+    monkeypatch.setattr(experiment.shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(free, 0, free))
+
+
+def test_preds_that_would_not_fit_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    fake_disk(monkeypatch, 1000)
+    code, out = run(['--num_classes', 4, '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, '--save_preds every', '--save_preds final', 'or none')
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('save_preds,dtype,needed', [
+    ('every', 'float32', (10 + 20 + 30) * 7 * 4),      # test images x classes x bytes per probability
+    ('every', 'float64', (10 + 20 + 30) * 7 * 8),
+    ('final', 'float32', 30 * 7 * 4),
+    ('none', 'float32', 0),
+])
+def test_the_preds_estimate_counts_what_each_setting_writes(tmp_path, monkeypatch, save_preds, dtype, needed):
+    plan = [Batch(i + 1, np.arange(3), np.arange(10 * (i + 1)), 2 * (i + 1), f'b{i}') for i in range(3)]
+    settings = SimpleNamespace(run=SimpleNamespace(save_preds=save_preds, save_dir=str(tmp_path / 'out')),
+                               slda=SimpleNamespace(slda_dtype=dtype))
+    fake_disk(monkeypatch, needed)
+    experiment.check_preds_space(settings, plan, num_classes=7)
+    if needed:
+        fake_disk(monkeypatch, needed - 1)
+        with pytest.raises(ValueError, match=f'--save_preds {save_preds} would write'):
+            experiment.check_preds_space(settings, plan, num_classes=7)
+    if save_preds == 'every':           # a resumed run's files already written are not counted again
+        (tmp_path / 'out').mkdir()
+        (tmp_path / 'out' / 'preds_b0.pt').touch()
+        fake_disk(monkeypatch, needed * 5 // 6)
+        experiment.check_preds_space(settings, plan, num_classes=7)
+
+
+def test_softmax_in_place_gives_torch_softmax_bit_for_bit():
+    scores = torch.randn(10, 7, generator=torch.Generator().manual_seed(0)) * 100
+    expected = torch.softmax(scores, dim=1)
+    assert experiment.softmax_in_place(scores, rows=3) is scores and torch.equal(scores, expected)

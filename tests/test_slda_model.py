@@ -643,3 +643,35 @@ def test_no_base_init_with_fixed_covariance_keeps_the_identity(tmp_path, capsys)
     assert weights['num_updates'] == sum(row['train_images'] for row in summary['increments'])
     code, out = run(['--no_base_init', '--base_init_classes', 2, '--save_dir', tmp_path / 'x'], capsys)
     assert code == 2 and 'contradict' in out.err
+
+
+# ---------------------------------------------------------------- the fast paths against independent computations
+
+def test_fixed_covariance_batch_split_into_chunks_equals_the_per_sample_rule(monkeypatch):
+    monkeypatch.setitem(slda_model.FIT_CHUNK_ROWS, 'cpu', 16)      # 300 rows: 19 chunks through the buffers
+    X, y = make_stream(300, seed=27)
+    model = StreamingLDA(D, C, streaming_update_sigma=False, device='cpu', dtype=torch.float64)
+    model.fit_base(X[:40], y[:40])
+    sigma = model.Sigma.clone()
+    mu, c, _, t = reference_stream(X[40:], y[40:], model.muK.numpy(), model.cK.double().numpy(), sigma.numpy(),
+                                   40, plastic=False)
+    model.fit(X[40:], y[40:])
+    np.testing.assert_allclose(model.muK.numpy(), mu, rtol=1e-12, atol=1e-12)
+    assert torch.equal(model.Sigma, sigma) and model.cK.tolist() == c.tolist() and int(model.num_updates) == t
+
+
+@pytest.mark.parametrize('mask', [False, True])
+@pytest.mark.parametrize('seen_classes', [3, 20, 40])          # padded to 16 columns, 20 of them, all
+def test_scores_of_seen_classes_equal_the_closed_form_and_unseen_ones_are_exact(mask, seen_classes):
+    classes, generator = 40, torch.Generator().manual_seed(28)
+    X = torch.randn(200, D, dtype=torch.float64, generator=generator) * 3
+    y = torch.randperm(classes, generator=generator)[:seen_classes][torch.arange(200) % seen_classes]
+    model = StreamingLDA(D, classes, test_batch_size=64, mask_unseen_classes=mask, device='cpu',
+                         dtype=torch.float64).fit(X, y)
+    scores, probas = model.predict(X[:100]), model.predict_proba(X[:100])
+    expected = closed_form_scores(X[:100].numpy(), model.muK.numpy(), model.Sigma.numpy(), model.shrinkage_param)
+    unseen = (model.cK == 0).numpy()
+    expected[:, unseen] = -np.inf if mask else 0.0
+    np.testing.assert_allclose(scores[:, ~unseen].numpy(), expected[:, ~unseen], rtol=1e-9, atol=1e-9)
+    assert torch.equal(scores[:, unseen], torch.from_numpy(expected[:, unseen]))
+    np.testing.assert_allclose(probas.numpy(), torch.softmax(torch.from_numpy(expected), 1).numpy(), atol=1e-12)
