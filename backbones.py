@@ -59,6 +59,8 @@ def check_arch(arch):
     """Raise SettingError (setting ``arch``) unless ``arch`` names a torchvision classification model or a timm
     model with, when a tag is given, that pretrained tag; the message lists the closest names."""
     library, name, tag = parse_arch(arch)
+    if not name:
+        raise SettingError('arch', f'--arch {arch}: name a model (timm:NAME or a torchvision model name)')
     if library == 'torchvision':
         import torchvision
         known = torchvision.models.list_models(module=torchvision.models)

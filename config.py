@@ -90,7 +90,8 @@ class HeadSettings(Settings):
         None, 'map the features to M dimensions by a fixed random Gaussian matrix followed by ReLU (RanPAC\'s '
               'expansion) before every output layer; applied after the feature cache. SLDA then holds an M x M '
               'covariance, checked against free memory before any work', metavar='M', check=at_least(1))
-    projection_seed: int = option(0, 'seed of the --random_projection matrix', metavar='N', check=seed)
+    projection_seed: Optional[int] = option(None, 'seed of the --random_projection matrix (default: 0)', metavar='N',
+                                            check=seed)
     options: dict = dataclasses.field(default_factory=lambda: {'slda': HEADS['slda'].options()})
 
 
@@ -159,9 +160,10 @@ class Config:
     @functools.cached_property
     def preprocessing(self):
         """The data.Preprocessing the network gets: its own (backbones.default_preprocessing) at the image size
-        the data fixes or --image_size gives."""
+        the data fixes or --image_size gives; resized square without a crop for datasets of square images."""
         size = self.dataset.input_size or self.data.options.image_size
-        return backbones.default_preprocessing(self.network.arch, self.network.weights).at_size(size)
+        preprocessing = backbones.default_preprocessing(self.network.arch, self.network.weights).at_size(size)
+        return preprocessing.square() if self.dataset.square_images else preprocessing
 
     def results_settings(self):
         """{dotted name: value} of every setting that changes results: what --resume compares."""
@@ -315,6 +317,11 @@ def take_network(given, dataset, dataset_defaulted=False):
     if backbones.is_timm(arch):
         backbones.check_arch(arch)      # here, before any work: torchvision names are checked when the network loads
     given.setdefault('extract_layer', backbones.default_layer(arch))
+    if given['extract_layer'] == backbones.PRE_LOGITS and given.get('pooling', 'auto') != 'auto':
+        raise SettingError('pooling', f'--pooling {given["pooling"]} applies to a named --extract_layer; '
+                                      f'pre_logits is pooled by the network\'s own rule')
+    if given.get('weights') == backbones.NO_WEIGHTS and given.get('checkpoint') is not None:
+        raise SettingError('weights', '--weights none and --base_init_ckpt contradict each other; give one')
     if backbones.is_timm(arch) and given.get('weights') not in (None, backbones.PRETRAINED, backbones.NO_WEIGHTS):
         raise SettingError('weights', f'--weights {given["weights"]}: a timm model takes {backbones.PRETRAINED} '
                                       f'(the weights of its tag) or {backbones.NO_WEIGHTS}; name the weights in '
@@ -385,10 +392,10 @@ def check_images_dir(data):
 def check_inputs(config):
     """What the settings name must exist and agree: the checkpoint, class order, device, feature cache."""
     if config.network.checkpoint and not os.path.isfile(config.network.checkpoint):
-        raise SettingError('checkpoint', f'--base_init_ckpt {config.network.checkpoint} not found. For ImageNet '
-                                         f'this is the ResNet-18 trained on the 100 base classes; '
-                                         f'image_files/README.md says what belongs there. Alternatively pass '
-                                         f'--weights with torchvision weights cached locally')
+        paper = (' For ImageNet this is the ResNet-18 trained on the 100 base classes; image_files/README.md says '
+                 'what belongs there. Alternatively pass --weights with weights cached locally'
+                 if config.data.dataset == 'imagenet' else '')
+        raise SettingError('checkpoint', f'--base_init_ckpt {config.network.checkpoint} not found.{paper}')
     order = config.stream.options
     if getattr(order, 'labels_dir', None) and getattr(order, 'class_order_seed', None) is not None:
         raise SettingError('class_order_seed', f'--class_order_seed {order.class_order_seed} and --labels_dir '

@@ -40,12 +40,15 @@ class Preprocessing:
     ``interpolation`` (a torchvision InterpolationMode value: bilinear, bicubic, ...), centre-crop
     ``image_size`` x ``image_size`` pixels, scale to [0, 1], then subtract ``mean`` and divide by ``std`` per RGB
     channel. The defaults are torchvision's ImageNet evaluation transform, the paper's; backbones.py reads
-    other networks' own from timm and torchvision."""
+    other networks' own from timm and torchvision. ``centre_crop`` False: the image is resized to ``image_size``
+    x ``image_size`` without keeping its aspect ratio or cropping (``resize_size`` is then ``image_size``), as
+    for datasets of small or square images (``square``)."""
     image_size: int = 224
     resize_size: int = 256
     interpolation: str = 'bilinear'
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    centre_crop: bool = True
 
     def at_size(self, image_size):
         """The same preprocessing for ``image_size`` pixels, resizing in the same ratio (256 for 224 at 0.875)."""
@@ -53,11 +56,17 @@ class Preprocessing:
             return self
         crop_fraction = self.image_size / self.resize_size
         return Preprocessing(image_size, int(round(image_size / crop_fraction)), self.interpolation, self.mean,
-                             self.std)
+                             self.std, self.centre_crop)
+
+    def square(self):
+        """The same size, interpolation and normalisation, resizing square without a crop."""
+        return Preprocessing(self.image_size, self.image_size, self.interpolation, self.mean, self.std, False)
 
     def describe(self):
-        return (f'resize {self.resize_size} ({self.interpolation}), centre-crop {self.image_size}, '
-                f'mean {format_triple(self.mean)}, std {format_triple(self.std)}')
+        normalisation = f'mean {format_triple(self.mean)}, std {format_triple(self.std)}'
+        if not self.centre_crop:
+            return f'square resize to {self.image_size} ({self.interpolation}), {normalisation}'
+        return f'resize {self.resize_size} ({self.interpolation}), centre-crop {self.image_size}, {normalisation}'
 
 
 def format_triple(values):

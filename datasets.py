@@ -80,6 +80,7 @@ class DatasetEntry:
     images_per_batch: Optional[int] = None  # iid and instance orderings; None: a tenth of the training images
     base_init: bool = True                  # whether the first batch is a base initialisation by default
     input_size: Optional[int] = None        # the network's input size when the data fixes it
+    square_images: bool = False             # resized square to the input size, no crop (data.Preprocessing.square)
     default_checkpoint: Optional[str] = None   # file name in image_files/ used when no weights are given
     default_weights: Optional[str] = None   # torchvision weights used when neither weights nor checkpoint is given
                                             # (timm models: their tag's)
@@ -121,7 +122,7 @@ def cifar_lister(name):
 
 DATASETS = {entry.name: entry for entry in [
     DatasetEntry('digits', "scikit-learn's bundled handwritten digits (no download)", list_digits,
-                 class_increment=2, input_size=data.DIGITS_SIZE),
+                 class_increment=2, input_size=data.DIGITS_SIZE, square_images=True),
     # The original's defaults: a fixed covariance unless --streaming_update_sigma (its store-true flag).
     DatasetEntry('imagenet', 'ImageNet-1K as ImageFolder train/ and val/', image_folder_lister('imagenet'),
                  ImageFolderOptions, class_increment=100, plastic_covariance=False,
@@ -132,11 +133,12 @@ DATASETS = {entry.name: entry for entry in [
     # initialisation, batches of 1,200 images or of 2 categories.
     DatasetEntry('core50', 'CORe50\'s core50_128x128/ folder (sessions s1 ... s11)', list_core50, CORe50Options,
                  class_increment=2, ordering='iid', images_per_batch=1200, base_init=False,
-                 default_weights='IMAGENET1K_V1'),
+                 default_weights='IMAGENET1K_V1', square_images=True),
     # The class-incremental benchmarks of today's papers ("B0 Inc10" on CIFAR-100): an ImageNet-1K-pretrained
     # network on the 32x32 images resized to its input.
     DatasetEntry('cifar100', 'CIFAR-100\'s python version (cifar-100-python/: train, test, meta)',
-                 cifar_lister('cifar100'), FolderOptions, class_increment=10, default_weights='IMAGENET1K_V1'),
+                 cifar_lister('cifar100'), FolderOptions, class_increment=10, default_weights='IMAGENET1K_V1',
+                 square_images=True),
     DatasetEntry('cifar10', 'CIFAR-10\'s python version (cifar-10-batches-py/)', cifar_lister('cifar10'),
-                 FolderOptions, class_increment=2, default_weights='IMAGENET1K_V1'),
+                 FolderOptions, class_increment=2, default_weights='IMAGENET1K_V1', square_images=True),
 ]}

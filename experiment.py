@@ -160,7 +160,7 @@ def project(config, train, test, feature_dim):
     """The readers and the output layers' feature size, with --random_projection applied to both readers."""
     if not config.output.random_projection:
         return train, test, feature_dim
-    projection = RandomProjection(feature_dim, config.output.random_projection, config.output.projection_seed)
+    projection = RandomProjection(feature_dim, config.output.random_projection, config.output.projection_seed or 0)
     return ProjectedReader(train, projection), ProjectedReader(test, projection), projection.out_dim
 
 

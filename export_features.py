@@ -34,6 +34,9 @@ FORMATS = ('.npz', '.pt')
 def export(config, output):
     """Extract or read the features of ``config``'s run and write them to ``output`` (.npz or .pt); returns
     {split: number of images written}. Raises SettingError for another extension or a missing folder."""
+    if config.output.random_projection:
+        raise SettingError('random_projection', '--random_projection applies to the output layers; the features '
+                                                'exported are the network\'s (project them with projection.py)')
     if os.path.splitext(output)[1] not in FORMATS:
         raise SettingError('output', f'{output}: the output file must end in {" or ".join(FORMATS)}')
     if not os.path.isdir(os.path.dirname(os.path.abspath(output))):

@@ -4,8 +4,8 @@ network with its pooling (and --random_projection where the run had one), then S
 
     python export_model.py streaming_experiments/slda_digits_plastic model.pt2
 
-The module takes float32 images (B, 3, S, S) already resized, centre-cropped and normalised as the run's
-``preprocessing`` says (``config.json``; also inside the file as ``preprocessing.json``) and returns scores
+The module takes float32 images (B, 3, S, S) already resized, centre-cropped (or, with ``centre_crop`` false,
+resized square) and normalised as the run's ``preprocessing`` says (``config.json``; also inside the file as ``preprocessing.json``) and returns scores
 (B, C), in float32 throughout (a run with bfloat16 autocast scored features rounded to bfloat16, so its scores
 differ from these by that rounding). ``torch.export`` writes it (``.pt2``; load with
 ``torch.export.load(path).module()``); where export fails, TorchScript (``.pt``; load with
@@ -95,7 +95,7 @@ def build_classifier(saved, slda):
     output = saved['settings']['output']
     if output.get('random_projection'):
         features = nn.Sequential(features, RandomProjection(saved['feature_dim'], output['random_projection'],
-                                                            output['projection_seed']))
+                                                            output['projection_seed'] or 0))
     return ImageClassifier(features, slda.to_linear().float()).eval(), preprocessing
 
 
@@ -103,6 +103,8 @@ def export(folder, output):
     """Write the run in ``folder`` to ``output`` (.pt2: torch.export; .pt: TorchScript); returns the format used."""
     if os.path.splitext(output)[1] not in ('.pt2', '.pt'):
         raise InputError(f'{output}: the output must end in .pt2 (torch.export) or .pt (TorchScript)')
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise InputError(f'{output}: its folder does not exist')
     saved, slda = load_run(folder)
     classifier, preprocessing = build_classifier(saved, slda)
     size = preprocessing.image_size
@@ -113,12 +115,13 @@ def export(folder, output):
         try:
             program = torch.export.export(classifier, (example,), strict=False,
                                           dynamic_shapes={'images': {0: torch.export.Dim.DYNAMIC}})
-            torch.export.save(program, output, extra_files=extra)
-            return 'torch.export'
         except Exception as e:          # torch.export refuses some networks' Python; TorchScript may not
             print(f'torch.export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
                   f'writing TorchScript instead', file=sys.stderr)
             output = os.path.splitext(output)[0] + '.pt'
+        else:
+            torch.export.save(program, output, extra_files=extra)
+            return 'torch.export'
     with torch.no_grad():
         traced = torch.jit.trace(classifier, example)
     torch.jit.save(traced, output, _extra_files=extra)

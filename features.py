@@ -137,10 +137,9 @@ def input_size_checked(arch, input_size):
     except (AssertionError, RuntimeError) as e:
         if isinstance(e, (torch.cuda.OutOfMemoryError, NotImplementedError)):   # the device's limits, not the input's
             raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0].rstrip('.') if str(e).strip() else type(e).__name__
         raise SettingError('arch', f'--arch {arch} cannot take {input_size}x{input_size} images: {reason}; choose '
-                                   f'another --arch, or another --image_size where the dataset takes one (the '
-                                   f'digits are {data.DIGITS_SIZE}x{data.DIGITS_SIZE})') from e
+                                   f'another --arch, or another --image_size where the dataset takes one') from e
 
 
 class FeatureExtractor:

@@ -13,6 +13,7 @@ same as ``fit`` for the baselines), ``decision_function(X)`` (scores (n, C) on t
 ``HEADS`` is the registry of output layers, SLDA's included: each entry declares the options it takes (their
 flags come with them) and builds the layer. Adding an output layer is a class like these and an entry.
 """
+import argparse
 from dataclasses import dataclass
 from typing import Callable
 
@@ -152,8 +153,13 @@ class NoOptions(Settings):
 
 
 def number_or_oas(text):
-    """--shrinkage's text: 'oas', or a number."""
-    return text if text == 'oas' else float(text)
+    """--shrinkage's text: 'oas' (any case), or a number."""
+    if text.lower() == 'oas':
+        return 'oas'
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be a number in [0, 1] or oas, got {text!r}') from None
 
 
 @dataclass(frozen=True)

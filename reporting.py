@@ -56,7 +56,10 @@ class ConsoleReporter(Reporter):
               f'{row["extract_seconds"]:.1f}s fit {slda["fit_seconds"]:.2f}s eval {slda["eval_seconds"]:.2f}s' +
               ''.join(f' | {name} ' + ('diverged (NaN or infinite scores)' if head['diverged'] else
                                        f'{head["top1"]:.2f}%/{head["top5"]:.2f}%')
-                      for name, head in row['heads'].items() if name != 'slda'), flush=True)
+                      for name, head in row['heads'].items() if name != 'slda') +
+              (' | novelty AUROC ' + ' '.join(f'{score} {value:.3f}' for score, value in
+                                              row['open_set']['auroc'].items()) if 'open_set' in row else ''),
+              flush=True)
 
     def finish(self, summary, plan, save_dir):
         skipped = len(summary['skipped_images'])

@@ -555,13 +555,16 @@ class StreamingLDA(nn.Module):
     def merge(self, other):
         """Add ``other``'s data to this model, exactly: for covariance_update='pooled' with plastic covariances,
         the counts, means and pooled scatter of both combine (Chan, Golub and LeVeque's pairwise update), so that
-        models fitted on two shards merge into the model fitted on both, in any order. Returns this model.
+        models fitted on two shards merge into the model fitted on both, in any order. Settings (shrinkage_param,
+        mask_unseen_classes) stay this model's. Returns this model.
 
         Raises ValueError, leaving both unchanged, for the paper's rule (its covariance depends on the order of
         the stream), a fixed covariance, or models of other feature sizes, class counts (unless this one grows)
         or dtypes; TypeError when ``other`` is not a StreamingLDA."""
         if not isinstance(other, StreamingLDA):
             raise TypeError(f'merge takes a StreamingLDA, got {type(other).__name__}')
+        if other is self:
+            raise InputError('merge of a model with itself would count its data twice')
         for model in (self, other):
             if model.covariance_update != 'pooled' or not model.streaming_update_sigma:
                 raise InputError('merge needs covariance_update=\'pooled\' and a plastic covariance in both models: '

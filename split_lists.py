@@ -56,8 +56,10 @@ def read_split_file(path, images_dir):
             raise refuse(f'{relative} is listed already, on line {seen[normalised]}')
         seen[normalised] = number
         splits[split].append(normalised)
-    if not splits['train']:
-        raise InputError(f'--split_file {path} lists no training image')
+    for split in ('train', 'test'):
+        if not splits[split]:
+            raise InputError(f'--split_file {path} lists no {split} image: it needs lines ending in train and in '
+                             f'test')
     return splits
 
 

@@ -148,6 +148,9 @@ def test_a_safetensors_checkpoint_loads_and_a_foreign_one_is_named(tmp_path, cap
     (dict(arch='resnet181', extract_layer='x'), ['not a torchvision classification model', 'resnet18']),
     (dict(arch='timm:test_vit', weights='IMAGENET1K_V1'), ['a timm model takes DEFAULT']),
     (dict(arch='timm:test_vit', dataset='imagenet', images_dir='.'), ['paper\'s resnet18', '--weights']),
+    (dict(arch='timm:test_vit', pooling='mean'), ['--pooling mean applies to a named --extract_layer']),
+    (dict(weights='none', checkpoint='base.pth'), ['--weights none and --base_init_ckpt contradict']),
+    (dict(arch='timm:'), ['name a model']),
 ])
 def test_bad_backbone_settings_are_one_line_naming_the_flag(given, fragments):
     with pytest.raises(backbones.SettingError) as caught:
@@ -169,6 +172,7 @@ def test_digits_and_an_image_folder_run_end_to_end_with_a_timm_vit(tmp_path, cap
     assert code == 0, out.err
     saved = json.loads((tmp_path / 'digits' / 'config.json').read_text())
     assert saved['feature_dim'] == 192 and saved['preprocessing']['mean'] == [0.5, 0.5, 0.5]
+    assert saved['preprocessing']['centre_crop'] is False       # the digits are resized square, not cropped
     assert saved['settings']['network']['extract_layer'] == 'pre_logits'
     root = build_image_folder(tmp_path)[0]
     code, out = run(['--dataset', 'imagefolder', '--images_dir', root, '--arch', 'timm:vit_tiny_patch16_224',
@@ -177,7 +181,7 @@ def test_digits_and_an_image_folder_run_end_to_end_with_a_timm_vit(tmp_path, cap
     assert code == 0, out.err
     saved = json.loads((tmp_path / 'folder_out' / 'config.json').read_text())
     assert saved['preprocessing'] == {'image_size': 224, 'resize_size': 248, 'interpolation': 'bicubic',
-                                      'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5]}
+                                      'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'centre_crop': True}
     assert saved['settings']['data']['options']['image_size'] == 224
     accuracies = json.loads(next((tmp_path / 'folder_out').glob('accuracies_*.json')).read_text())
     assert np.isfinite(accuracies['seen_classes_top1']).all()

@@ -84,6 +84,8 @@ def test_merge_is_refused_for_the_papers_rule_and_changes_nothing():
     for name, tensor in paper.state_dict().items():
         assert torch.equal(tensor, before[name])
     pooled = fitted(X, y, [], covariance_update='pooled')
+    with pytest.raises(ValueError, match='with itself would count its data twice'):
+        pooled.merge(pooled)
     with pytest.raises(ValueError, match='same input_shape'):
         pooled.merge(StreamingLDA(3, 4, device='cpu', dtype=torch.float64, covariance_update='pooled'))
 

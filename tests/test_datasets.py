@@ -57,7 +57,7 @@ def test_dataset_and_ordering_options_reach_the_lister_and_the_plan(core50, monk
     built = config.make_config(dataset='core50', images_dir=str(core50), image_size=16, frame_stride=20,
                                class_labels='object', ordering='iid', images_per_batch=7, ordering_seed=4)
     splits = list_splits(built)
-    assert listed['args'] == (str(core50), data.Preprocessing().at_size(16), 20, 'object')
+    assert listed['args'] == (str(core50), data.Preprocessing().at_size(16).square(), 20, 'object')
     plan = make_plan(built, splits, None)
     assert [len(batch.train_indices) for batch in plan[:-1]] == [7] * (len(plan) - 1)
     other_seed = make_plan(dataclasses.replace(built, stream=dataclasses.replace(

@@ -66,3 +66,5 @@ def test_torchscript_on_request_and_unfinished_runs_refused(digits_run, tmp_path
                                rtol=1e-4, atol=1e-3)
     assert export_model.main([str(tmp_path), str(tmp_path / 'x.pt2')]) == 2
     assert 'config.json not found: give the save folder of a run' in capsys.readouterr().err
+    assert export_model.main([str(digits_run), str(tmp_path / 'nowhere' / 'x.pt2')]) == 2
+    assert 'x.pt2: its folder does not exist' in capsys.readouterr().err

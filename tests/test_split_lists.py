@@ -79,3 +79,11 @@ def test_a_missing_file_and_a_class_without_training_images_are_named(folder, tm
     built = config.make_config(dataset='imagefolder', images_dir=str(images), split_file=str(split_file))
     with pytest.raises(InputError, match='lists test images but no training image of class\\(es\\) dog'):
         list_splits(built)
+
+
+@pytest.mark.parametrize('kept, missing', [('train', 'test'), ('test', 'train')])
+def test_a_file_without_test_or_training_images_is_refused(folder, kept, missing):
+    images, split_file = folder
+    split_file.write_text(''.join(f'{p} {s}\n' for p, s in LISTED if s == kept))
+    with pytest.raises(InputError, match=f'lists no {missing} image: it needs lines ending in train and in test'):
+        read_split_file(str(split_file), str(images))
