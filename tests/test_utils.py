@@ -140,6 +140,16 @@ def test_topk_accuracy_equals_a_loop_from_the_definition_ties_included():
     assert topk_accuracy(scores[2:3], torch.tensor([5]), (1,)) == [100.0]
 
 
+def test_topk_accuracy_in_blocks_of_rows_equals_the_whole_comparison():
+    rng = np.random.default_rng(1)
+    scores = torch.from_numpy(rng.integers(0, 50, size=(130, 2048)).astype(np.float32))   # 128-row blocks: 2
+    scores[70, 9] = float('nan')
+    labels = torch.from_numpy(rng.integers(0, 2048, size=130))
+    ahead = (~(scores < scores.gather(1, labels[:, None]))).sum(dim=1) - 1
+    ks = (1, 5, 100)
+    assert topk_accuracy(scores, labels, ks) == [(ahead < k).sum().item() * 100 / 130 for k in ks]
+
+
 @pytest.mark.parametrize('scores, labels, message', [
     (torch.zeros(3), torch.zeros(3, dtype=torch.int64), 'scores'),
     (torch.zeros(3, 4), torch.zeros(2, dtype=torch.int64), 'labels'),
