@@ -60,8 +60,9 @@ class NetworkSettings(Settings):
                                           'torchvision weight set (IMAGENET1K_V1, ...), DEFAULT for the network\'s '
                                           'default (a timm model: its tag\'s), or none for a random '
                                           'initialisation (default: DEFAULT for a timm model named with its '
-                                          'tag, else the dataset\'s: pretrained for core50, none for the digits '
-                                          'and imagefolder, the base checkpoint for imagenet)', metavar='NAME')
+                                          'tag, else the dataset\'s: IMAGENET1K_V1 for core50, cifar100 and '
+                                          'cifar10, none for the digits and imagefolder, the base checkpoint for '
+                                          'imagenet)', metavar='NAME')
     feature_dim: Optional[int] = option(None, 'expected feature size; checked against the network (default: found)',
                                         flags=('--input_feature_size',), metavar='N', check=at_least(1))
     amp: str = option('auto', 'bfloat16 autocast for the network: auto uses it on CUDA and on CPUs with bfloat16 '
