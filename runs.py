@@ -91,11 +91,16 @@ class Run:
 
 def load_run(folder):
     """The Run of ``folder``. A ValueError names the folder and what is missing or wrong when it is not a run
-    folder of experiment.py, or holds a value that is no accuracy (NaN, say)."""
+    folder of experiment.py, or holds a value that is no accuracy (NaN, say). A run of this release stopped before
+    its first batch finished (config.json, no summary.json yet) is an unfinished run with no batch."""
     if not os.path.isdir(folder):
         raise ValueError(f'{folder} is not a run folder of experiment.py: no such folder')
-    config, summary = (read_json(folder, name) for name in ('config.json', 'summary.json'))
+    config = read_json(folder, 'config.json')
     version = config.get('schema_version', 1)       # the layouts before schema 2 have no version
+    if version == 2 and not os.path.exists(os.path.join(folder, 'summary.json')):
+        summary = {'finished': False, 'accuracy_unit': 'percent', 'increments': [], 'final': {}}
+    else:
+        summary = read_json(folder, 'summary.json')
     if version not in (1, 2):
         raise ValueError(f'{folder}: config.json has schema_version {version!r}; this reader knows 1 and 2')
     try:

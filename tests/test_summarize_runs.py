@@ -151,3 +151,12 @@ def test_average_incremental_accuracy_and_forgetting_are_averaged_over_seeds_whe
         assert new[column] == f'{statistics.mean(c[key] for c in curves):.2f} ± 0.00'
     assert new[FORGETTING] == f'{statistics.mean(forgetting):.2f} ± {statistics.stdev(forgetting):.2f}'
     assert old[FORGETTING] == '' and old[AVERAGE1] == new[AVERAGE1].split(' ±')[0]    # the same run, earlier layout
+
+
+def test_a_run_stopped_before_its_first_batch_is_listed_and_left_out(tmp_path, capsys):
+    finished = [schema_2(tmp_path / f'new{seed}', seed)[0] for seed in (0, 1)]
+    stopped, _, _ = schema_2(tmp_path / 'stopped')
+    (tmp_path / 'stopped' / 'summary.json').unlink()        # killed before its first batch finished
+    code, out, rows = summarize(finished + [stopped], capsys)
+    assert code == 0 and [row[RUNS] for row in rows] == ['2']
+    assert 'left out, not finished' in out.err and 'stopped' in out.err
