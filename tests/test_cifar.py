@@ -19,8 +19,6 @@ from experiment import list_splits
 from options import SettingError
 
 
-@pytest.fixture(scope='module')
-
 def pycil_order(seed, classes):
     """np.random.seed(seed); np.random.permutation(classes), as PyCIL and LAMDA-PILOT draw it, with NumPy's global
     state put back afterwards for the tests that follow."""
@@ -31,6 +29,8 @@ def pycil_order(seed, classes):
     finally:
         np.random.set_state(state)
 
+
+@pytest.fixture(scope='module')
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp('cifar')
     make_checkpoint(root / 'base.pth')
