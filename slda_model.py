@@ -408,11 +408,12 @@ class StreamingLDA(nn.Module):
         y for a label outside [0, num_classes) or a count other than B; TypeError for non-numeric x or y.
         """
         X = as_tensor(x, 'x').detach()     # the buffers need no grad: with X detached, nothing is recorded
+        # A fixed covariance leaves only the class means to update, the same for either covariance_update
+        pooled = self.covariance_update == 'pooled' and self.streaming_update_sigma
         if 0 < (X.shape[0] if X.dim() == 2 else 1) <= FIT_PER_SAMPLE_ROWS:
-            update = self._fit_pooled_samples if self.covariance_update == 'pooled' else self._fit_samples
-            update(*self._check_few(X, y, 'x'))
+            (self._fit_pooled_samples if pooled else self._fit_samples)(*self._check_few(X, y, 'x'))
             return self
-        if self.covariance_update == 'pooled':
+        if pooled:
             return self._fit_pooled(X, y)
         X, y = self._check_batch(X, y, 'x', convert=False)
         if X.shape[0] == 0:
@@ -513,24 +514,23 @@ class StreamingLDA(nn.Module):
         self._add_class_sums(labels, lengths, prefix[starts + lengths] - prefix[starts])
 
     def _fit_pooled_samples(self, rows, labels):
-        """covariance_update='pooled' row by row, in place (Welford's update per class): with r = z - mu_k and
-        c = c_k before the sample and N samples in all, Sigma <- (N Sigma + (c / (c + 1)) r r^T) / (N + 1), then
-        mu_k <- mu_k + r / (c + 1)."""
+        """covariance_update='pooled' with a plastic covariance, row by row, in place (Welford's update per
+        class): with r = z - mu_k and c = c_k before the sample and N samples in all,
+        Sigma <- (N Sigma + (c / (c + 1)) r r^T) / (N + 1), then mu_k <- mu_k + r / (c + 1)."""
         seen = int(self.num_updates)
         for z, label in zip(rows, labels):
             mean, count = self.muK[label], int(self.cK[label])
-            if self.streaming_update_sigma:
-                residual = z - mean
-                self.Sigma.addr_(residual, residual, beta=seen / (seen + 1),
-                                 alpha=count / ((count + 1) * (seen + 1)))
+            residual = z - mean
+            self.Sigma.addr_(residual, residual, beta=seen / (seen + 1), alpha=count / ((count + 1) * (seen + 1)))
             mean.lerp_(z, 1 / (count + 1))
             self.cK[label] += 1
             seen += 1
         self.num_updates.fill_(seen)
 
     def _fit_pooled(self, X, y):
-        """``fit`` with covariance_update='pooled': per chunk, the class means, counts and pooled scatter
-        combined exactly with the chunk's (``pooled_scatter_update``), in float64; Sigma = scatter / samples."""
+        """``fit`` with covariance_update='pooled' and a plastic covariance: per chunk, the class means, counts
+        and pooled scatter combined exactly with the chunk's (``pooled_scatter_update``), in float64;
+        Sigma = scatter / samples."""
         X, y = self._check_batch(X, y, 'x', convert=False)
         chunk = FIT_CHUNK_ROWS.get(self.device.type, FIT_CHUNK_ROWS['cuda'])
         for start in range(0, X.shape[0], chunk):
@@ -538,18 +538,25 @@ class StreamingLDA(nn.Module):
             labels = y[start:start + chunk]
             classes, position, batch_counts = torch.unique(labels, return_inverse=True, return_counts=True)
             sums = torch.zeros(len(classes), self.input_shape, dtype=torch.float64, device=self.device)
-            batch_means = sums.index_add_(0, position, rows) / batch_counts[:, None]
+            add_rows(sums, position, rows)
+            batch_means = sums / batch_counts[:, None]
             centred = rows - batch_means[position]
-            seen = int(self.num_updates)
             scatter, means, counts = pooled_scatter_update(self.muK[classes].to(torch.float64), self.cK[classes],
                                                            batch_means, batch_counts, centred.T @ centred)
-            if self.streaming_update_sigma:
-                total = seen * self.Sigma.to(torch.float64) + scatter
-                self.Sigma.copy_((total / (seen + len(labels))).to(self.dtype))
-            self.muK[classes] = means.to(self.dtype)
-            self.cK[classes] = counts.to(torch.int64)
-            self.num_updates += len(labels)
+            self._take_pooled(classes, int(self.num_updates) * self.Sigma.to(torch.float64) + scatter, means,
+                              counts, len(labels))
         return self
+
+    def _take_pooled(self, classes, scatter, means, counts, added):
+        """Set the pooled statistics of ``pooled_scatter_update``: the means (K, d) and counts (K,) of
+        ``classes`` (an index of muK's rows), ``added`` more samples in all, and Sigma = the whole within-class
+        ``scatter`` (d, d, float64) over the samples."""
+        samples = int(self.num_updates) + added
+        if samples:
+            self.Sigma.copy_((scatter / samples).to(self.dtype))
+        self.muK[classes] = means.to(self.dtype)
+        self.cK[classes] = counts.to(torch.int64)
+        self.num_updates += added
 
     @torch.no_grad()
     def merge(self, other):
@@ -583,11 +590,7 @@ class StreamingLDA(nn.Module):
         scatter, means, counts = pooled_scatter_update(
             self.muK[:count].to(torch.float64), self.cK[:count], other.muK.to(self.device, torch.float64),
             other.cK.to(self.device), within)
-        if here + there:
-            self.Sigma.copy_((scatter / (here + there)).to(self.dtype))
-        self.muK[:count] = means.to(self.dtype)
-        self.cK[:count] = counts.to(torch.int64)
-        self.num_updates += there
+        self._take_pooled(slice(0, count), scatter, means, counts, there)
         return self
 
     @torch.no_grad()
@@ -706,9 +709,7 @@ class StreamingLDA(nn.Module):
         TypeError for non-numeric X, and ValueError when mask_unseen_classes is on and no class has a sample
         yet: every class would be masked and the probabilities would be NaN.
         """
-        X = as_tensor(X, 'X')
-        if X.dim() != 2 or X.shape[1] != self.input_shape:
-            raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
+        X = self._scoring_input(X)
         columns, W, b = self._classifier()
         fill = 0.0
         if self.mask_unseen_classes:
@@ -737,6 +738,13 @@ class StreamingLDA(nn.Module):
                 rows.copy_(scores)
         return out
 
+    def _scoring_input(self, X):
+        """X as a tensor of shape (n, d), the only shape ``predict`` and ``mahalanobis`` take; ValueError else."""
+        X = as_tensor(X, 'X')
+        if X.dim() != 2 or X.shape[1] != self.input_shape:
+            raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
+        return X
+
     @torch.no_grad()
     def mahalanobis(self, X):
         """Squared Mahalanobis distances (m, C) float64 on the CPU of the rows of X (m, d) to each class mean under
@@ -745,10 +753,7 @@ class StreamingLDA(nn.Module):
         the shared covariance of LDA). Computed in float64 in whitened coordinates L^-1 x, with L the Cholesky
         factor of the shrunk covariance (a pseudo-inverse square root where it is not positive definite).
         Raises as ``predict``."""
-        X = as_tensor(X, 'X')
-        if X.dim() != 2 or X.shape[1] != self.input_shape:
-            raise InputError(f'X must have shape (n, {self.input_shape}), got {tuple(X.shape)}')
-        X = self._check_features(X, 'X').to(torch.float64)
+        X = self._check_features(self._scoring_input(X), 'X').to(torch.float64)
         eye = torch.eye(self.input_shape, dtype=torch.float64, device=self.device)
         shrunk, _ = self.shrunk_covariance()
         L, info = torch.linalg.cholesky_ex(shrunk)
