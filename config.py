@@ -160,11 +160,9 @@ class Config:
 
     @functools.cached_property
     def preprocessing(self):
-        """The data.Preprocessing the network gets: its own (backbones.default_preprocessing) at the image size
-        the data fixes or --image_size gives; resized square without a crop for datasets of square images."""
-        size = self.dataset.input_size or self.data.options.image_size
-        preprocessing = backbones.default_preprocessing(self.network.arch, self.network.weights).at_size(size)
-        return preprocessing.square() if self.dataset.square_images else preprocessing
+        """The data.Preprocessing the network gets (network_preprocessing)."""
+        return network_preprocessing(self.dataset, self.data.options.image_size, self.network.arch,
+                                     self.network.weights)
 
     def results_settings(self):
         """{dotted name: value} of every setting that changes results: what --resume compares."""
@@ -176,6 +174,14 @@ class Config:
     def to_json(self):
         """{group: {field: value}}, JSON-ready."""
         return {group.name: as_dict(getattr(self, group.name)) for group in dataclasses.fields(self)}
+
+
+def network_preprocessing(dataset, image_size, arch, weights):
+    """The data.Preprocessing network ``arch`` with ``weights`` gets on ``dataset`` (a DatasetEntry): its own
+    (backbones.default_preprocessing) at the image size the data fixes or ``image_size`` (--image_size) gives;
+    resized square without a crop for datasets of square images."""
+    preprocessing = backbones.default_preprocessing(arch, weights).at_size(dataset.input_size or image_size)
+    return preprocessing.square() if dataset.square_images else preprocessing
 
 
 GROUPS = (DataSettings, NetworkSettings, StreamSettings, HeadSettings, CacheSettings, RunSettings)

@@ -336,9 +336,7 @@ def core50_splits(images_dir, preprocessing=Preprocessing(), frame_stride=20, la
         images.clips = np.array(clips, dtype=np.int64)
         made[split] = images
     return SplitPair('core50', classes, made['train'], made['test'],
-                     f'CORe50 {labels} labels, PIL, square resize {preprocessing.image_size} '
-                     f'({preprocessing.interpolation}), mean {format_triple(preprocessing.mean)}, '
-                     f'std {format_triple(preprocessing.std)}', 'test',
+                     f'CORe50 {labels} labels, PIL, {preprocessing.square().describe()}', 'test',
                      os.path.realpath(images_dir))
 
 

@@ -10,6 +10,11 @@ class ProjectError(Exception):
     exit_code = 2
 
 
+def error_line(error):
+    """The command line's one line for a ProjectError: 'error: <message> (<hint>)'."""
+    return f'error: {error}{f" ({error.hint})" if error.hint else ""}'
+
+
 class InputError(ProjectError, ValueError):
     """A file, folder or argument whose content cannot be used; the message names it."""
 

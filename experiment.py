@@ -24,7 +24,7 @@ import cli
 import distributed
 import protocol
 from config import support_folders
-from errors import ProjectError
+from errors import ProjectError, error_line
 from feature_cache import listings_folder
 from features import build_readers
 from heads import HEADS
@@ -333,8 +333,7 @@ def main(argv=None):
         if experiment.run() is None:
             leave_at_once()
     except ProjectError as e:
-        hint = f' ({e.hint})' if e.hint else ''
-        print(f'error: {e}{hint}{resume_hint(experiment)}', file=sys.stderr)
+        print(f'{error_line(e)}{resume_hint(experiment)}', file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f'interrupted{resume_hint(experiment)}', file=sys.stderr)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import cli
-from errors import ProjectError
+from errors import ProjectError, error_line
 from experiment import class_order, list_splits, make_plan
 from features import build_readers
 from options import SettingError
@@ -76,7 +76,7 @@ def main(argv=None):
         config = cli.make_config(**given)
         counts = export(config, output)
     except ProjectError as e:
-        print(f'error: {e}{f" ({e.hint})" if e.hint else ""}', file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return e.exit_code
     print(f'wrote {counts["train"]} train and {counts["test"]} test feature vectors of {config.network.arch} '
           f'{config.network.extract_layer} to {output}')

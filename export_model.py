@@ -27,10 +27,10 @@ import warnings
 import torch
 from torch import nn
 
-import backbones
 import data
+from config import network_preprocessing
 from datasets import DATASETS
-from errors import InputError, ProjectError
+from errors import InputError, ProjectError, error_line
 from features import FeatureExtractor
 from projection import RandomProjection
 from slda_model import StreamingLDA
@@ -71,14 +71,13 @@ def load_run(folder):
 
 def run_preprocessing(saved):
     """The data.Preprocessing of a run: config.json's ``preprocessing``, or, for runs written before it was
-    recorded, the network's own at the run's image size."""
+    recorded, what config.network_preprocessing gives for the run's settings."""
     if 'preprocessing' in saved:
         return data.Preprocessing(**{key: tuple(value) if isinstance(value, list) else value
                                      for key, value in saved['preprocessing'].items()})
-    settings = saved['settings']
-    size = DATASETS[settings['data']['dataset']].input_size or settings['data']['options']['image_size']
-    network = settings['network']
-    return backbones.default_preprocessing(network['arch'], network['weights']).at_size(size)
+    settings, network = saved['settings'], saved['settings']['network']
+    return network_preprocessing(DATASETS[settings['data']['dataset']], settings['data']['options'].get('image_size'),
+                                 network['arch'], network['weights'])
 
 
 def build_classifier(saved, slda):
@@ -136,7 +135,7 @@ def main(argv=None):
     try:
         written = export(args.run, args.output)
     except ProjectError as e:
-        print(f'error: {e}{f" ({e.hint})" if e.hint else ""}', file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return e.exit_code
     print(f'wrote {args.output} with {written}')
     return 0
