@@ -444,23 +444,60 @@ class StreamingLDA(nn.Module):
 
     def _fit_means(self, X, y, chunk):
         """A batch with a fixed covariance: mu_k <- mu_k + sum(z - mu_k) / (c_k + n_k) over the n_k rows of
-        class k, the per-sample rule's result, with mu_k the mean before the batch. The rows centred on their
-        class mean (in the model's dtype, as the per-sample rule's z - mu_k) are summed per class in float64
-        (``add_rows``), in stream order, a cache-sized block at a time (at most ``chunk`` rows, FIT_SUM_BYTES
-        of float64) through two reused buffers; nothing of size d x d is touched."""
-        labels, slots, counts = torch.unique(y, return_inverse=True, return_counts=True)
-        d, device = self.input_shape, self.device
-        rows = max(1, min(chunk, X.shape[0], FIT_SUM_BYTES // (8 * d)))
-        sums = torch.zeros(len(labels), d, dtype=torch.float64, device=device)
+        class k, the per-sample rule's result, with mu_k the mean before the batch; nothing of size d x d is
+        touched.
+
+        The rows, in class-sorted order (stable, so each class keeps its stream order; stream order itself when
+        each class's rows are already together), go through a few reused
+        cache-sized buffers (at most ``chunk`` rows, FIT_SUM_BYTES of float64) a block at a time: centred on their
+        class mean in the model's dtype (as the per-sample rule's z - mu_k), summed per class in float64 in stream
+        order (``add_rows``), and each class whose rows are all summed updates its mean at once. A class whose
+        rows continue into the next block carries its partial sum there. Nothing grows with the batch or the
+        number of classes but the sort."""
+        order, starts, lengths, labels = class_runs(y)
+        n, d, device = X.shape[0], self.input_shape, self.device
+        if int((y[1:] != y[:-1]).sum()) + 1 == len(labels):
+            # Each class's rows are together already (as a class-incremental batch streams them): its runs in
+            # stream order, read where they are, without gathering the rows into class order.
+            starts = torch.cat([starts.new_zeros(1), torch.nonzero(y[1:] != y[:-1]).squeeze(1) + 1])
+            lengths = torch.diff(starts, append=starts.new_full((1,), n))
+            order, labels = None, y[starts]
+        rows = max(1, min(chunk, n, FIT_SUM_BYTES // (8 * d)))
+        block = torch.empty(rows, d, dtype=self.dtype, device=device)
         means = torch.empty(rows, d, dtype=self.dtype, device=device)
         centred = torch.empty(rows, d, dtype=torch.float64, device=device)
-        for start in range(0, X.shape[0], rows):
-            block = X[start:start + rows].to(device=device, dtype=self.dtype)
-            n = block.shape[0]
-            # computed in the model's dtype, stored in float64
-            torch.sub(block, torch.index_select(self.muK, 0, y[start:start + n], out=means[:n]), out=centred[:n])
-            add_rows(sums, slots[start:start + n], centred[:n])
-        self._add_class_sums(labels, counts, sums)
+        sums = torch.zeros(rows, d, dtype=torch.float64, device=device)
+        run_of_row = torch.repeat_interleave(torch.arange(len(labels), device=device), lengths)
+        run_starts, run_ends = starts.tolist(), (starts + lengths).tolist()
+        y_sorted = y if order is None else y[order]
+        source_order = None if order is None else order.to(X.device)
+        same_kind = X.device == device and X.dtype == self.dtype
+        first_run = 0                                   # the first run not finished before this block
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            m = stop - start
+            if source_order is None:
+                rows_in_order = X[start:stop] if same_kind else block[:m].copy_(X[start:stop])
+            elif same_kind:
+                rows_in_order = torch.index_select(X, 0, source_order[start:stop], out=block[:m])
+            else:
+                rows_in_order = block[:m].copy_(X[source_order[start:stop]])
+            torch.index_select(self.muK, 0, y_sorted[start:stop], out=means[:m])
+            torch.sub(rows_in_order, means[:m], out=centred[:m])     # computed in the model's dtype, stored in float64
+            add_rows(sums, run_of_row[start:stop] - first_run, centred[:m])
+            finished = first_run
+            while finished < len(run_ends) and run_ends[finished] <= stop:
+                finished += 1
+            done = finished - first_run
+            if done:
+                self._add_class_sums(labels[first_run:finished], lengths[first_run:finished], sums[:done])
+            if finished < len(run_ends) and run_starts[finished] < stop:    # continues: its sum moves to slot 0
+                carried = finished - first_run
+                sums[0].copy_(sums[carried])
+                sums[1:carried + 1].zero_()
+            else:
+                sums[:done].zero_()
+            first_run = finished
 
     def _add_class_sums(self, labels, counts, sums):
         """mu_k <- mu_k + sums_k / (c_k + counts_k) in float64 and c_k <- c_k + counts_k for the classes

@@ -647,9 +647,15 @@ def test_no_base_init_with_fixed_covariance_keeps_the_identity(tmp_path, capsys)
 
 # ---------------------------------------------------------------- the fast paths against independent computations
 
-def test_fixed_covariance_batch_split_into_chunks_equals_the_per_sample_rule(monkeypatch):
+@pytest.mark.parametrize('grouped', [False, True])
+def test_fixed_covariance_batch_split_into_chunks_equals_the_per_sample_rule(monkeypatch, grouped):
+    """Blocks of 16 rows: classes span blocks, in class-sorted order (a shuffled stream) or in stream order
+    (each class's rows together, classes not in label order, as a class-incremental batch)."""
     monkeypatch.setitem(slda_model.FIT_CHUNK_ROWS, 'cpu', 16)      # 300 rows: 19 chunks through the buffers
     X, y = make_stream(300, seed=27)
+    if grouped:
+        by_class = np.argsort(np.array([3, 0, 5, 1, 4, 2])[y], kind='stable')
+        X, y = X[by_class], y[by_class]
     model = StreamingLDA(D, C, streaming_update_sigma=False, device='cpu', dtype=torch.float64)
     model.fit_base(X[:40], y[:40])
     sigma = model.Sigma.clone()
