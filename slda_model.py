@@ -10,6 +10,7 @@ import operator
 import os
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -170,6 +171,14 @@ def prefix_sums(rows, block=32, out=None):
         if whole:
             sums[whole:] += sums[whole - 1]
     return prefix
+
+
+def host_empty(shape, dtype):
+    """An uninitialised tensor of ``shape`` and ``dtype`` (float32 or float64) in host memory that NumPy
+    allocated. For large arrays NumPy asks Linux for transparent huge pages (madvise), which torch.empty does
+    not: the first write into a large score matrix then faults in 2 MB pages instead of 4 KB ones, a fraction of
+    the time (bench/README.md, scoring)."""
+    return torch.from_numpy(np.empty(shape, dtype=np.float32 if dtype == torch.float32 else np.float64))
 
 
 def add_rows(sums, index, rows):
@@ -756,7 +765,7 @@ class StreamingLDA(nn.Module):
                                  'model before predicting')
             fill = float('-inf')
             b = b.masked_fill(~(seen if columns is None else seen[columns]), fill)
-        out = torch.empty(X.shape[0], self.num_classes, dtype=self.dtype)
+        out = host_empty((X.shape[0], self.num_classes), self.dtype)
         on_host = self.device.type == 'cpu'
         # the computed columns of a block, when they are not all: one buffer for every block
         part = None if columns is None else torch.empty(min(self.test_batch_size, X.shape[0]), len(columns),
