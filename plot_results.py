@@ -60,8 +60,22 @@ def paper_protocol(run):
             run.setting('class_increment') == 100 and run.setting('base_init_classes') == 100)
 
 
+FIGURE_FORMATS = ('png', 'pdf', 'svg')
+
+
+def figure_format(path):
+    """The figure format of ``path``'s extension, one of FIGURE_FORMATS; ValueError naming it otherwise."""
+    extension = os.path.splitext(path)[1][1:].lower()
+    if extension not in FIGURE_FORMATS:
+        raise ValueError(f'{path} must end in .{", .".join(FIGURE_FORMATS)}: the extension gives the figure\'s '
+                         f'format')
+    return extension
+
+
 def plot_runs(runs, path):
-    """Write the learning curves of ``runs`` (runs.Run) as a PNG at ``path``, atomically."""
+    """Write the learning curves of ``runs`` (runs.Run) at ``path``, atomically, in the format its extension
+    names (``figure_format``: PNG, PDF or SVG)."""
+    file_format = figure_format(path)
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -96,7 +110,7 @@ def plot_runs(runs, path):
     axes[1].legend(fontsize=7, loc='lower left')
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format='png')
+    figure.savefig(buffer, format=file_format)
     plt.close(figure)
     write_output(path, atomic_write, lambda f: f.write(buffer.getvalue()))
 
@@ -180,9 +194,15 @@ def table(runs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('folders', nargs='+', metavar='DIR', help='run folders of experiment.py')
-    parser.add_argument('--output', metavar='PNG', default='learning_curves.png',
-                        help='the figure; the table goes beside it with the extension .md (default: %(default)s)')
+    parser.add_argument('--output', metavar='FIGURE', default='learning_curves.png',
+                        help='the figure, .png, .pdf or .svg; the table goes beside it with the extension .md '
+                             '(default: %(default)s)')
     args = parser.parse_args(argv)
+    try:
+        figure_format(args.output)
+    except ValueError as e:
+        print(f'error: --output: {e}', file=sys.stderr)
+        return 2
     try:
         runs = [load_run(folder) for folder in args.folders]
     except ValueError as e:

@@ -164,3 +164,12 @@ def test_paper_points_are_drawn_for_the_papers_imagenet_protocol_only(tmp_path, 
         folder = copy_run(ARGUMENTS, tmp_path / f'run{expected}', config=settings)
         assert draw([folder], tmp_path, capsys)[0] == 0
         assert len(points) == expected
+
+
+def test_the_output_extension_gives_the_format_and_another_is_refused_before_any_work(tmp_path, capsys):
+    code = plot_results.main([str(ARGUMENTS), '--output', str(tmp_path / 'curves.txt')])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and 'curves.txt' in err and '.pdf' in err
+    assert not list(tmp_path.iterdir())
+    assert plot_results.main([str(ARGUMENTS), '--output', str(tmp_path / 'curves.pdf')]) == 0
+    assert (tmp_path / 'curves.pdf').read_bytes().startswith(b'%PDF') and (tmp_path / 'curves.md').exists()

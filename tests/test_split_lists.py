@@ -87,3 +87,12 @@ def test_a_file_without_test_or_training_images_is_refused(folder, kept, missing
     split_file.write_text(''.join(f'{p} {s}\n' for p, s in LISTED if s == kept))
     with pytest.raises(InputError, match=f'lists no {missing} image: it needs lines ending in train and in test'):
         read_split_file(str(split_file), str(images))
+
+
+def test_a_test_folder_beside_a_split_file_is_refused_naming_both(folder, tmp_path, capsys):
+    """--test_split names a folder the split file replaces: one of the two would be silently ignored."""
+    images, split_file = folder
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', images, '--split_file', split_file,
+                     '--test_split', 'test', '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, '--test_split test names a test folder', f'--split_file {split_file}')
+    assert not (tmp_path / 'out').exists()
