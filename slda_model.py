@@ -822,7 +822,10 @@ class StreamingLDA(nn.Module):
         of the current classifier (bias -inf for classes not seen yet when mask_unseen_classes is on); a copy,
         unaffected by later updates."""
         columns, W, b = self._classifier()
-        linear = nn.Linear(self.input_shape, self.num_classes, dtype=self.dtype)
+        with warnings.catch_warnings():     # torch's warning that initialising a model with no class is a no-op
+            warnings.filterwarnings('ignore', 'Initializing zero-element tensors', UserWarning)
+            # skip_init: the random initialisation that the classifier overwrites runs on the meta device
+            linear = nn.utils.skip_init(nn.Linear, self.input_shape, self.num_classes, dtype=self.dtype)
         linear.weight.zero_()       # an unseen class's column: mu = 0, so zero weights and bias
         linear.bias.zero_()
         everything = slice(None) if columns is None else columns.cpu()

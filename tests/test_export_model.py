@@ -27,6 +27,12 @@ def test_to_linear_gives_the_decision_function(mask):
     assert not torch.allclose(linear(X), model.decision_function(X))
 
 
+def test_to_linear_of_a_model_with_no_class_yet_is_empty_and_quiet(recwarn):
+    linear = StreamingLDA(6, None, device='cpu').to_linear()
+    assert linear.weight.shape == (0, 6) and linear(torch.zeros(2, 6)).shape == (2, 0)
+    assert not recwarn.list
+
+
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
     save = tmp_path_factory.mktemp('run') / 'digits'
