@@ -6,13 +6,15 @@ allocator's state left by one method changes the speed of the next by up to 2x h
 - the hardware limits: the GEMM-only rate (samples/s at which the batched plastic update's one matrix product
   R^T diag(w) R runs alone, on a pass of ``FIT_CHUNK_ROWS`` rows) and the addr-only rate (one in-place rank-1
   update of a d x d matrix per sample, the per-sample plastic rule's unavoidable cost);
-- ours: ``fit`` on the whole stream (batched), and ``fit(x, y)`` one sample per call;
+- ours: ``fit`` on the whole stream (batched), on the same rows with each class's together (by class, classes in a
+  shuffled order, as a class-incremental batch arrives), and ``fit(x, y)`` one sample per call;
 - the original's rule, one sample per call as the original's ``fit`` writes it (README, "Differences from the
   original"): the sample and label moved and reshaped, Sigma <- (t Sigma + (t / (t + 1)) r r^T) / (t + 1) into a
   new matrix, mu_k <- mu_k + (z - mu_k) / (c_k + 1) through a label tensor.
 
 Then prediction at d = 512: scoring 10,000 features right after an update, ours against the original's predict
-(pseudo-inverse of the shrunk covariance, W = Lambda M and b per call, one product per test batch), and the
+(pseudo-inverse of the shrunk covariance, W = Lambda M and b per call, one product per test batch), the product
+X W alone (what every method must compute: the floor), and the
 classifier's solve in float64 (ours) against float32, with the float32 solve's largest error.
 
 Avalanche's StreamingLDA strategy (avalanche-lib, installed apart from the project by bench/setup_avalanche.sh),
@@ -162,6 +164,9 @@ def measure_fit(d, classes, plastic, args):
     original_n = per_call_n if not plastic or device.type != 'cpu' else max(20, min(per_call_n, int(2e9 / d ** 3)))
     X, y = (tensor.to(device) for tensor in random_stream(max(batched_n, per_call_n), d, classes))
     labels = y.tolist()
+    # The same rows with each class's together, classes in a shuffled order: a class-incremental batch
+    by_class = torch.argsort(torch.randperm(classes, device=device)[y[:batched_n]], stable=True)
+    X_runs, y_runs = X[:batched_n][by_class], y[:batched_n][by_class]
 
     def model():
         return StreamingLDA(d, classes, streaming_update_sigma=plastic, device=device)
@@ -184,6 +189,7 @@ def measure_fit(d, classes, plastic, args):
                                     args.repeats, device),
         'batched fit': batched_n / fastest(lambda m: m.fit(X[:batched_n], y[:batched_n]), args.repeats, device,
                                            model),
+        'batched, class runs': batched_n / fastest(lambda m: m.fit(X_runs, y_runs), args.repeats, device, model),
         'one per call': per_call_n / fastest(per_call, args.repeats, device, model),
         'original': original_n / fastest(original, args.repeats, device, model),
     }
@@ -220,6 +226,9 @@ def measure_predict(d, classes, args):
             theirs.fit(X[:1], y[:1])
 
         avalanche = fastest(lambda _: theirs.predict(test), args.repeats, device, their_update)
+    _, W, _ = model._classifier()
+    product = torch.empty(len(test), W.shape[1], device=device)
+    gemm = fastest(lambda _: torch.mm(test, W, out=product), args.repeats, device)
     eye = torch.eye(d, dtype=torch.float64, device=device)
     shrunk = (1 - model.shrinkage_param) * model.Sigma.double() + model.shrinkage_param * eye
     M = model.muK.double().T
@@ -230,8 +239,8 @@ def measure_predict(d, classes, args):
     W64 = torch.cholesky_solve(M, L)
     error = ((torch.cholesky_solve(M32, torch.linalg.cholesky(shrunk.float())).double() - W64).abs().max()
              / W64.abs().max()).item()
-    return {'ours': ours, 'original': original, 'avalanche': avalanche, 'solve64': solve64, 'solve32': solve32,
-            'error32': error}
+    return {'ours': ours, 'original': original, 'avalanche': avalanche, 'gemm': gemm, 'solve64': solve64,
+            'solve32': solve32, 'error32': error}
 
 
 def in_fresh_process(function, *call_args):
@@ -270,7 +279,7 @@ def main():
     their_head = f' {"avalanche":>9s}' if args.avalanche else ''
     their_ratio_head = f' {"per call/avalanche":>18s}' if args.avalanche else ''
     print(f'{"d":>5s} {"C":>6s} {"covariance":>10s} {"GEMM-only":>10s} {"addr-only":>10s} {"batched":>10s} '
-          f'{"per call":>9s} {"original":>9s}{their_head} | {"batched/GEMM":>12s} {"batched/per call":>16s} '
+          f'{"by class":>10s} {"per call":>9s} {"original":>9s}{their_head} | {"batched/GEMM":>12s} {"batched/per call":>16s} '
           f'{"per call/original":>17s}{their_ratio_head}')
     for d in args.dims:
         for classes in args.classes:
@@ -280,7 +289,8 @@ def main():
                 their_rate = f' {rates["avalanche"]:9,.0f}' if args.avalanche else ''
                 their_ratio = f' {rates["one per call"] / rates["avalanche"]:17.1f}x' if args.avalanche else ''
                 print(f'{d:5d} {classes:6d} {"plastic" if plastic else "fixed":>10s} {rates["GEMM-only"]:10,.0f} '
-                      f'{rates["addr-only"]:10,.0f} {rates["batched fit"]:10,.0f} {rates["one per call"]:9,.0f} '
+                      f'{rates["addr-only"]:10,.0f} {rates["batched fit"]:10,.0f} '
+                      f'{rates["batched, class runs"]:10,.0f} {rates["one per call"]:9,.0f} '
                       f'{rates["original"]:9,.0f}{their_rate} | {gemm_share:>12s} '
                       f'{rates["batched fit"] / rates["one per call"]:15.1f}x '
                       f'{rates["one per call"] / rates["original"]:16.1f}x{their_ratio}', flush=True)
@@ -290,7 +300,8 @@ def main():
         theirs = (f', Avalanche\'s predict {result["avalanche"]:.3f} (ours is '
                   f'{result["avalanche"] / result["ours"]:.2f}x faster)' if args.avalanche else '')
         print(f'  C = {classes:5d}: ours {result["ours"]:.3f}, the original\'s predict {result["original"]:.3f} '
-              f'(ours is {result["original"] / result["ours"]:.2f}x faster){theirs}; classifier solve float64 '
+              f'(ours is {result["original"] / result["ours"]:.2f}x faster){theirs}; the product X W alone '
+              f'{result["gemm"]:.3f}; classifier solve float64 '
               f'{result["solve64"] * 1000:.0f} ms, float32 {result["solve32"] * 1000:.0f} ms (largest error '
               f'{result["error32"]:.1e} of the largest weight)', flush=True)
 
