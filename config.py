@@ -372,7 +372,7 @@ def take_run(given, dataset, data, stream, heads):
     if given.get('device', 'auto') == 'auto':
         given['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
     # On the CPU the network and decoding share the cores: decoding in the main process takes turns with the
-    # network (features.Extraction), where decoding processes would crowd torch's threads
+    # network (features.Extraction) at all of them, as fast as processes and without their start-up or fill
     on_cpu = str(given['device']).partition(':')[0] == 'cpu'
     defaults = {'num_workers': usable_cpus() if dataset.image_files and not on_cpu else 0}
     if given.get('expt_name') is None:

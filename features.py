@@ -284,8 +284,9 @@ class Extraction:
     With ``num_workers`` > 0, each split gets one DataLoader whose decoding processes persist across calls and
     decode the next batches while the network runs: the way to keep a GPU busy. With 0, each batch is decoded
     in this process on as many threads as torch uses (PIL releases the GIL while it decodes and resizes), then
-    run through the network: on the CPU, decoding and the network then take turns at every core, where
-    decoding processes beside torch's threads would be more busy threads than cores (bench_extraction.py).
+    run through the network: on the CPU, decoding and the network then take turns at every core, with no
+    processes to start, or to fill with a whole batch each at every call, and no shared memory
+    (bench/README.md, bench_extraction.py).
     ``pin_memory`` pins the decoding processes' batches. ``decoder``, when given, turns each batch into images
     on the network's device, and ``collate_fn`` builds those batches (see device_decode.py).
     """
