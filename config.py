@@ -109,8 +109,10 @@ class RunSettings(Settings):
     extraction_batch_size: int = option(256, 'images per network batch', flags=('--batch_size',), metavar='N',
                                         check=at_least(1))
     device: str = option('auto', 'auto, cpu, cuda or cuda:N', metavar='DEV')
-    num_workers: Optional[int] = option(None, 'image-decoding processes (default: 0 for digits, else one per CPU '
-                                              'this process may use, at most 32)', metavar='N', check=at_least(0),
+    num_workers: Optional[int] = option(None, 'image-decoding processes (default: 0 on the CPU and for digits: '
+                                              'decode in the main process on torch\'s threads, taking turns with '
+                                              'the network; else one per CPU this process may use, at most 32)',
+                                        metavar='N', check=at_least(0),
                                         changes_results=False)
     save_dir: Optional[str] = option(None, 'output folder (default: streaming_experiments/<expt_name>)',
                                      metavar='DIR', changes_results=False)
@@ -367,9 +369,12 @@ def with_image_size(data, network):
 
 def take_run(given, dataset, data, stream, heads):
     """The running settings: workers, device, experiment name and save folder follow the others."""
-    defaults = {'num_workers': usable_cpus() if dataset.image_files else 0}
     if given.get('device', 'auto') == 'auto':
         given['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
+    # On the CPU the network and decoding share the cores: decoding in the main process takes turns with the
+    # network (features.Extraction) at all of them, as fast as processes and without their start-up or fill
+    on_cpu = str(given['device']).partition(':')[0] == 'cpu'
+    defaults = {'num_workers': usable_cpus() if dataset.image_files and not on_cpu else 0}
     if given.get('expt_name') is None:
         seeded = getattr(stream.options, 'ordering_seed', None)
         ordering = '' if seeded is None else f'_{stream.ordering}_seed{seeded}'

@@ -8,11 +8,12 @@ import os
 import re
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 from tqdm import tqdm
 
 import backbones
@@ -280,9 +281,14 @@ def shared_memory_size():
 class Extraction:
     """Runs images of a split through ``extractor``, class by class, batch by batch.
 
-    Each split gets one DataLoader whose ``num_workers`` decoding processes persist across calls.
-    ``decoder``, when given, turns each batch from the loader into images on the network's device, and
-    ``collate_fn`` builds those batches (see device_decode.py).
+    With ``num_workers`` > 0, each split gets one DataLoader whose decoding processes persist across calls and
+    decode the next batches while the network runs: the way to keep a GPU busy. With 0, each batch is decoded
+    in this process on as many threads as torch uses (PIL releases the GIL while it decodes and resizes), then
+    run through the network: on the CPU, decoding and the network then take turns at every core, with no
+    processes to start, or to fill with a whole batch each at every call, and no shared memory
+    (bench/README.md, bench_extraction.py).
+    ``pin_memory`` pins the decoding processes' batches. ``decoder``, when given, turns each batch into images
+    on the network's device, and ``collate_fn`` builds those batches (see device_decode.py).
     """
 
     def __init__(self, extractor, batch_size=256, num_workers=0, pin_memory=False, decoder=None, collate_fn=None,
@@ -299,6 +305,20 @@ class Extraction:
             sampler = IndexSampler()
             self.loaders[id(split)] = sampler, DataLoader(split, sampler=sampler, **self.loader_options)
         return self.loaders[id(split)]
+
+    def _batches(self, split, indices):
+        """Batches (images, dataset indices (B,) int64, ok (B,) bool) of images ``indices`` of ``split``, in
+        that order, as ``collate_fn`` (default: the DataLoader's) builds them."""
+        if self.loader_options['num_workers']:
+            sampler, loader = self._loader(split)
+            sampler.indices = indices
+            yield from loader
+            return
+        collate = self.loader_options['collate_fn'] or default_collate
+        size = self.loader_options['batch_size']
+        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+            for start in range(0, len(indices), size):
+                yield collate(list(pool.map(split.__getitem__, indices[start:start + size])))
 
     def worker_error(self, error):
         """``error``, a RuntimeError met while extracting, as a DecodingWorkerError when it is torch's report of a
@@ -320,14 +340,13 @@ class Extraction:
         (k,)) for each class of ``labels`` as soon as its last image is through the network. ``report_bad`` is
         called with the indices of each batch's unreadable images, and may raise to stop."""
         self.extractor.load()    # before the workers fork, so that they inherit torchvision
-        sampler, loader = self._loader(split)
         wanted = np.isin(split.labels, labels)
-        sampler.indices = np.flatnonzero(wanted).tolist()
+        order = np.flatnonzero(wanted).tolist()
         remaining = np.bincount(split.labels[wanted], minlength=split.labels.max() + 1)
         pending = {label: ([], [], []) for label in labels}   # features, indices, unreadable images
-        bar = tqdm(total=len(sampler.indices), desc=f'extracting {description}', unit='img',
+        bar = tqdm(total=len(order), desc=f'extracting {description}', unit='img',
                    disable=None if self.progress else True, file=sys.stderr, leave=False)
-        for images, indices, ok in loader:
+        for images, indices, ok in self._batches(split, order):
             crash_point('extract_batch')
             if self.decoder is not None:
                 images, ok = self.decoder(images, ok)

@@ -7,6 +7,9 @@ import json
 import os
 import re
 import signal
+import threading
+
+import numpy as np
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ import config
 import data
 from conftest import (SYNSETS, assert_one_line_error, build_image_folder, folder_args, folder_run, imagenet_argv,
                       make_checkpoint, run, truncate)
-from features import DecodingWorkerError, FeatureExtractor, load_checkpoint_into
+from features import DecodingWorkerError, Extraction, FeatureExtractor, load_checkpoint_into
 from options import SettingError
 from retrieve_any_layer import ModelWrapper
 
@@ -56,12 +59,47 @@ def test_tensors_absent_from_the_checkpoint_are_reported_missing(tmp_path):
     assert reported_names(report) == {'missing': ['fc.bias', 'fc.weight']}, report
 
 
-def test_decoding_workers_default_to_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+def test_decoding_workers_default_to_the_cpus_this_process_may_use_for_a_gpu(tmp_path, monkeypatch):
     root, _ = build_image_folder(tmp_path)
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0}, raising=False)   # pinned to one CPU ...
     monkeypatch.setattr(os, 'cpu_count', lambda: 8)                                # ... of a larger machine
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     built = config.make_config(dataset='imagefolder', images_dir=str(root), save_dir=str(tmp_path / 'out'))
-    assert built.run.num_workers == 1
+    assert (built.run.device, built.run.num_workers) == ('cuda', 1)
+
+
+def test_on_the_cpu_images_are_decoded_in_the_main_process_by_default(tmp_path):
+    root, _ = build_image_folder(tmp_path)
+    built = config.make_config(dataset='imagefolder', images_dir=str(root), save_dir=str(tmp_path / 'out'),
+                               device='cpu')
+    assert built.run.num_workers == 0
+
+
+class MeetingImages(data.TensorImages):
+    """Images whose reading waits until ``threads`` threads read at once (a broken barrier raises)."""
+
+    def __init__(self, threads):
+        images = torch.rand(6, 3, SMALL_INPUT, SMALL_INPUT, generator=torch.Generator().manual_seed(0))
+        super().__init__(images, np.array([0, 0, 0, 1, 1, 1]), 'meeting')
+        self.barrier = threading.Barrier(threads, timeout=10)
+        self.threads = set()
+
+    def __getitem__(self, index):
+        self.barrier.wait()
+        self.threads.add(threading.get_ident())
+        return super().__getitem__(index)
+
+
+@pytest.mark.filterwarnings('ignore:no checkpoint or weights given')
+def test_without_workers_a_batch_is_decoded_on_as_many_threads_as_torch_uses(monkeypatch):
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)
+    images = MeetingImages(threads=2)
+    extractor = FeatureExtractor(weights='none', amp=False, preprocessing=data.Preprocessing(SMALL_INPUT, SMALL_INPUT))
+    extraction = Extraction(extractor, batch_size=4, num_workers=0, progress=False)
+    extracted = {label: features for label, features, _, _ in extraction.classes(images, [0, 1], 'meeting', list)}
+    assert len(images.threads) == 2
+    direct = extractor(images.images[:4]), extractor(images.images[4:])    # the same batches
+    assert torch.equal(torch.cat([extracted[0], extracted[1]]), torch.cat(direct))
 
 
 SMALL_INPUT = 32
