@@ -3,9 +3,14 @@ errors, and a stream whose true class is second by score."""
 import os
 import time
 
-import numpy as np
-import pytest
-import torch
+# Before torch loads OpenMP, for this process and the Python processes tests start: idle OpenMP threads sleep
+# instead of spinning, since pytest.ini runs two test processes at once and a spinning thread holds a core the
+# other process needs (each waiting region then costs a scheduler time slice, up to 1000x a small operation).
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image
 
 import experiment
