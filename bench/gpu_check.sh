@@ -6,7 +6,8 @@
 # fails or runs out of time is reported and the next one still runs. The tests need pytest and matplotlib.
 # Usage: bash bench/gpu_check.sh   (uses .venv after bash setup.sh, else python3: on a GPU machine without
 # internet access whose python3 already has torch, torchvision, scikit-learn, pillow and tqdm, no setup is
-# needed; PYTHON=... picks another interpreter)
+# needed; PYTHON=... picks another interpreter). The tests run in one process (-o addopts= drops pytest.ini's
+# pytest-xdist options, which such a python3 may lack).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -26,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 echo "CPU cores: $(nproc)"
 "$PYTHON" -c 'import torch, torchvision; print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
 step "Tests without the subprocess ones, on this machine (the CUDA variants of the SLDA oracles run here)" 150 \
-  "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" tests
+  "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= -m "not slow" tests
 step "SLDA on CUDA: every size against the original's rule and the GEMM-only and addr-only limits" 150 \
   "$PYTHON" bench/bench_slda.py --device cuda
 step "SLDA on CUDA: an ImageNet-sized batch" 60 \
