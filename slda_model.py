@@ -465,10 +465,11 @@ class StreamingLDA(nn.Module):
         number of classes but the sort."""
         order, starts, lengths, labels = class_runs(y)
         n, d, device = X.shape[0], self.input_shape, self.device
-        if int((y[1:] != y[:-1]).sum()) + 1 == len(labels):
+        changes = y[1:] != y[:-1]
+        if int(changes.sum()) + 1 == len(labels):
             # Each class's rows are together already (as a class-incremental batch streams them): its runs in
             # stream order, read where they are, without gathering the rows into class order.
-            starts = torch.cat([starts.new_zeros(1), torch.nonzero(y[1:] != y[:-1]).squeeze(1) + 1])
+            starts = torch.cat([starts.new_zeros(1), torch.nonzero(changes).squeeze(1) + 1])
             lengths = torch.diff(starts, append=starts.new_full((1,), n))
             order, labels = None, y[starts]
         rows = max(1, min(chunk, n, FIT_SUM_BYTES // (8 * d)))
@@ -478,7 +479,7 @@ class StreamingLDA(nn.Module):
         sums = torch.zeros(rows, d, dtype=torch.float64, device=device)
         run_of_row = torch.repeat_interleave(torch.arange(len(labels), device=device), lengths)
         run_starts, run_ends = starts.tolist(), (starts + lengths).tolist()
-        y_sorted = y if order is None else y[order]
+        y_in_order = y if order is None else y[order]
         source_order = None if order is None else order.to(X.device)
         same_kind = X.device == device and X.dtype == self.dtype
         first_run = 0                                   # the first run not finished before this block
@@ -491,7 +492,7 @@ class StreamingLDA(nn.Module):
                 rows_in_order = torch.index_select(X, 0, source_order[start:stop], out=block[:m])
             else:
                 rows_in_order = block[:m].copy_(X[source_order[start:stop]])
-            torch.index_select(self.muK, 0, y_sorted[start:stop], out=means[:m])
+            torch.index_select(self.muK, 0, y_in_order[start:stop], out=means[:m])
             torch.sub(rows_in_order, means[:m], out=centred[:m])     # computed in the model's dtype, stored in float64
             add_rows(sums, run_of_row[start:stop] - first_run, centred[:m])
             finished = first_run
