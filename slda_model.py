@@ -360,6 +360,11 @@ class StreamingLDA(nn.Module):
 
     def _check_batch(self, X, y, name, convert=True):
         X = self._check_features(X, name, convert=convert).reshape(-1, self.input_shape)
+        # A batch updates the state in steps (passes of rows, classes as their rows are summed) and reads rows
+        # between them: rows that are a view of the state itself (fit(model.muK, ...)) must be read as given.
+        if X.device == self.device and any(X.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+                                           for buffer in (self.muK, self.Sigma)):
+            X = X.clone()
         y = self._check_labels(y, X.shape[0], name).to(device=self.device, dtype=torch.int64)
         limit = self._label_limit()
         if y.numel() and (y.min() < 0 or y.max() >= limit):
@@ -411,6 +416,10 @@ class StreamingLDA(nn.Module):
         With a fixed covariance a batch costs O(B d): only the per-class sums and counts are touched. An empty
         batch (y may be an empty list) is a no-op. X may be float16 or on another device: each pass converts
         only its rows.
+
+        A larger batch is applied in steps (passes of rows; with a fixed covariance, classes as their rows are
+        summed): an exception raised inside it after validation, such as a KeyboardInterrupt, can leave part of
+        the batch applied.
 
         Raises, before anything changes: ValueError naming x for a shape other than (B, d) or (d,) (a scalar
         is not a sample, even when d = 1), NaN, infinity or values beyond ``feature_limit``; ValueError naming

@@ -681,3 +681,17 @@ def test_scores_of_seen_classes_equal_the_closed_form_and_unseen_ones_are_exact(
     np.testing.assert_allclose(scores[:, ~unseen].numpy(), expected[:, ~unseen], rtol=1e-9, atol=1e-9)
     assert torch.equal(scores[:, unseen], torch.from_numpy(expected[:, unseen]))
     np.testing.assert_allclose(probas.numpy(), torch.softmax(torch.from_numpy(expected), 1).numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize('plastic', [True, False])
+def test_a_batch_that_is_a_view_of_the_model_state_is_read_as_given(monkeypatch, plastic):
+    """fit(model.muK, ...) updates muK in steps while it reads the batch: the rows must be the means as given."""
+    monkeypatch.setattr(slda_model, 'FIT_SUM_BYTES', 8 * D * 4)         # 4 rows per block: classes finish early
+    monkeypatch.setitem(slda_model.FIT_CHUNK_ROWS, 'cpu', 4)
+    X, y = make_stream(60, seed=31)
+    aliased, copied = (StreamingLDA(D, C, streaming_update_sigma=plastic, device='cpu', dtype=torch.float64).fit(X, y)
+                       for _ in range(2))
+    labels = torch.arange(C - 1, -1, -1)
+    aliased.fit(aliased.muK, labels)
+    copied.fit(copied.muK.clone(), labels)
+    assert_same_state(state(aliased), state(copied))
