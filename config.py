@@ -240,6 +240,9 @@ def make_config(**given):
     dataset_defaulted = 'dataset' not in given
     dataset = DATASETS.get(given.get('dataset') or ('imagenet' if given.get('images_dir') else 'digits'))
     data = take(DataSettings, given, dataset=dataset.name if dataset else given['dataset'])
+    if given.get('split_file') and 'test_split' in given:    # given, not defaulted: the split file replaces it
+        raise SettingError('test_split', f'--test_split {given["test_split"]} names a test folder, but --split_file '
+                                         f'{given["split_file"]} gives the test images; give one of them')
     data = dataclasses.replace(data, options=take(dataset.options, given))
     check_images_dir(data)
     network = take_network(given, dataset, dataset_defaulted)

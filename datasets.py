@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import cifar
 import data
 import split_lists
-from options import SettingError, Settings, at_least, option
+from options import Settings, at_least, option
 
 @dataclass(frozen=True)
 class NoOptions(Settings):
@@ -57,12 +57,6 @@ class ImageFolderOptions(ImageFilesOptions):
                                              '(ImageNet-R, CUB-200): a line per image, its path relative to '
                                              '--images_dir and train or test; the class is the path\'s top folder. '
                                              'Replaces the train/ and --test_split folders', metavar='FILE')
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.split_file and self.test_split != 'val':
-            raise SettingError('test_split', f'--test_split {self.test_split} names a test folder, but --split_file '
-                                             f'{self.split_file} gives the test images; give one of them')
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,15 @@ def make_plan(config, splits, order):
     if config.ordering.needs_clips and getattr(splits.train, 'clips', None) is None:
         raise UserError(f'--ordering {config.stream.ordering} needs a dataset that knows its clips (core50); '
                         f'--dataset {config.data.dataset} does not')
-    return config.ordering.plan(config.stream.options, splits, config.stream.base_init, order, config.run.seed)
+    plan = config.ordering.plan(config.stream.options, splits, config.stream.base_init, order, config.run.seed)
+    untested = next((batch for batch in plan if len(batch.test_indices) == 0), None)
+    if untested is not None:
+        seen = untested.classes_seen
+        raise UserError(f'batch {untested.number} ({seen} class{"es" if seen != 1 else ""} seen) has no test image '
+                        f'of any class seen so far, so its accuracy is undefined: give those classes test images, or '
+                        f'a class order (--labels_dir, --class_order_seed) that streams a class with test images '
+                        f'first')
+    return plan
 
 
 def build_heads(config, feature_dim, num_classes, device):

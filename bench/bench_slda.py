@@ -264,7 +264,8 @@ def main():
                         help='the folder bench/setup_avalanche.sh installed avalanche-lib into (default '
                              'bench/.avalanche); Avalanche is left out when it is not there, or with an empty string')
     args = parser.parse_args()
-    print(f'{args.device}, {torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}, '
+    wait_policy = os.environ.get('OMP_WAIT_POLICY', 'unset')
+    print(f'{args.device}, {torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY={wait_policy}, '
           f'torch {torch.__version__}; samples/s, fastest of {args.repeats}; each size in a fresh process')
     if args.avalanche and not os.path.isdir(os.path.join(args.avalanche, 'avalanche')):
         print(f'Avalanche not measured: no avalanche-lib in {args.avalanche} (bash bench/setup_avalanche.sh '
@@ -279,8 +280,8 @@ def main():
     their_head = f' {"avalanche":>9s}' if args.avalanche else ''
     their_ratio_head = f' {"per call/avalanche":>18s}' if args.avalanche else ''
     print(f'{"d":>5s} {"C":>6s} {"covariance":>10s} {"GEMM-only":>10s} {"addr-only":>10s} {"batched":>10s} '
-          f'{"by class":>10s} {"per call":>9s} {"original":>9s}{their_head} | {"batched/GEMM":>12s} {"batched/per call":>16s} '
-          f'{"per call/original":>17s}{their_ratio_head}')
+          f'{"by class":>10s} {"per call":>9s} {"original":>9s}{their_head} | {"batched/GEMM":>12s} '
+          f'{"batched/per call":>16s} {"per call/original":>17s}{their_ratio_head}')
     for d in args.dims:
         for classes in args.classes:
             for plastic in (True, False):

@@ -95,4 +95,17 @@ def test_a_test_folder_beside_a_split_file_is_refused_naming_both(folder, tmp_pa
     code, out = run(['--dataset', 'imagefolder', '--images_dir', images, '--split_file', split_file,
                      '--test_split', 'test', '--save_dir', tmp_path / 'out'], capsys)
     assert_one_line_error(code, out, '--test_split test names a test folder', f'--split_file {split_file}')
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', images, '--split_file', split_file,
+                     '--test_split', 'val', '--save_dir', tmp_path / 'out'], capsys)   # the default, given
+    assert_one_line_error(code, out, '--test_split val names a test folder', f'--split_file {split_file}')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_batch_without_any_test_image_is_refused_before_any_work(folder, tmp_path, capsys):
+    """bird, first in sorted class order, has training images only: the first batch could not be scored."""
+    images, split_file = folder
+    code, out = run(['--dataset', 'imagefolder', '--images_dir', images, '--split_file', split_file,
+                     '--class_increment', 1, '--base_init_classes', 1, '--weights', 'none', '--image_size', 32,
+                     '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, 'batch 1 (1 class seen) has no test image', 'accuracy is undefined')
     assert not (tmp_path / 'out').exists()
