@@ -297,7 +297,8 @@ def plan_class_incremental(options, splits, base_init, class_order, shuffle_seed
     for name in ('classes_per_batch', 'base_init_classes'):
         value = getattr(options, name)
         if value is not None and value > streamed:
-            raise refuse(options, name, f'{value} is larger than the {streamed} classes streamed')
+            raise refuse(options, name, f'{value} is larger than the {streamed} classes streamed; give at most '
+                                        f'{streamed} (a dataset of your own needs values that fit its classes)')
     base_classes = options.base_init_classes if base_init else 0
     return class_incremental(splits.train.labels, splits.test.labels, class_order, streamed, base_classes,
                              options.classes_per_batch, shuffle_seed if options.shuffle_data else None)
