@@ -466,12 +466,12 @@ class StreamingLDA(nn.Module):
         touched.
 
         The rows, in class-sorted order (stable, so each class keeps its stream order; stream order itself when
-        each class's rows are already together), go through a few reused
-        cache-sized buffers (at most ``chunk`` rows, FIT_SUM_BYTES of float64) a block at a time: centred on their
-        class mean in the model's dtype (as the per-sample rule's z - mu_k), summed per class in float64 in stream
-        order (``add_rows``), and each class whose rows are all summed updates its mean at once. A class whose
-        rows continue into the next block carries its partial sum there. Nothing grows with the batch or the
-        number of classes but the sort."""
+        each class's rows are already together), go through a few reused cache-sized buffers (at most ``chunk``
+        rows, FIT_SUM_BYTES of float64) a block at a time: centred on their class mean in the model's dtype (as
+        the per-sample rule's z - mu_k), summed per class in float64 in stream order (``add_rows``), and each
+        class whose rows are all summed updates its mean at once. A class whose rows continue into the next block
+        carries its partial sum there. Besides the sort's index arrays, nothing grows with the batch or the
+        number of classes."""
         order, starts, lengths, labels = class_runs(y)
         n, d, device = X.shape[0], self.input_shape, self.device
         changes = y[1:] != y[:-1]
