@@ -68,16 +68,14 @@ for benchmark in $BENCHMARKS; do
         name=${backbone//[:@\/]/_}
         save_dir=$SAVE_ROOT/${benchmark}_${name}_seed${seed}_$covariance
         folders+=("$save_dir")
-        resume=()
+        # a finished run is skipped; --resume continues an unfinished one and starts a new folder afresh
         if [ -f "$save_dir/summary.json" ] && grep -q '"finished": true' "$save_dir/summary.json"; then
           continue
-        elif [ -f "$save_dir/config.json" ]; then
-          resume=(--resume)
         fi
         echo "== $benchmark, $backbone, class order seed $seed, $covariance covariance =="
         "$PYTHON" "$here/experiment.py" "${data[@]}" --arch "$arch" "${weights[@]}" --class_order_rng numpy \
           --class_order_seed "$seed" "${settings[@]}" --feature_cache "$FEATURE_CACHE" --save_dir "$save_dir" \
-          "${resume[@]}" "$@"
+          --resume "$@"
       done
     done
   done

@@ -51,16 +51,14 @@ for ordering in $ORDERINGS; do
         settings=(--no-streaming_update_sigma --base_init); name=fixed_base_init
       fi
       save_dir=$SAVE_ROOT/core50_${ordering}_seed${seed}_$name
-      resume=()
+      # a finished run is skipped; --resume continues an unfinished one and starts a new folder afresh
       if [ -f "$save_dir/summary.json" ] && grep -q '"finished": true' "$save_dir/summary.json"; then
         continue
-      elif [ -f "$save_dir/config.json" ]; then
-        resume=(--resume)
       fi
       echo "== $ordering, seed $seed, $covariance covariance =="
       "$PYTHON" "$here/experiment.py" --dataset core50 --images_dir "$CORE50_DIR" --ordering "$ordering" \
         --ordering_seed "$seed" "${settings[@]}" --feature_cache "$FEATURE_CACHE" --save_dir "$save_dir" \
-        "${offline[@]}" "${resume[@]}" "$@"
+        "${offline[@]}" --resume "$@"
     done
   done
 done
