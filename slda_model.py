@@ -487,7 +487,10 @@ class StreamingLDA(nn.Module):
         centred = torch.empty(rows, d, dtype=torch.float64, device=device)
         sums = torch.zeros(rows, d, dtype=torch.float64, device=device)
         run_of_row = torch.repeat_interleave(torch.arange(len(labels), device=device), lengths)
-        run_starts, run_ends = starts.tolist(), (starts + lengths).tolist()
+        run_starts, run_ends, run_lengths = starts.tolist(), (starts + lengths).tolist(), lengths.tolist()
+        # Each class is one run, so its count after the batch is known before any of its rows is summed.
+        new_counts = torch.index_select(self.cK, 0, labels) + lengths
+        divisors = new_counts.to(torch.float64)[:, None]
         y_in_order = y if order is None else y[order]
         source_order = None if order is None else order.to(X.device)
         same_kind = X.device == device and X.dtype == self.dtype
@@ -508,8 +511,12 @@ class StreamingLDA(nn.Module):
             while finished < len(run_ends) and run_ends[finished] <= stop:
                 finished += 1
             done = finished - first_run
-            if done:
-                self._add_class_sums(labels[first_run:finished], lengths[first_run:finished], sums[:done])
+            if done:                                    # mu_k <- mu_k + sums_k / (c_k + n_k), then c_k
+                runs = slice(first_run, finished)
+                class_means = torch.index_select(self.muK, 0, labels[runs], out=means[:done])
+                self.muK.index_copy_(0, labels[runs], sums[:done].div_(divisors[runs]).add_(class_means).to(self.dtype))
+                self.cK.index_copy_(0, labels[runs], new_counts[runs])
+                self.num_updates.add_(sum(run_lengths[runs]))
             if finished < len(run_ends) and run_starts[finished] < stop:    # continues: its sum moves to slot 0
                 carried = finished - first_run
                 sums[0].copy_(sums[carried])
