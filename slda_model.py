@@ -248,7 +248,6 @@ class StreamingLDA(nn.Module):
             raise InputError(f'covariance_update must be one of {", ".join(COVARIANCE_UPDATES)}, got '
                              f'{covariance_update!r}')
         self.covariance_update = covariance_update
-        self.base_samples = 0       # samples behind a fixed covariance (fit_base's), for shrinkage_param='oas'
         self.test_batch_size = test_batch_size
         self.shrinkage_param = shrinkage_param
         if dtype not in (torch.float32, torch.float64):
@@ -263,6 +262,8 @@ class StreamingLDA(nn.Module):
         self.register_buffer('cK', torch.zeros(C, dtype=torch.int64, device=device))
         self.register_buffer('Sigma', torch.eye(d, dtype=dtype, device=device))
         self.register_buffer('num_updates', torch.zeros((), dtype=torch.int64, device=device))
+        # the samples behind a fixed covariance (fit_base's), which shrinkage_param='oas' depends on
+        self.register_buffer('base_samples', torch.zeros((), dtype=torch.int64, device=device))
         # The linear classifier derived from muK, Sigma and shrinkage_param, with what it was derived from:
         # see _classifier. A dict so that updating it is not an nn.Module attribute assignment.
         self._derived = {}
@@ -680,7 +681,7 @@ class StreamingLDA(nn.Module):
         self.cK[labels] = lengths
         self.Sigma.copy_(sigma.to(self.dtype))
         self.num_updates.fill_(X.shape[0])
-        self.base_samples = X.shape[0]
+        self.base_samples.fill_(X.shape[0])
         return self
 
     # ------------------------------------------------------------------ prediction
@@ -732,7 +733,7 @@ class StreamingLDA(nn.Module):
     @property
     def covariance_samples(self):
         """The samples behind Sigma: all of them for a plastic covariance, fit_base's for a fixed one."""
-        return int(self.num_updates) if self.streaming_update_sigma else self.base_samples
+        return int(self.num_updates) if self.streaming_update_sigma else int(self.base_samples)
 
     def shrunk_covariance(self):
         """(the shrunk covariance (d, d) float64 that the classifier and ``mahalanobis`` invert, the shrinkage
@@ -867,7 +868,12 @@ class StreamingLDA(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         names = ('muK', 'cK', 'Sigma', 'num_updates')
         if all(prefix + name in state_dict for name in names):   # missing keys are load_state_dict's to report
-            muK, _, _, _ = self._checked_state({name: state_dict[prefix + name] for name in names}, 'state_dict')
+            muK, _, _, num_updates = self._checked_state({name: state_dict[prefix + name] for name in names},
+                                                         'state_dict')
+            base_samples = self._checked_base_samples(state_dict.get(prefix + 'base_samples'), num_updates,
+                                                      'state_dict')
+            # a state saved before base_samples was a buffer gets the fallback
+            state_dict[prefix + 'base_samples'] = torch.tensor(base_samples)
             self._take_class_count(muK.shape[0])
         return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -924,14 +930,39 @@ class StreamingLDA(nn.Module):
                              f'counts cK ({count_sum}), got {num_updates!r}')
         return muK, counts.to(torch.int64), Sigma, count_sum
 
+    @staticmethod
+    def _checked_base_samples(value, num_updates, source):
+        """The saved ``base_samples`` as an int in [0, num_updates]; num_updates when it was not saved (files of
+        the original, or of a model without OAS on a fixed covariance): at most every sample is behind Sigma.
+        ValueError naming ``source`` for anything else."""
+        if value is None:
+            return num_updates
+        try:
+            number = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if (number is None or number.dim() != 0 or number.dtype == torch.bool or number.is_complex()
+                or not 0 <= number.item() <= num_updates or number.item() != int(number.item())):
+            raise InputError(f'{source}: base_samples must be a whole number of samples in [0, num_updates = '
+                             f'{num_updates}], got {value!r}')
+        return int(number.item())
+
     def checkpoint(self):
         """A CPU copy of the state in the original's file format, unaffected by later updates.
 
         A dict with ``muK`` (C, d), ``cK`` (C,) as floats, ``Sigma`` (d, d) and ``num_updates`` (int), so the
-        original implementation loads it too.
+        original implementation loads it too. ``cK`` is in the model's dtype, or float64 once a count is beyond
+        the integers that dtype holds exactly (2^24 for float32). With a fixed covariance and
+        shrinkage_param='oas', also ``base_samples`` (int), the samples behind Sigma that the shrinkage depends
+        on (the original ignores it).
         """
-        return {'muK': self.muK.to('cpu', copy=True), 'cK': self.cK.to('cpu', self.dtype, copy=True),
-                'Sigma': self.Sigma.to('cpu', copy=True), 'num_updates': int(self.num_updates)}
+        exact = self.cK.numel() == 0 or int(self.cK.max()) <= 2 / torch.finfo(self.dtype).eps
+        state = {'muK': self.muK.to('cpu', copy=True),
+                 'cK': self.cK.to('cpu', self.dtype if exact else torch.float64, copy=True),
+                 'Sigma': self.Sigma.to('cpu', copy=True), 'num_updates': int(self.num_updates)}
+        if not self.streaming_update_sigma and self.shrinkage_param == 'oas':
+            state['base_samples'] = int(self.base_samples)
+        return state
 
     def save_model(self, save_path, save_name):
         """Write ``checkpoint()`` to ``save_path/save_name.pth``, atomically; returns the path."""
@@ -957,8 +988,9 @@ class StreamingLDA(nn.Module):
             raise InputError(f'{path} is not an SLDA checkpoint: expected a dict with muK, cK, Sigma and '
                              f'num_updates')
         muK, cK, Sigma, num_updates = self._checked_state(state, path)
+        base_samples = self._checked_base_samples(state.get('base_samples'), num_updates, path)
         self._take_class_count(muK.shape[0])
-        self.base_samples = num_updates        # not saved: at most every sample, for a fixed covariance's OAS
+        self.base_samples.fill_(base_samples)
         self.muK.copy_(muK)
         self.cK.copy_(cK)
         self.Sigma.copy_(Sigma)

@@ -158,6 +158,25 @@ def test_an_interrupted_run_with_every_output_layer_resumes_to_the_uninterrupted
         assert (tmp_path / 'stopped' / name).read_bytes() == (tmp_path / 'whole' / name).read_bytes()
 
 
+def test_an_interrupted_run_with_a_fixed_covariance_and_oas_resumes_to_the_uninterrupted_results(tmp_path, capsys,
+                                                                                              monkeypatch):
+    # The OAS shrinkage of a fixed covariance depends on the base initialisation's sample count, which the
+    # checkpoint must carry: without it the resumed batches shrank by every sample seen.
+    argv = ['--num_classes', 6, '--no-streaming_update_sigma', '--shrinkage', 'oas']
+    assert run(argv + ['--save_dir', tmp_path / 'whole'])[0] == 0
+    interrupt_at(monkeypatch, 3)
+    assert run(argv + ['--save_dir', tmp_path / 'stopped'], capsys)[0] == 130
+    monkeypatch.undo()
+    assert run(argv + ['--save_dir', tmp_path / 'stopped', '--resume'], capsys)[0] == 0
+
+    def shrinkage_and_accuracy(save):
+        rows = json.loads((save / 'summary.json').read_text())['increments']
+        return [(row['heads']['slda']['shrinkage'], row['heads']['slda']['top1']) for row in rows]
+    assert shrinkage_and_accuracy(tmp_path / 'stopped') == shrinkage_and_accuracy(tmp_path / 'whole')
+    name = 'slda_model_weights_final.pth'
+    assert (tmp_path / 'stopped' / name).read_bytes() == (tmp_path / 'whole' / name).read_bytes()
+
+
 def test_a_run_stopped_before_any_batch_finished_starts_again_with_the_same_command(tmp_path, capsys, monkeypatch):
     argv = ['--num_classes', 4, '--save_dir', tmp_path / 'out']
     interrupt_at(monkeypatch, 1)

@@ -272,11 +272,66 @@ def test_save_load_round_trip_and_state_dict(tmp_path):
     assert isinstance(saved['num_updates'], int) and saved['cK'].dtype == torch.float32
     loaded = StreamingLDA(D, C, device='cpu')
     loaded.load_model(str(tmp_path), 'slda')
+    # the original's format has no base_samples: a loaded model counts every sample as behind Sigma
+    assert int(loaded.base_samples) == 150
+    loaded.base_samples.zero_()
     assert_same_state(state(model), state(loaded))
     via_state_dict = StreamingLDA(D, C, device='cpu')
     via_state_dict.load_state_dict(model.state_dict())
     assert_same_state(state(model), state(via_state_dict))
     assert [f for f in os.listdir(tmp_path) if f.endswith('.tmp')] == []
+
+
+@pytest.mark.parametrize('load', ['load_model', 'load_state_dict'])
+def test_a_fixed_covariance_with_oas_keeps_its_base_samples_through_save_and_load(tmp_path, load):
+    # OAS shrinks a fixed covariance by the samples behind it (fit_base's), not by every sample streamed since
+    X, y = make_stream(300, seed=21)
+    model = StreamingLDA(D, C, device='cpu', streaming_update_sigma=False, shrinkage_param='oas')
+    model.fit_base(X[:60], y[:60]).fit(X[60:], y[60:])
+    loaded = StreamingLDA(D, C, device='cpu', streaming_update_sigma=False, shrinkage_param='oas')
+    if load == 'load_model':
+        model.save_model(str(tmp_path), 'slda')
+        loaded.load_model(str(tmp_path), 'slda')
+    else:
+        loaded.load_state_dict(model.state_dict())
+    assert int(loaded.base_samples) == 60 and int(loaded.num_updates) == 300
+    assert loaded.shrinkage_used == model.shrinkage_used
+    assert torch.equal(loaded.predict(X), model.predict(X))
+
+
+def test_a_state_dict_without_base_samples_loads_with_every_sample_behind_sigma():
+    X, y = make_stream(100, seed=22)
+    model = StreamingLDA(D, C, device='cpu').fit(X, y)
+    older = {key: value for key, value in model.state_dict().items() if key != 'base_samples'}
+    loaded = StreamingLDA(D, C, device='cpu')
+    loaded.load_state_dict(older)
+    assert int(loaded.base_samples) == 100
+    assert torch.equal(loaded.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize('value', [-1, 101, 2.5, 'x', [3]])
+def test_a_saved_base_samples_outside_zero_to_num_updates_is_refused_naming_it(tmp_path, value):
+    X, y = make_stream(100, seed=23)
+    saved = StreamingLDA(D, C, device='cpu').fit(X, y).checkpoint()
+    torch.save({**saved, 'base_samples': value}, tmp_path / 'bad.pth')
+    model = StreamingLDA(D, C, device='cpu')
+    before = state(model)
+    with pytest.raises(ValueError, match='base_samples must be a whole number of samples in \\[0, num_updates = 100\\]'):
+        model.load_model(str(tmp_path), 'bad')
+    assert_same_state(before, state(model))
+
+
+def test_counts_beyond_float32s_exact_integers_are_saved_exactly(tmp_path):
+    model = StreamingLDA(D, C, device='cpu').fit(*make_stream(50, seed=24))
+    big = 2 ** 24 + 1                      # the first integer float32 cannot hold
+    model.cK[0] += big - int(model.cK[0])
+    model.num_updates.fill_(int(model.cK.sum()))
+    saved = model.checkpoint()
+    assert saved['cK'].dtype == torch.float64 and int(saved['cK'][0]) == big
+    loaded = StreamingLDA(D, C, device='cpu')
+    model.save_model(str(tmp_path), 'big')
+    loaded.load_model(str(tmp_path), 'big')
+    assert int(loaded.cK[0]) == big and int(loaded.num_updates) == int(model.num_updates)
 
 
 def test_loads_checkpoint_in_original_format(tmp_path):
