@@ -192,6 +192,16 @@ def add_rows(sums, index, rows):
         sums.index_put_((index,), rows, accumulate=True)
 
 
+def memory_range(tensor):
+    """[first byte, one past the last byte) of the memory a tensor's elements occupy (torch has no negative
+    strides)."""
+    start = tensor.data_ptr()
+    if tensor.is_contiguous():
+        return start, start + tensor.nbytes
+    extent = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) + 1
+    return start, start + extent * tensor.element_size()
+
+
 class StreamingLDA(nn.Module):
     """Deep SLDA output layer.
 
@@ -359,13 +369,23 @@ class StreamingLDA(nn.Module):
         """Labels must be below this: num_classes, or no limit for a model that grows."""
         return math.inf if self.grows else self.num_classes
 
+    def _unaliased(self, X):
+        """X, or a copy of it when its elements lie in the memory of the model's state (fit(model.muK, ...), a
+        NumPy view of Sigma): updates change the state in steps and read rows between them, so such rows
+        must be read as given."""
+        buffers = self._buffers
+        muK, Sigma = buffers['muK'], buffers['Sigma']
+        if X.device != muK.device:
+            return X
+        start, end = memory_range(X)
+        for buffer in (muK, Sigma):
+            first = buffer.data_ptr()
+            if start < first + buffer.nbytes and first < end:
+                return X.clone()
+        return X
+
     def _check_batch(self, X, y, name, convert=True):
-        X = self._check_features(X, name, convert=convert).reshape(-1, self.input_shape)
-        # A batch updates the state in steps (passes of rows, classes as their rows are summed) and reads rows
-        # between them: rows that are a view of the state itself (fit(model.muK, ...)) must be read as given.
-        if X.device == self.device and any(X.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
-                                           for buffer in (self.muK, self.Sigma)):
-            X = X.clone()
+        X = self._unaliased(self._check_features(X, name, convert=convert).reshape(-1, self.input_shape))
         y = self._check_labels(y, X.shape[0], name).to(device=self.device, dtype=torch.int64)
         limit = self._label_limit()
         if y.numel() and (y.min() < 0 or y.max() >= limit):
@@ -378,7 +398,7 @@ class StreamingLDA(nn.Module):
         """Validation for the per-sample path: the rows of X as (d,) tensors on the model's device and dtype,
         the labels as Python ints. A label given as a Python int (a stream's usual one) skips the tensor
         conversion."""
-        X = self._check_features(X, name)
+        X = self._unaliased(self._check_features(X, name))
         rows = (X,) if X.dim() == 1 else X.unbind(0)
         labels = [y] if type(y) is int and len(rows) == 1 else self._check_labels(y, len(rows), name).tolist()
         for label in labels:

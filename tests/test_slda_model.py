@@ -738,15 +738,26 @@ def test_scores_of_seen_classes_equal_the_closed_form_and_unseen_ones_are_exact(
     np.testing.assert_allclose(probas.numpy(), torch.softmax(torch.from_numpy(expected), 1).numpy(), atol=1e-12)
 
 
-@pytest.mark.parametrize('plastic', [True, False])
-def test_a_batch_that_is_a_view_of_the_model_state_is_read_as_given(monkeypatch, plastic):
+VIEWS_OF_THE_STATE = {   # rows that lie in the model's own memory, and their labels
+    'all means, batched': (lambda model: model.muK, torch.arange(C - 1, -1, -1)),
+    'NumPy view at an offset, batched': (lambda model: torch.from_numpy(model.muK.numpy()[1:]),
+                                         torch.arange(C - 2, -1, -1)),
+    'two means, one row at a time': (lambda model: model.muK[1:3], torch.tensor([2, 1])),
+    'a row of Sigma, one sample': (lambda model: model.Sigma[0], 2),
+}
+
+
+@pytest.mark.parametrize('view', VIEWS_OF_THE_STATE)
+@pytest.mark.parametrize('covariance', ['plastic', 'fixed', 'pooled'])
+def test_a_batch_that_is_a_view_of_the_model_state_is_read_as_given(monkeypatch, covariance, view):
     """fit(model.muK, ...) updates muK in steps while it reads the batch: the rows must be the means as given."""
     monkeypatch.setattr(slda_model, 'FIT_SUM_BYTES', 8 * D * 4)         # 4 rows per block: classes finish early
     monkeypatch.setitem(slda_model.FIT_CHUNK_ROWS, 'cpu', 4)
     X, y = make_stream(60, seed=31)
-    aliased, copied = (StreamingLDA(D, C, streaming_update_sigma=plastic, device='cpu', dtype=torch.float64).fit(X, y)
-                       for _ in range(2))
-    labels = torch.arange(C - 1, -1, -1)
-    aliased.fit(aliased.muK, labels)
-    copied.fit(copied.muK.clone(), labels)
+    settings = {'streaming_update_sigma': covariance != 'fixed',
+                'covariance_update': 'pooled' if covariance == 'pooled' else 'paper'}
+    aliased, copied = (StreamingLDA(D, C, device='cpu', dtype=torch.float64, **settings).fit(X, y) for _ in range(2))
+    rows_of, labels = VIEWS_OF_THE_STATE[view]
+    aliased.fit(rows_of(aliased), labels)
+    copied.fit(rows_of(copied).clone(), labels)
     assert_same_state(state(aliased), state(copied))
