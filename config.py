@@ -237,6 +237,9 @@ def make_config(**given):
     dataset, ordering or output layers do not take, or settings that contradict each other; TypeError for a
     name that is no setting."""
     given = {name: value for name, value in given.items() if value is not None}
+    for name, value in given.items():
+        if isinstance(value, str) and not value.strip():    # an unset shell variable, say: not a value to ignore
+            raise SettingError(name, f'{flag_of_setting(name)} is given an empty value; give one or leave the flag out')
     dataset_defaulted = 'dataset' not in given
     dataset = DATASETS.get(given.get('dataset') or ('imagenet' if given.get('images_dir') else 'digits'))
     data = take(DataSettings, given, dataset=dataset.name if dataset else given['dataset'])
@@ -296,7 +299,8 @@ def take_heads(given, dataset):
     if given.get('projection_seed') is not None and given.get('random_projection') is None:
         raise SettingError('projection_seed', '--projection_seed is the seed of --random_projection, which is not '
                                               'given')
-    heads = take(HeadSettings, given, heads=tuple(given.pop('heads', ('slda',))))
+    names = given.pop('heads', ('slda',))
+    heads = take(HeadSettings, given, heads=tuple(names.split(',') if isinstance(names, str) else names))
     defaults = {'plastic_covariance': dataset.plastic_covariance}
     return dataclasses.replace(heads, options={name: take(HEADS[name].options, given, **defaults)
                                                for name in heads.heads if fields_of(HEADS[name].options)})

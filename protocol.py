@@ -291,14 +291,15 @@ def plan_class_incremental(options, splits, base_init, class_order, shuffle_seed
         raise refuse(options, 'ood_classes', f'{options.ood_classes}: the dataset has {splits.num_classes} classes '
                                               f'and at least one must be streamed')
     streamed = available if options.num_classes is None else options.num_classes
+    held_out = f', {options.ood_classes} of them held out by --ood_classes' if options.ood_classes else ''
     if streamed > available:
-        held_out = f', {options.ood_classes} of them held out by --ood_classes' if options.ood_classes else ''
         raise refuse(options, 'num_classes', f'{streamed}: the dataset has {splits.num_classes} classes{held_out}')
     for name in ('classes_per_batch', 'base_init_classes'):
         value = getattr(options, name)
         if value is not None and value > streamed:
-            raise refuse(options, name, f'{value} is larger than the {streamed} classes streamed; give at most '
-                                        f'{streamed} (a dataset of your own needs values that fit its classes)')
+            raise refuse(options, name, f'{value} is larger than the {streamed} classes streamed (the dataset has '
+                                        f'{splits.num_classes}{held_out}); give at most {streamed} (a dataset of '
+                                        f'your own needs values that fit its classes)')
     base_classes = options.base_init_classes if base_init else 0
     return class_incremental(splits.train.labels, splits.test.labels, class_order, streamed, base_classes,
                              options.classes_per_batch, shuffle_seed if options.shuffle_data else None)

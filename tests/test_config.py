@@ -77,6 +77,25 @@ def test_heads_are_checked(tmp_path, capsys):
     assert refused.value.setting == 'heads'
 
 
+def test_heads_given_to_make_config_as_one_string_are_split_at_commas():
+    assert config.make_config(heads='slda,ncm').output.heads == ('slda', 'ncm')
+    with pytest.raises(SettingError, match="got \\('slda', 'nope'\\)"):
+        config.make_config(heads='slda,nope')
+
+
+@pytest.mark.parametrize('flag', ['--split_file', '--labels_dir', '--feature_cache', '--base_init_ckpt'])
+def test_an_empty_value_is_refused_naming_the_flag(tmp_path, capsys, flag):
+    # an unset shell variable ("--feature_cache $CACHE") used to leave the setting at its default unnoticed
+    code, out = run(['--num_classes', 4, flag, '', '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, f'{flag} is given an empty value')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_class_increment_too_large_for_the_classes_left_by_ood_classes_says_they_are_held_out(tmp_path, capsys):
+    code, out = run(['--ood_classes', 9, '--save_dir', tmp_path / 'out'], capsys)
+    assert_one_line_error(code, out, '1 classes streamed (the dataset has 10, 9 of them held out by --ood_classes)')
+
+
 @pytest.mark.parametrize('argv,name,fragment', [
     (['--device', 'tpu'], 'device', '--device tpu'),
     (['--device', 'mps'], 'device', '--device mps'),

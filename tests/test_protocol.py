@@ -136,7 +136,7 @@ def test_an_increment_larger_than_the_classes_is_one_line_naming_its_flag(tmp_pa
     argv[argv.index('--class_increment') + 1] = 7
     code, out = run(argv, capsys)
     assert_one_line_error(code, out, '(--class_increment) 7', '6 classes')
-    assert re.search(r'\(--class_increment\) 7 is larger than the 6 classes streamed; give at most 6', out.err), \
+    assert re.search(r'\(--class_increment\) 7 is larger than the 6 classes streamed \(the dataset has 6\); give at most 6', out.err), \
         out.err
 
 
