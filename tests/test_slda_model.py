@@ -392,6 +392,8 @@ def test_refuses_pickle_that_runs_code(tmp_path):
     (np.full((3, D), 1e20, dtype=np.float32), np.zeros(3, dtype=int), r'{x} has values beyond'),
     (np.zeros((3, D)), np.zeros(2, dtype=int), '{x} has 3 rows but y has 2 labels'),
     (np.zeros((3, D)), np.zeros(3), 'y must hold integer class labels'),
+    (torch.zeros(3, D, dtype=torch.uint16), np.zeros(3, dtype=int),
+     '{x} must be floating point or one of int8, int16, int32, int64, uint8, got dtype torch.uint16'),
 ])
 @pytest.mark.parametrize('method', ['fit', 'fit_base', 'fit_per_sample_path', 'fit_batched_path'])
 def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method, monkeypatch):
@@ -404,6 +406,15 @@ def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method, mo
     with pytest.raises((ValueError, TypeError), match=message.format(x='X' if method == 'fit_base' else 'x')):
         getattr(model, 'fit_base' if method == 'fit_base' else 'fit')(bad_x, bad_y)
     assert_same_state(before, state(model))
+
+
+@pytest.mark.parametrize('dtype', slda_model.FEATURE_INTEGER_DTYPES)
+@pytest.mark.parametrize('rows', [3, 40])
+def test_integer_features_fit_as_their_float_values(dtype, rows):
+    X, y = make_stream(rows, seed=15)
+    X = torch.as_tensor(X).clamp(0, 100).to(dtype)
+    integer, floating = (StreamingLDA(D, C, device='cpu').fit(features, y) for features in (X, X.float()))
+    assert_same_state(state(integer), state(floating))
 
 
 @pytest.mark.parametrize('bad_x,message', [
