@@ -233,6 +233,12 @@ def safe_torch_load(path, mmap=False):
     only for files that are replaced by renaming, never rewritten in place."""
     if not os.path.isfile(path):
         raise MissingFileError(f'file not found: {path}')
+    with open(path, 'rb') as f:
+        start = f.read(4)
+    # torch.save writes a zip archive; files of PyTorch before 1.6 are a pickle (protocol 2 and up start so)
+    if not (start == b'PK\x03\x04' or start[:1] == b'\x80'):
+        raise InputError(f'{path} is not a PyTorch file: torch.save writes a zip archive, this file starts with '
+                         f'{start!r}')
     try:
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:

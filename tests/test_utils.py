@@ -113,6 +113,20 @@ def test_a_checkpoint_with_objects_other_than_tensors_is_refused_naming_the_obje
     assert '\x1b[' not in message       # no terminal escape codes from PyTorch's message
 
 
+@pytest.mark.parametrize('content', [b'hello', b'', b'{"muK": []}'])
+def test_a_file_that_is_no_pytorch_file_is_refused_in_one_line_naming_it(tmp_path, content):
+    path = tmp_path / 'notes.pth'
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f'{path} is not a PyTorch file'):
+        safe_torch_load(str(path))
+
+
+def test_files_in_pytorchs_zip_and_pre_1_6_formats_load(tmp_path):
+    for zipped in (True, False):
+        torch.save({'w': torch.arange(3)}, tmp_path / 'a.pth', _use_new_zipfile_serialization=zipped)
+        assert torch.equal(safe_torch_load(str(tmp_path / 'a.pth'))['w'], torch.arange(3))
+
+
 def topk_by_definition(scores, labels, k):
     """Percent of rows whose label is among the top k, written from the definition: a row is a hit when fewer than
     k other classes score at least as high as its label (a NaN anywhere in the comparison counts against it)."""
@@ -258,7 +272,7 @@ def test_temporary_files_of_killed_writes_are_removed_by_the_next_run(tmp_path, 
 
 
 @pytest.mark.parametrize('content,fragment', [
-    ('empty', 'could not read'), ('numpy', 'holds objects other than tensors and plain Python data'),
+    ('empty', 'is not a PyTorch file'), ('numpy', 'holds objects other than tensors and plain Python data'),
 ])
 def test_an_empty_or_non_tensor_checkpoint_gives_one_line(tmp_path, image_folder, capsys, content, fragment):
     root, _ = image_folder
