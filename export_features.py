@@ -26,6 +26,7 @@ import torch
 import cli
 from errors import ProjectError, error_line
 from experiment import class_order, list_splits, make_plan
+from export_model import check_output_file
 from features import build_readers
 from options import SettingError
 from utils import BackgroundFiles
@@ -76,11 +77,11 @@ def refuse_unused(parser, unused, argv, given):
 
 def export(config, output):
     """Extract or read the features of ``config``'s run and write them to ``output`` (.npz or .pt); returns
-    {split: number of images written}. Raises SettingError for another extension or a missing folder."""
+    {split: number of images written}. Raises SettingError for another extension, InputError for a file that
+    cannot be written (export_model.check_output_file), both before any work."""
     if os.path.splitext(output)[1] not in FORMATS:
         raise SettingError('output', f'{output}: the output file must end in {" or ".join(FORMATS)}')
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise SettingError('output', f'{output}: its folder does not exist')
+    check_output_file(output)
     splits = list_splits(config)
     plan = make_plan(config, splits, class_order(config, splits)[0])
     files = BackgroundFiles()

@@ -62,3 +62,17 @@ def test_the_refused_flags_are_left_out_of_help_and_the_others_kept(capsys):
     assert '--shrinkage' not in text and '--save_dir' not in text and 'output layers' not in text
     assert '--feature_cache' in text and '--class_increment' in text and '--arch' in text
 
+
+@pytest.mark.parametrize('where', ['folder', 'unwritable'])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(tmp_path, capsys, monkeypatch, where):
+    if where == 'folder':
+        output = tmp_path / 'features.npz'
+        output.mkdir()
+    else:
+        if not os.path.isdir('/proc'):
+            pytest.skip('no /proc, a folder nothing can be written in whoever runs the tests')
+        output = '/proc/features.npz'
+    monkeypatch.setattr(export_features, 'list_splits', lambda *args: pytest.fail('worked before checking'))
+    assert export_features.main([str(output), '--num_classes', '2', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and str(output) in err and len(err.splitlines()) == 1

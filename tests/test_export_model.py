@@ -1,6 +1,7 @@
 """export_model.py: a finished run's network and SLDA as one module that loads without this project, and
 StreamingLDA.to_linear."""
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,18 @@ def test_torchscript_on_request_and_unfinished_runs_refused(digits_run, tmp_path
     assert 'config.json not found: give the save folder of a run' in capsys.readouterr().err
     assert export_model.main([str(digits_run), str(tmp_path / 'nowhere' / 'x.pt2')]) == 2
     assert 'x.pt2: its folder does not exist' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('where', ['folder', 'unwritable'])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(tmp_path, capsys, monkeypatch, where):
+    if where == 'folder':
+        output = tmp_path / 'model.pt2'
+        output.mkdir()
+    else:
+        if not os.path.isdir('/proc'):
+            pytest.skip('no /proc, a folder nothing can be written in whoever runs the tests')
+        output = '/proc/model.pt2'
+    monkeypatch.setattr(export_model, 'load_run', lambda *args: pytest.fail('worked before checking'))
+    assert export_model.main([str(tmp_path), str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and str(output) in err and len(err.splitlines()) == 1
