@@ -99,6 +99,13 @@ def build_classifier(saved, slda):
     return ImageClassifier(features, slda.to_linear().float()).eval(), preprocessing
 
 
+# What torch says on every export of the pinned release, about nothing the user can act on: torch.export.save
+# of weights on the CPU, and TorchScript's deprecation (.pt is asked for by name, or the fallback where
+# torch.export fails).
+KNOWN_EXPORT_WARNINGS = ((UserWarning, r'No complete tensor found in the group!'),
+                         (FutureWarning, r'`torch\.jit\.(trace|trace_method|save)` is deprecated'))
+
+
 def check_output_file(path):
     """InputError naming ``path`` unless a file can be written there: its folder exists and takes a new file, and
     no folder, nor a file that cannot be written, stands at ``path``. Called before any work, so that a mistyped
@@ -130,21 +137,24 @@ def export(folder, output):
     example = data.normalize(torch.rand(2, 3, size, size), preprocessing.mean, preprocessing.std)
     extra = {'preprocessing.json': json.dumps(dataclasses.asdict(preprocessing)),
              'classes.json': json.dumps(saved['classes'])}
-    if output.endswith('.pt2'):
-        try:
-            program = torch.export.export(classifier, (example,), strict=False,
-                                          dynamic_shapes={'images': {0: torch.export.Dim.DYNAMIC}})
-        except Exception as e:          # torch.export refuses some networks' Python; TorchScript may not
-            print(f'torch.export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
-                  f'writing TorchScript instead', file=sys.stderr)
-            output = os.path.splitext(output)[0] + '.pt'
-            check_output_file(output)
-        else:
-            torch.export.save(program, output, extra_files=extra)
-            return 'torch.export'
-    with torch.no_grad():
-        traced = torch.jit.trace(classifier, example)
-    torch.jit.save(traced, output, _extra_files=extra)
+    with warnings.catch_warnings():
+        for category, message in KNOWN_EXPORT_WARNINGS:
+            warnings.filterwarnings('ignore', message, category)
+        if output.endswith('.pt2'):
+            try:
+                program = torch.export.export(classifier, (example,), strict=False,
+                                              dynamic_shapes={'images': {0: torch.export.Dim.DYNAMIC}})
+            except Exception as e:          # torch.export refuses some networks' Python; TorchScript may not
+                print(f'torch.export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+                      f'writing TorchScript instead', file=sys.stderr)
+                output = os.path.splitext(output)[0] + '.pt'
+                check_output_file(output)
+            else:
+                torch.export.save(program, output, extra_files=extra)
+                return 'torch.export'
+        with torch.no_grad():
+            traced = torch.jit.trace(classifier, example)
+        torch.jit.save(traced, output, _extra_files=extra)
     return f'TorchScript ({output})'
 
 

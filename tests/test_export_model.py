@@ -49,9 +49,9 @@ def project_scores(save, images):
     return model.decision_function(extractor(images))
 
 
-@pytest.mark.filterwarnings('ignore')
-def test_the_exported_module_loads_without_the_project_and_gives_its_scores(digits_run, tmp_path):
+def test_the_exported_module_loads_quietly_without_the_project_and_gives_its_scores(digits_run, tmp_path, recwarn):
     assert export_model.main([str(digits_run), str(tmp_path / 'model.pt2')]) == 0
+    assert not recwarn.list, [str(warning.message) for warning in recwarn.list]
     images = data.digits_splits().test.images[:5]
     torch.save(data.normalize(images), tmp_path / 'images.pt')
     loader = ("import json, torch; extra = {'preprocessing.json': ''}; "
@@ -64,9 +64,9 @@ def test_the_exported_module_loads_without_the_project_and_gives_its_scores(digi
     torch.testing.assert_close(torch.load(tmp_path / 'scores.pt'), expected, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.filterwarnings('ignore')
-def test_torchscript_on_request_and_unfinished_runs_refused(digits_run, tmp_path, capsys):
+def test_torchscript_on_request_quietly_and_unfinished_runs_refused(digits_run, tmp_path, capsys, recwarn):
     assert export_model.main([str(digits_run), str(tmp_path / 'model.pt')]) == 0
+    assert not recwarn.list, [str(warning.message) for warning in recwarn.list]
     images = data.digits_splits().test.images[:3]
     traced = torch.jit.load(str(tmp_path / 'model.pt'))
     torch.testing.assert_close(traced(data.normalize(images)), project_scores(digits_run, images),
