@@ -3,9 +3,10 @@
     python export_features.py features.npz --dataset imagefolder --images_dir DIR --arch timm:vit_small_patch14_dinov2.lvd142m --feature_cache cache/
 
 Takes experiment.py's options: with the same data, network and --feature_cache as a run, the features are read
-from the cache that run filled (what is missing is extracted, and cached). The file (.npz, read with
-``np.load(path)``, no pickles; or .pt, read with ``torch.load(path, weights_only=True)``) holds, for each split
-(``train``, and ``test`` for the dataset's test split):
+from the cache that run filled (what is missing is extracted, and cached). The flags that change nothing in the
+file, the output layers' and those of a run's own files (--save_dir, --resume, --save_preds, ...), are refused.
+The file (.npz, read with ``np.load(path)``, no pickles; or .pt, read with ``torch.load(path, weights_only=True)``)
+holds, for each split (``train``, and ``test`` for the dataset's test split):
 
     {split}_features   (n, d) float32, in the run's stream plan's images, dataset order
     {split}_labels     (n,) int64, class indices into class_names
@@ -15,6 +16,7 @@ from the cache that run filled (what is missing is extracted, and cached). The f
 
 Images skipped as unreadable (--skip_bad_images) have no row.
 """
+import argparse
 import os
 import sys
 
@@ -24,6 +26,7 @@ import torch
 import cli
 from errors import ProjectError, error_line
 from experiment import class_order, list_splits, make_plan
+from export_model import check_output_file
 from features import build_readers
 from options import SettingError
 from utils import BackgroundFiles
@@ -31,16 +34,54 @@ from utils import BackgroundFiles
 FORMATS = ('.npz', '.pt')
 
 
+# experiment.py's flags that change nothing in the file written, refused (help hidden) rather than ignored: every
+# output layer's, and those of what a run writes besides its features.
+UNUSED_SECTIONS = ('output layers',)
+UNUSED_RUNNING = frozenset({'save_dir', 'expt_name', 'save_preds', 'offline_accuracies', 'plot', 'resume',
+                            'dist_timeout'})
+
+
+def why_unused(section, setting):
+    """Why the flag of ``setting`` (in --help's ``section``) does not apply to an export; None where it does."""
+    if section in UNUSED_SECTIONS:
+        return 'the features exported are the network\'s, before any output layer' + \
+            (': project them with projection.py' if setting == 'random_projection' else '')
+    if setting in UNUSED_RUNNING:
+        return 'it writes the features file alone, no run folder'
+    return None
+
+
+def build_parser():
+    """experiment.py's parser with the output file, and its flags that do not apply to an export hidden from
+    --help; returns (parser, {setting: why its flag does not apply})."""
+    parser = cli.build_parser(__doc__)
+    parser.add_argument('output', help='the file to write: .npz or .pt')
+    unused = {}
+    for group in parser._action_groups:
+        for action in group._group_actions:
+            why = why_unused(group.title, action.dest)
+            if why:
+                unused[action.dest] = why
+                action.help = argparse.SUPPRESS
+    return parser, unused
+
+
+def refuse_unused(parser, unused, argv, given):
+    """SettingError naming the first flag in ``argv`` (parsed as ``given``) that does not apply to an export."""
+    for word in argv:
+        action = parser._option_string_actions.get(word.split('=')[0])
+        if action is not None and action.dest in unused and action.dest in given:
+            raise SettingError(action.dest, f'{word.split("=")[0]} does not apply to export_features.py '
+                                            f'({unused[action.dest]}); leave it out')
+
+
 def export(config, output):
     """Extract or read the features of ``config``'s run and write them to ``output`` (.npz or .pt); returns
-    {split: number of images written}. Raises SettingError for another extension or a missing folder."""
-    if config.output.random_projection:
-        raise SettingError('random_projection', '--random_projection applies to the output layers; the features '
-                                                'exported are the network\'s (project them with projection.py)')
+    {split: number of images written}. Raises SettingError for another extension, InputError for a file that
+    cannot be written (export_model.check_output_file), both before any work."""
     if os.path.splitext(output)[1] not in FORMATS:
         raise SettingError('output', f'{output}: the output file must end in {" or ".join(FORMATS)}')
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise SettingError('output', f'{output}: its folder does not exist')
+    check_output_file(output)
     splits = list_splits(config)
     plan = make_plan(config, splits, class_order(config, splits)[0])
     files = BackgroundFiles()
@@ -68,11 +109,12 @@ def export(config, output):
 
 
 def main(argv=None):
-    parser = cli.build_parser(__doc__)
-    parser.add_argument('output', help='the file to write: .npz or .pt')
-    given = vars(parser.parse_args(argv))
-    output = given.pop('output')
+    argv = sys.argv[1:] if argv is None else argv
+    parser, unused = build_parser()
     try:
+        given = vars(parser.parse_args(argv))
+        output = given.pop('output')
+        refuse_unused(parser, unused, argv, given)
         config = cli.make_config(**given)
         counts = export(config, output)
     except ProjectError as e:

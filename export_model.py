@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -98,32 +99,62 @@ def build_classifier(saved, slda):
     return ImageClassifier(features, slda.to_linear().float()).eval(), preprocessing
 
 
+# What torch says on every export of the pinned release, about nothing the user can act on: torch.export.save
+# of weights on the CPU, and TorchScript's deprecation (.pt is asked for by name, or the fallback where
+# torch.export fails).
+KNOWN_EXPORT_WARNINGS = ((UserWarning, r'No complete tensor found in the group!'),
+                         (FutureWarning, r'`torch\.jit\.(trace|trace_method|save)` is deprecated'))
+
+
+def check_output_file(path):
+    """InputError naming ``path`` unless a file can be written there: its folder exists and takes a new file, and
+    no folder, nor a file that cannot be written, stands at ``path``. Called before any work, so that a mistyped
+    output costs no extraction or export (export_features.py calls it too)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f'{path}: its folder does not exist')
+    if os.path.isdir(path):
+        raise InputError(f'{path} is a folder: give the name of a file to write')
+    try:
+        # a probe file of a name of its own: os.access says yes to root even where nothing can be written (/proc)
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix='.write_test.', suffix='.tmp')
+        os.close(descriptor)
+        os.remove(probe)
+        if os.path.exists(path):
+            open(path, 'ab').close()
+    except OSError as e:
+        raise InputError(f'cannot write {path} ({e.strerror or e}): choose another output file') from None
+
+
 def export(folder, output):
     """Write the run in ``folder`` to ``output`` (.pt2: torch.export; .pt: TorchScript); returns the format used."""
     if os.path.splitext(output)[1] not in ('.pt2', '.pt'):
         raise InputError(f'{output}: the output must end in .pt2 (torch.export) or .pt (TorchScript)')
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise InputError(f'{output}: its folder does not exist')
+    check_output_file(output)
     saved, slda = load_run(folder)
     classifier, preprocessing = build_classifier(saved, slda)
     size = preprocessing.image_size
     example = data.normalize(torch.rand(2, 3, size, size), preprocessing.mean, preprocessing.std)
     extra = {'preprocessing.json': json.dumps(dataclasses.asdict(preprocessing)),
              'classes.json': json.dumps(saved['classes'])}
-    if output.endswith('.pt2'):
-        try:
-            program = torch.export.export(classifier, (example,), strict=False,
-                                          dynamic_shapes={'images': {0: torch.export.Dim.DYNAMIC}})
-        except Exception as e:          # torch.export refuses some networks' Python; TorchScript may not
-            print(f'torch.export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
-                  f'writing TorchScript instead', file=sys.stderr)
-            output = os.path.splitext(output)[0] + '.pt'
-        else:
-            torch.export.save(program, output, extra_files=extra)
-            return 'torch.export'
-    with torch.no_grad():
-        traced = torch.jit.trace(classifier, example)
-    torch.jit.save(traced, output, _extra_files=extra)
+    with warnings.catch_warnings():
+        for category, message in KNOWN_EXPORT_WARNINGS:
+            warnings.filterwarnings('ignore', message, category)
+        if output.endswith('.pt2'):
+            try:
+                program = torch.export.export(classifier, (example,), strict=False,
+                                              dynamic_shapes={'images': {0: torch.export.Dim.DYNAMIC}})
+            except Exception as e:          # torch.export refuses some networks' Python; TorchScript may not
+                print(f'torch.export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+                      f'writing TorchScript instead', file=sys.stderr)
+                output = os.path.splitext(output)[0] + '.pt'
+                check_output_file(output)
+            else:
+                torch.export.save(program, output, extra_files=extra)
+                return 'torch.export'
+        with torch.no_grad():
+            traced = torch.jit.trace(classifier, example)
+        torch.jit.save(traced, output, _extra_files=extra)
     return f'TorchScript ({output})'
 
 

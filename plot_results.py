@@ -3,6 +3,9 @@
     python plot_results.py streaming_experiments/slda_digits_plastic streaming_experiments/slda_digits_fixed
     python plot_results.py RUN [RUN ...] --output figures/imagenet.png      # also writes figures/imagenet.md
 
+Without --output, the figure and the table are learning_curves.png and learning_curves.md in the working
+directory.
+
 The figure has top-1 and top-5 (percent) against the classes seen, or against the training images seen when
 every run is an iid or instance ordering (against the batch number when the runs mix the two), a line per
 run and output layer (--heads), labelled by experiment name; beside them, SLDA's accuracy matrix as a heatmap
@@ -195,8 +198,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('folders', nargs='+', metavar='DIR', help='run folders of experiment.py')
     parser.add_argument('--output', metavar='FIGURE', default='learning_curves.png',
-                        help='the figure, .png, .pdf or .svg; the table goes beside it with the extension .md '
-                             '(default: %(default)s)')
+                        help='the figure, .png, .pdf or .svg; the Markdown table, the same whatever the figure\'s '
+                             'format, goes beside it under the same name ending in .md (default: %(default)s and '
+                             'learning_curves.md in the working directory)')
     args = parser.parse_args(argv)
     try:
         figure_format(args.output)

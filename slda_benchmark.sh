@@ -3,8 +3,10 @@
 # benchmarks x backbones x class orders (seeds) x covariances, every run from one feature cache (the network
 # sees each image once per backbone). Class orders are drawn as PyCIL and LAMDA-PILOT draw them
 # (--class_order_rng numpy; seed 1993 is their CIFAR-100 order). Finished runs are skipped and interrupted ones
-# resumed, so the script can be run again after a stop. Ends with one table of mean and standard deviation over
-# seeds (final and average incremental accuracy, forgetting), printed and saved as Markdown.
+# resumed, so the script can be run again after a stop; a folder holding a run of other settings (other extra
+# flags: the folder names leave them out) stops it, so run other extra flags under another SAVE_ROOT. Ends with
+# one table of mean and standard deviation over seeds (final and average incremental accuracy, forgetting),
+# printed and saved as Markdown.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -24,7 +26,8 @@ usage: BENCHMARKS="..." [CIFAR100_DIR=...] [CIFAR10_DIR=...] [IMAGENET_R_DIR=...
                     (default: resnet18@IMAGENET1K_V1)
   SEEDS             class-order seeds, numpy's draw (default: 1993)
   COVARIANCES       (default: plastic fixed; fixed keeps the base initialisation's estimate)
-  SAVE_ROOT         where results go (default: streaming_experiments/benchmarks)
+  SAVE_ROOT         where results go (default: streaming_experiments/benchmarks); one per set of extra flags:
+                    a folder holding a run of other settings stops the script
   FEATURE_CACHE     feature cache shared by every run (default: \$SAVE_ROOT/feature_cache)
   PYTHON            interpreter (default: this project's .venv/bin/python if present, else python3)
 USAGE
@@ -40,6 +43,12 @@ FEATURE_CACHE=${FEATURE_CACHE:-$SAVE_ROOT/feature_cache}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; else PYTHON=python3; fi
 fi
+for covariance in $COVARIANCES; do     # before any run, not after the runs of the values before it
+  case "$covariance" in
+    plastic | fixed) ;;
+    *) echo "error: COVARIANCES: unknown covariance '$covariance' (accepted: plastic, fixed)" >&2; exit 2 ;;
+  esac
+done
 
 need() {    # need NAME: the variable NAME must be set
   [ -n "${!1:-}" ] || { echo "error: $1 is not set (needed by benchmark $benchmark)" >&2; usage; }
@@ -60,18 +69,14 @@ for benchmark in $BENCHMARKS; do
     [ "$arch" = "$backbone" ] || weights=(--weights "${backbone#*@}")
     for seed in $SEEDS; do
       for covariance in $COVARIANCES; do
-        case "$covariance" in
-          plastic) settings=(--streaming_update_sigma) ;;
-          fixed) settings=(--no-streaming_update_sigma) ;;
-          *) echo "error: unknown covariance $covariance (plastic or fixed)" >&2; usage ;;
-        esac
+        settings=(--streaming_update_sigma)
+        [ "$covariance" = plastic ] || settings=(--no-streaming_update_sigma)
         name=${backbone//[:@\/]/_}
         save_dir=$SAVE_ROOT/${benchmark}_${name}_seed${seed}_$covariance
         folders+=("$save_dir")
-        # a finished run is skipped; --resume continues an unfinished one and starts a new folder afresh
-        if [ -f "$save_dir/summary.json" ] && grep -q '"finished": true' "$save_dir/summary.json"; then
-          continue
-        fi
+        # experiment.py --resume decides, from every setting (extra flags included): a finished run of the same
+        # settings is left as it is, an unfinished one continued, a new folder started; a folder holding a run of
+        # other settings is refused, which stops the script (set -e) rather than reprinting the old results
         echo "== $benchmark, $backbone, class order seed $seed, $covariance covariance =="
         "$PYTHON" "$here/experiment.py" "${data[@]}" --arch "$arch" "${weights[@]}" --class_order_rng numpy \
           --class_order_seed "$seed" "${settings[@]}" --feature_cache "$FEATURE_CACHE" --save_dir "$save_dir" \

@@ -10,11 +10,13 @@ a shell glob) is an error naming it (exit 2); runs that have not finished are li
 dataset, ordering, covariance, the number of runs, the means ± standard deviations, the seeds of the group's runs
 (in the order of the DIRs) and the settings that tell the rows apart (those whose values differ between rows).
 Accuracies are in percent, forgetting in percentage points (blank for runs of releases that did not record it);
-the standard deviation is the sample one (n - 1), blank for a single run. --output's
-folders are made when missing.
+the standard deviation is the sample one (n - 1), blank for a single run. A folder given more than once (with a
+trailing slash, through a link) counts once, with a note; runs of the same settings and seeds in different folders
+(copies) are averaged, with a warning naming them. --output's folders are made when missing.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 
@@ -45,6 +47,31 @@ def group(runs):
         settings = {name: value for name, value in run.results_settings.items() if name not in run.seeds}
         groups.setdefault(json.dumps(settings, sort_keys=True), []).append(run)
     return groups
+
+
+def distinct_folders(folders):
+    """``folders`` with each folder kept once, at its first mention (the same folder spelt otherwise, with a
+    trailing slash or through a link, included: averaging it with itself would fake agreement between seeds), and
+    the note for stderr naming the repeated ones ('' when none is)."""
+    first = {}
+    mentions = {}
+    for folder in folders:
+        key = os.path.realpath(folder)
+        first.setdefault(key, folder)
+        mentions[key] = mentions.get(key, 0) + 1
+    repeated = [f'{first[key]} ({count} times)' for key, count in mentions.items() if count > 1]
+    note = f'note: counted once each, given more than once: {", ".join(repeated)}' if repeated else ''
+    return list(first.values()), note
+
+
+def copies(runs):
+    """A warning line per set of runs in different folders with the same settings, seeds included: copies of one
+    run, not independent ones, yet averaged as such."""
+    same = {}
+    for run in runs:
+        same.setdefault(json.dumps(run.results_settings, sort_keys=True), []).append(run.folder)
+    return [f'warning: {", ".join(folders)} hold runs of the same settings and seeds (copies of one run?); they '
+            f'are averaged as independent runs' for folders in same.values() if len(folders) > 1]
 
 
 def mean_std(values, digits):
@@ -93,15 +120,20 @@ def main(argv=None):
     parser.add_argument('folders', nargs='+', metavar='DIR', help='run folders of experiment.py')
     parser.add_argument('--output', metavar='FILE', help='also write the table to this Markdown file')
     args = parser.parse_args(argv)
+    folders, repeated = distinct_folders(args.folders)
     try:
-        runs = [load_run(folder) for folder in args.folders]
+        runs = [load_run(folder) for folder in folders]
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    if repeated:
+        print(repeated, file=sys.stderr)
     finished = [run for run in runs if run.finished]
     if not finished:
         print(f'error: no finished run among {len(runs)} folder(s)', file=sys.stderr)
         return 2
+    for warning in copies(finished):
+        print(warning, file=sys.stderr)
     text = table(list(group(finished).values()))
     print(text, end='')
     unfinished = [run.folder for run in runs if not run.finished]

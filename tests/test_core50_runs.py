@@ -129,7 +129,7 @@ def test_core50_defaults_to_imagenet_weights_from_the_local_cache(core50, tmp_pa
 
 
 @pytest.mark.slow
-def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_tabulates(core50, tmp_path):
+def test_slda_core50_script_runs_seeds_from_one_cache_reruns_and_refuses_other_extra_flags(core50, tmp_path):
     root, checkpoint = core50
     env = dict(os.environ, CORE50_DIR=str(root), SAVE_ROOT=str(tmp_path / 'results'), SEEDS='0 1',
                ORDERINGS='class_instance', COVARIANCES='fixed', PYTHON=sys.executable)
@@ -152,5 +152,21 @@ def test_slda_core50_script_runs_seeds_from_one_cache_skips_finished_runs_and_ta
     assert table in done.stdout
     values = [summary(p)['final']['slda']['top1'] for p in folders]
     assert f'| core50 | class_instance | fixed | 2 | {sum(values) / 2:.2f} ± ' in table
+    finished = [(p / 'summary.json').read_bytes() for p in folders]
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and '== class_instance' not in again.stdout        # every run was finished
+    assert again.returncode == 0 and table in again.stdout, again.stderr
+    assert again.stderr.count('holds a finished run; it is left as it is') == 2
+    # other extra flags are other settings under the same folder names: refused, not taken for the finished runs
+    other = subprocess.run(command + ['--shrinkage', '0.5'], env=env, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and 'cannot --resume' in other.stderr and '--shrinkage' in other.stderr
+    assert 'table saved' not in other.stdout
+    assert [(p / 'summary.json').read_bytes() for p in folders] == finished
+
+
+def test_slda_core50_script_refuses_an_unknown_covariance_before_any_run(tmp_path):
+    env = dict(os.environ, CORE50_DIR=str(tmp_path), SAVE_ROOT=str(tmp_path / 'results'),
+               COVARIANCES='plastic plastc', PYTHON='false')      # no run may start
+    done = subprocess.run(['bash', os.path.join(REPO, 'slda_core50.sh')], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == \
+        "error: COVARIANCES: unknown covariance 'plastc' (accepted: plastic, fixed)\n"
+    assert not (tmp_path / 'results').exists()

@@ -40,3 +40,39 @@ def test_an_output_that_is_neither_npz_nor_pt_is_one_line(tmp_path, capsys):
     assert export_features.main([str(tmp_path / 'features.csv'), '--num_classes', '2', '--no-progress']) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and 'features.csv' in err and '.npz or .pt' in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize('flags', [['--shrinkage', '0.5'], ['--heads', 'slda,ncm'], ['--save_dir', 'out'],
+                                   ['--resume'], ['--save_preds', 'none'], ['--expt_name=name'], ['--no-plot'],
+                                   ['--offline_accuracies', 'offline.json'], ['--random_projection', '8'],
+                                   ['--no-streaming_update_sigma'], ['--dist_timeout', '5']])
+def test_a_flag_that_changes_nothing_in_the_file_is_refused_naming_it_before_any_work(tmp_path, capsys, monkeypatch,
+                                                                                      flags):
+    monkeypatch.setattr(export_features, 'list_splits', lambda *args: pytest.fail('worked before refusing'))
+    code = export_features.main([str(tmp_path / 'features.npz'), '--num_classes', '2', '--no-progress'] + flags)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f'error: {flags[0].split("=")[0]} does not apply to export_features.py')
+    assert len(err.splitlines()) == 1 and not (tmp_path / 'features.npz').exists()
+
+
+def test_the_refused_flags_are_left_out_of_help_and_the_others_kept(capsys):
+    with pytest.raises(SystemExit):
+        export_features.main(['--help'])
+    text = capsys.readouterr().out.split('\noptions:')[1]       # the flags, after the description
+    assert '--shrinkage' not in text and '--save_dir' not in text and 'output layers' not in text
+    assert '--feature_cache' in text and '--class_increment' in text and '--arch' in text
+
+
+@pytest.mark.parametrize('where', ['folder', 'unwritable'])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(tmp_path, capsys, monkeypatch, where):
+    if where == 'folder':
+        output = tmp_path / 'features.npz'
+        output.mkdir()
+    else:
+        if not os.path.isdir('/proc'):
+            pytest.skip('no /proc, a folder nothing can be written in whoever runs the tests')
+        output = '/proc/features.npz'
+    monkeypatch.setattr(export_features, 'list_splits', lambda *args: pytest.fail('worked before checking'))
+    assert export_features.main([str(output), '--num_classes', '2', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and str(output) in err and len(err.splitlines()) == 1

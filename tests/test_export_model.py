@@ -1,6 +1,7 @@
 """export_model.py: a finished run's network and SLDA as one module that loads without this project, and
 StreamingLDA.to_linear."""
 import json
+import os
 import subprocess
 import sys
 
@@ -48,9 +49,9 @@ def project_scores(save, images):
     return model.decision_function(extractor(images))
 
 
-@pytest.mark.filterwarnings('ignore')
-def test_the_exported_module_loads_without_the_project_and_gives_its_scores(digits_run, tmp_path):
+def test_the_exported_module_loads_quietly_without_the_project_and_gives_its_scores(digits_run, tmp_path, recwarn):
     assert export_model.main([str(digits_run), str(tmp_path / 'model.pt2')]) == 0
+    assert not recwarn.list, [str(warning.message) for warning in recwarn.list]
     images = data.digits_splits().test.images[:5]
     torch.save(data.normalize(images), tmp_path / 'images.pt')
     loader = ("import json, torch; extra = {'preprocessing.json': ''}; "
@@ -63,9 +64,9 @@ def test_the_exported_module_loads_without_the_project_and_gives_its_scores(digi
     torch.testing.assert_close(torch.load(tmp_path / 'scores.pt'), expected, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.filterwarnings('ignore')
-def test_torchscript_on_request_and_unfinished_runs_refused(digits_run, tmp_path, capsys):
+def test_torchscript_on_request_quietly_and_unfinished_runs_refused(digits_run, tmp_path, capsys, recwarn):
     assert export_model.main([str(digits_run), str(tmp_path / 'model.pt')]) == 0
+    assert not recwarn.list, [str(warning.message) for warning in recwarn.list]
     images = data.digits_splits().test.images[:3]
     traced = torch.jit.load(str(tmp_path / 'model.pt'))
     torch.testing.assert_close(traced(data.normalize(images)), project_scores(digits_run, images),
@@ -74,3 +75,18 @@ def test_torchscript_on_request_and_unfinished_runs_refused(digits_run, tmp_path
     assert 'config.json not found: give the save folder of a run' in capsys.readouterr().err
     assert export_model.main([str(digits_run), str(tmp_path / 'nowhere' / 'x.pt2')]) == 2
     assert 'x.pt2: its folder does not exist' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('where', ['folder', 'unwritable'])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(tmp_path, capsys, monkeypatch, where):
+    if where == 'folder':
+        output = tmp_path / 'model.pt2'
+        output.mkdir()
+    else:
+        if not os.path.isdir('/proc'):
+            pytest.skip('no /proc, a folder nothing can be written in whoever runs the tests')
+        output = '/proc/model.pt2'
+    monkeypatch.setattr(export_model, 'load_run', lambda *args: pytest.fail('worked before checking'))
+    assert export_model.main([str(tmp_path), str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and str(output) in err and len(err.splitlines()) == 1

@@ -173,3 +173,15 @@ def test_the_output_extension_gives_the_format_and_another_is_refused_before_any
     assert not list(tmp_path.iterdir())
     assert plot_results.main([str(ARGUMENTS), '--output', str(tmp_path / 'curves.pdf')]) == 0
     assert (tmp_path / 'curves.pdf').read_bytes().startswith(b'%PDF') and (tmp_path / 'curves.md').exists()
+
+
+def test_without_output_the_figure_and_its_table_go_to_the_working_directory_as_help_says(tmp_path, capsys,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert plot_results.main([str(ARGUMENTS)]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['learning_curves.md', 'learning_curves.png']
+    assert capsys.readouterr().out.startswith((tmp_path / 'learning_curves.md').read_text())
+    with pytest.raises(SystemExit):
+        plot_results.main(['--help'])
+    assert 'learning_curves.png and learning_curves.md in the working directory' in \
+        ' '.join(capsys.readouterr().out.split())

@@ -160,3 +160,21 @@ def test_a_run_stopped_before_its_first_batch_is_listed_and_left_out(tmp_path, c
     code, out, rows = summarize(finished + [stopped], capsys)
     assert code == 0 and [row[RUNS] for row in rows] == ['2']
     assert 'left out, not finished' in out.err and 'stopped' in out.err
+
+
+def test_a_folder_given_more_than_once_counts_once_with_a_note(tmp_path, capsys):
+    folder = seeded(tmp_path / 'run', 0, 80.0)
+    (tmp_path / 'link').symlink_to(folder)
+    code, out, rows = summarize([folder, folder + '/', tmp_path / 'link', seeded(tmp_path / 'other', 1, 82.0)],
+                                capsys)
+    assert code == 0 and [row[RUNS] for row in rows] == ['2'] and rows[0][SEEDS] == 'seed: 0, 1'
+    assert out.err == f'note: counted once each, given more than once: {folder} (3 times)\n'
+
+
+def test_copies_of_one_run_in_different_folders_are_averaged_with_a_warning_naming_them(tmp_path, capsys):
+    folders = [seeded(tmp_path / name, 0, 80.0) for name in ('run', 'copy')] + [seeded(tmp_path / 'seed1', 1, 82.0)]
+    code, out, rows = summarize(folders, capsys)
+    assert code == 0 and [row[RUNS] for row in rows] == ['3']
+    lines = out.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('warning: ') and 'same settings and seeds' in lines[0]
+    assert folders[0] in lines[0] and folders[1] in lines[0] and folders[2] not in lines[0]
