@@ -183,7 +183,9 @@ def create_model(arch, pretrained_file, image_size, seed):
         else:
             import torchvision
             check_arch(arch)
-            model = torchvision.models.get_model(name, weights=None)
+            # These two warn that their default initialisation will change unless it is named: name today's
+            options = {'init_weights': True} if name in ('googlenet', 'inception_v3') else {}
+            model = torchvision.models.get_model(name, weights=None, **options)
             if pretrained_file:
                 model.load_state_dict(safe_torch_load(pretrained_file))
     return model.eval()

@@ -66,8 +66,10 @@ def make_checkpoint(path, prefix='module.', wrap='state_dict', num_classes=100, 
 
 def run(argv, capsys=None):
     """experiment.main on ``argv`` (any values, made strings) without progress bars, and without the learning
-    curve unless ``argv`` asks for it with --plot; (exit code, captured)."""
+    curve unless ``argv`` asks for it with --plot; (exit code, what it printed)."""
     argv = [str(a) for a in argv]
+    if capsys:
+        capsys.readouterr()         # what the test printed before (a warning of its own) is not this run's
     code = experiment.main(argv + ['--no-progress'] + ([] if '--plot' in argv else ['--no-plot']))
     return code, (capsys.readouterr() if capsys else None)
 

@@ -40,8 +40,8 @@ def assert_same_results(a, b):
     assert sorted(os.listdir(a)) == sorted(os.listdir(b))
 
 
+# (A kill before the first increment finished starts afresh: test_experiment.py interrupts a run there.)
 CRASH_POINTS = [
-    'extract_batch:2',                                           # inside the first increment's extraction
     'increment_start:3',                                         # between the second and third increments
     'write/preds_min_trained_0_max_trained_4',                   # mid-write of an output
     'write/slda_model_weights_min_trained_0_max_trained_4',      # after accuracies, before the model file
