@@ -364,6 +364,10 @@ class StreamingLDA(nn.Module):
             raise TypeError(f'y must hold integer class labels, got dtype {y.dtype}')
         if y.shape[0] != rows:
             raise InputError(f'{features_name} has {rows} rows but y has {y.shape[0]} labels')
+        if y.dtype in (torch.uint32, torch.uint64) and y.numel():     # torch has no max for these: NumPy's
+            largest = int(y.cpu().numpy().max())
+            if largest > torch.iinfo(torch.int64).max:          # it would wrap round to a negative int64
+                raise self._label_outside(largest)
         return y
 
     def _label_outside(self, label):

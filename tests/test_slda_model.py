@@ -408,6 +408,18 @@ def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method, mo
     assert_same_state(before, state(model))
 
 
+@pytest.mark.parametrize('rows', [1, 10])
+def test_a_uint64_label_beyond_int64_is_named_as_given(rows):
+    model = StreamingLDA(D, C, device='cpu')
+    labels = np.zeros(rows, dtype=np.uint64)
+    labels[-1] = 2 ** 63 + 1
+    with pytest.raises(ValueError, match=f'label {2 ** 63 + 1}, outside'):
+        model.fit(np.zeros((rows, D)), labels)
+    assert int(model.num_updates) == 0
+    model.fit(np.zeros((rows, D)), np.full(rows, 2, dtype=np.uint32))
+    assert int(model.cK[2]) == rows
+
+
 @pytest.mark.parametrize('dtype', slda_model.FEATURE_INTEGER_DTYPES)
 @pytest.mark.parametrize('rows', [3, 40])
 def test_integer_features_fit_as_their_float_values(dtype, rows):
