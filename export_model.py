@@ -62,8 +62,10 @@ def load_run(folder):
         raise InputError(f'{folder} holds no slda_model_weights_final.pth: the run has not finished')
     output = saved['settings']['output']
     options = output['options']['slda']
+    # the covariance's settings too: with a fixed one, OAS shrinks by the base initialisation's samples alone
     slda = StreamingLDA(output.get('random_projection') or saved['feature_dim'], len(saved['classes']),
-                        shrinkage_param=options['shrinkage'],
+                        shrinkage_param=options['shrinkage'], streaming_update_sigma=options['plastic_covariance'],
+                        covariance_update=options.get('covariance_update', 'paper'),
                         device='cpu', dtype=getattr(torch, options['slda_dtype']),
                         mask_unseen_classes=options['mask_unseen_classes'])
     slda.load_model(folder, 'slda_model_weights_final')

@@ -77,6 +77,16 @@ def test_torchscript_on_request_quietly_and_unfinished_runs_refused(digits_run, 
     assert 'x.pt2: its folder does not exist' in capsys.readouterr().err
 
 
+def test_the_model_of_a_fixed_covariance_run_with_oas_is_loaded_as_the_run_had_it(tmp_path):
+    # OAS shrinks a fixed covariance by the base initialisation's samples: a plastic model shrank by all of them
+    save = tmp_path / 'fixed_oas'
+    assert run(['--num_classes', 4, '--no-streaming_update_sigma', '--shrinkage', 'oas', '--save_dir', save])[0] == 0
+    _, model = export_model.load_run(str(save))
+    summary = json.loads((save / 'summary.json').read_text())
+    assert not model.streaming_update_sigma and int(model.base_samples) < int(model.num_updates)
+    assert model.shrinkage_used == pytest.approx(summary['increments'][-1]['heads']['slda']['shrinkage'], rel=1e-12)
+
+
 @pytest.mark.parametrize('where', ['folder', 'unwritable'])
 def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(tmp_path, capsys, monkeypatch, where):
     if where == 'folder':
