@@ -763,8 +763,9 @@ def test_scores_of_seen_classes_equal_the_closed_form_and_unseen_ones_are_exact(
 
 VIEWS_OF_THE_STATE = {   # rows that lie in the model's own memory, and their labels
     'all means, batched': (lambda model: model.muK, torch.arange(C - 1, -1, -1)),
+    # row i is the mean of class i + 1: class 1's mean changes before the row holding it is read
     'NumPy view at an offset, batched': (lambda model: torch.from_numpy(model.muK.numpy()[1:]),
-                                         torch.arange(C - 2, -1, -1)),
+                                         torch.tensor([5, 1, 2, 3, 0])),
     'two means, one row at a time': (lambda model: model.muK[1:3], torch.tensor([2, 1])),
     'a row of Sigma, one sample': (lambda model: model.Sigma[0], 2),
 }
