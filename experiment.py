@@ -72,14 +72,15 @@ class Experiment:
         order, order_source, order_warning = class_order(config, splits)
         self.report('warn', order_warning)
         plan = make_plan(config, splits, order)
-        check_preds_space(config, plan, splits.num_classes)
+        files = BackgroundFiles()
+        folder = ResultsFolder(config.run.save_dir, files)
+        if not (config.run.resume and folder.is_finished()):   # a finished run is left as it is: writes nothing
+            check_preds_space(config, plan, splits.num_classes)
         self.report('warn', config.ordering.plan_warning(config.stream.options, splits))
         offline = read_offline_accuracies(config.run.offline_accuracies, len(plan))
         if config.output.random_projection:
             check_memory(config.output.random_projection, splits.num_classes, getattr(torch, config.slda.slda_dtype),
                          config.run.device)
-        files = BackgroundFiles()
-        folder = ResultsFolder(config.run.save_dir, files)
         device = torch.device(config.run.device)
         if group and device.type == 'cuda' and device.index is None:
             device = torch.device('cuda', group.local_rank)

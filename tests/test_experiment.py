@@ -188,13 +188,19 @@ def test_a_run_stopped_before_any_batch_finished_starts_again_with_the_same_comm
     assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['finished']
 
 
-def test_resuming_a_finished_run_leaves_it_as_it_is(tmp_path, capsys):
+def test_resuming_a_finished_run_leaves_it_as_it_is(tmp_path, capsys, monkeypatch):
     argv = ['--num_classes', 4, '--save_dir', tmp_path / 'out']
     assert run(argv)[0] == 0
     before = {path.name: path.read_bytes() for path in (tmp_path / 'out').iterdir()}
     code, out = run(argv + ['--resume'], capsys)
     assert code == 0 and 'holds a finished run; it is left as it is' in out.err
     assert {path.name: path.read_bytes() for path in (tmp_path / 'out').iterdir()} == before
+    # it writes nothing, so it needs no free space for the probabilities it would write (a sweep script reruns it)
+    for path in (tmp_path / 'out').glob('preds_*.pt'):
+        path.unlink()
+    fake_disk(monkeypatch, 1000)
+    code, out = run(argv + ['--resume'], capsys)
+    assert code == 0 and 'holds a finished run; it is left as it is' in out.err
 
 
 def test_an_unexpected_error_keeps_its_traceback_and_is_logged_in_the_save_folder(tmp_path, monkeypatch):
