@@ -289,7 +289,11 @@ def take_ordering(given, dataset, name):
         defaults['images_per_batch'] = dataset.images_per_batch
     if entry.uses_class_order and given['base_init']:
         defaults['base_init_classes'] = given.get('classes_per_batch', dataset.class_increment)
-    if entry.uses_class_order and given.get('labels_dir') is None and given.get('class_order_seed') is None:
+    no_label_files = given.get('labels_dir') == 'none'
+    if no_label_files:
+        del given['labels_dir']
+    if entry.uses_class_order and not no_label_files and given.get('labels_dir') is None and \
+            given.get('class_order_seed') is None:
         defaults['labels_dir'] = next((folder for folder in support_folders() if all(
             os.path.exists(os.path.join(folder, name)) for name in protocol.label_file_names(dataset.name))), None)
     return take(entry.options, given, **{name: value for name, value in defaults.items() if value is not None})

@@ -246,7 +246,7 @@ class ClassIncrementalOptions(ClassBatches):
     labels_dir: Optional[str] = option(
         None, 'folder with <dataset>_train_labels.npy and <dataset>_val_labels.npy giving the class order '
               '(default: the first of ./imagenet_files/, this project\'s image_files/ and imagenet_files/ that '
-              'holds them)', metavar='DIR')
+              'holds them; none: no label files, the order of --class_order_seed or sorted)', metavar='DIR')
     class_order_seed: Optional[int] = option(None, 'without label files: shuffle the class order with this seed '
                                                    '(default: sorted order)', metavar='N', check=seed)
     class_order_rng: str = option('torch', 'how --class_order_seed N draws the class order: torch, this project\'s '

@@ -3,6 +3,7 @@
 config.py: building the settings refuses what the run would not use, contradictions, unknown settings, and
 inputs that do not exist (folders, checkpoints, devices), each a SettingError naming its flag."""
 import os
+import shutil
 
 import pytest
 
@@ -75,6 +76,18 @@ def test_heads_are_checked(tmp_path, capsys):
     with pytest.raises(SettingError) as refused:
         cli.parse(['--heads', 'ncm'])
     assert refused.value.setting == 'heads'
+
+
+def test_labels_dir_none_streams_in_sorted_order_though_label_files_sit_in_a_default_folder(tmp_path, image_folder,
+                                                                                           monkeypatch):
+    root, labels = image_folder
+    shutil.copytree(labels, tmp_path / 'imagenet_files')      # ./imagenet_files/, where the original reads them
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'base.pth').write_bytes(b'')                    # only its existence is checked here
+    settings = dict(dataset='imagenet', images_dir=str(root), checkpoint=str(tmp_path / 'base.pth'))
+    assert config.make_config(**settings).stream.options.labels_dir == os.path.abspath('imagenet_files')
+    assert config.make_config(**settings, labels_dir='none').stream.options.labels_dir is None
+    assert config.make_config(**settings, labels_dir='none', class_order_seed=3).stream.options.class_order_seed == 3
 
 
 def test_heads_given_to_make_config_as_one_string_are_split_at_commas():
