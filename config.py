@@ -304,7 +304,7 @@ def take_heads(given, dataset):
         raise SettingError('projection_seed', '--projection_seed is the seed of --random_projection, which is not '
                                               'given')
     names = given.pop('heads', ('slda',))
-    heads = take(HeadSettings, given, heads=tuple(names.split(',') if isinstance(names, str) else names))
+    heads = take(HeadSettings, given, heads=comma_list(names) if isinstance(names, str) else tuple(names))
     defaults = {'plastic_covariance': dataset.plastic_covariance}
     return dataclasses.replace(heads, options={name: take(HEADS[name].options, given, **defaults)
                                                for name in heads.heads if fields_of(HEADS[name].options)})

@@ -3,8 +3,10 @@
     python export_features.py features.npz --dataset imagefolder --images_dir DIR --arch timm:vit_small_patch14_dinov2.lvd142m --feature_cache cache/
 
 Takes experiment.py's options: with the same data, network and --feature_cache as a run, the features are read
-from the cache that run filled (what is missing is extracted, and cached). The flags that change nothing in the
-file, the output layers' and those of a run's own files (--save_dir, --resume, --save_preds, ...), are refused.
+from the cache that run filled (what is missing is extracted, and cached). The output layers' flags and those of a
+run's own files (--save_dir, --resume, --save_preds, ...) are refused. The stream's flags are taken, since they
+choose and check the plan whose images are written, though some (--shuffle_data, --class_increment, ...) leave
+the file as it is.
 The file (.npz, read with ``np.load(path)``, no pickles; or .pt, read with ``torch.load(path, weights_only=True)``)
 holds, for each split (``train``, and ``test`` for the dataset's test split):
 

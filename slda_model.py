@@ -27,9 +27,9 @@ FIT_PER_SAMPLE_ROWS = 4
 # With a fixed covariance, a batch's rows are centred and summed per class this many bytes of float64 at a time:
 # blocks that stay in a core's L2 cache (bench/README.md).
 FIT_SUM_BYTES = 2 << 20
-# Integer features fit accepts besides floating point ones: those torch reduces on every device (it has no
-# aminmax for uint16-64).
+# The features' dtypes fit accepts: those torch reduces on every device (it has no aminmax for float8 or uint16-64).
 FEATURE_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64) + FEATURE_INTEGER_DTYPES
 # Scores are computed for the seen classes only, but for at least this many columns: MKL's kernels for
 # narrower products round differently from the full product's, and at least 16 columns (one AVX-512 register of
 # float32) give each score the same bits as the full product.
@@ -324,13 +324,13 @@ class StreamingLDA(nn.Module):
     def _check_features(self, X, name, convert=True):
         """X, a tensor (n, d) or (d,), kept in its shape, converted to the model's device and dtype unless
         ``convert`` is False. Raises ValueError for another shape, NaN, infinity or values beyond
-        ``feature_limit``, TypeError for a dtype that is not real numbers."""
+        ``feature_limit``, TypeError for a dtype not in FEATURE_DTYPES."""
         if X.dim() not in (1, 2) or X.shape[-1] != self.input_shape:
             raise InputError(f'{name} must have shape (n, {self.input_shape}) or ({self.input_shape},), '
                              f'got {tuple(X.shape)}')
-        if not (X.is_floating_point() or X.dtype in FEATURE_INTEGER_DTYPES):
-            raise TypeError(f'{name} must be floating point or one of int8, int16, int32, int64, uint8, got dtype '
-                            f'{X.dtype}; convert it with .float()')
+        if X.dtype not in FEATURE_DTYPES:
+            raise TypeError(f'{name} must be float16, bfloat16, float32, float64, int8, int16, int32, int64 or uint8, '
+                            f'got dtype {X.dtype}; convert it with .float()')
         # Checked in X's own dtype, before any conversion, against a limit far inside the model dtype's range:
         # a value within it stays finite once converted, so the check holds for the converted rows too (a
         # float64 value beyond float32's range is beyond the limit). aminmax is one cheap reduction, allocates
@@ -428,16 +428,19 @@ class StreamingLDA(nn.Module):
         if not self.grows or num_classes <= self.num_classes:
             return
         extra = num_classes - self.num_classes
+        needed = num_classes * self.input_shape * self.muK.element_size()
+        too_large = InputError(f'y holds label {num_classes - 1}: a growing model would need {num_classes} class '
+                               f'means of {self.input_shape} values ({needed / 2 ** 30:.3g} GiB), more than the '
+                               f'{self.device.type} memory can hold')
+        if needed >= 2 ** 50:         # beyond any machine, and near where torch's size arithmetic overflows
+            raise too_large
         try:
             muK = torch.cat([self.muK, self.muK.new_zeros(extra, self.input_shape)])
             cK = torch.cat([self.cK, self.cK.new_zeros(extra)])
         except RuntimeError as error:     # a stray label (2^40, say) asks for more memory than there is
             if 'allocate' not in str(error):
                 raise
-            gib = num_classes * self.input_shape * self.muK.element_size() / 2 ** 30
-            raise InputError(f'y holds label {num_classes - 1}: a growing model would need {num_classes} class '
-                             f'means of {self.input_shape} values ({gib:.3g} GiB), more than the {self.device.type} '
-                             f'memory can hold') from None
+            raise too_large from None
         self.muK, self.cK, self.num_classes = muK, cK, num_classes
 
     # ------------------------------------------------------------------ training

@@ -91,7 +91,8 @@ def test_labels_dir_none_streams_in_sorted_order_though_label_files_sit_in_a_def
 
 
 def test_heads_given_to_make_config_as_one_string_are_split_at_commas():
-    assert config.make_config(heads='slda,ncm').output.heads == ('slda', 'ncm')
+    assert config.make_config(heads='slda,ncm').output.heads == config.make_config(heads='slda, ncm').output.heads \
+        == ('slda', 'ncm')
     with pytest.raises(SettingError, match="got \\('slda', 'nope'\\)"):
         config.make_config(heads='slda,nope')
 

@@ -126,9 +126,12 @@ def test_a_model_that_grows_equals_one_declared_with_its_final_size(update):
     with pytest.raises(ValueError, match='label -1'):
         growing.fit(torch.as_tensor(X[:2]), torch.tensor([0, -1]))
     assert growing.num_classes == 7
-    for rows in (1, 10):          # a stray label asks for more memory than there is: refused, nothing changed
-        with pytest.raises(ValueError, match=r'label 1099511627776: a growing model would need .* GiB'):
-            growing.fit(torch.as_tensor(X[:rows]), torch.full((rows,), 2 ** 40))
+    for rows, label in [(1, 2 ** 40), (10, 2 ** 40), (1, 2 ** 63 - 1), (10, 2 ** 62)]:
+        # a stray label asks for more memory than there is: refused, nothing changed
+        with pytest.raises(ValueError, match=rf'label {label}: a growing model would need .* GiB'):
+            growing.fit(torch.as_tensor(X[:rows]), label if rows == 1 else torch.full((rows,), label))
+    with pytest.raises(ValueError, match='a growing model would need'):
+        growing.fit_base(torch.as_tensor(X[:10]), torch.full((10,), 2 ** 63 - 1))
     assert growing.num_classes == 7 and growing.muK.shape == (7, 5)
     reloaded = StreamingLDA(5, None, device='cpu', dtype=torch.float64)
     reloaded.load_state_dict(growing.state_dict())

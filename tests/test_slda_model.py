@@ -393,7 +393,9 @@ def test_refuses_pickle_that_runs_code(tmp_path):
     (np.zeros((3, D)), np.zeros(2, dtype=int), '{x} has 3 rows but y has 2 labels'),
     (np.zeros((3, D)), np.zeros(3), 'y must hold integer class labels'),
     (torch.zeros(3, D, dtype=torch.uint16), np.zeros(3, dtype=int),
-     '{x} must be floating point or one of int8, int16, int32, int64, uint8, got dtype torch.uint16'),
+     '{x} must be float16, bfloat16, float32, float64, int8, int16, int32, int64 or uint8, got dtype torch.uint16'),
+    (torch.zeros(3, D).to(torch.float8_e4m3fn), np.zeros(3, dtype=int), '{x} must be float16, .* got dtype '
+     'torch.float8_e4m3fn'),
 ])
 @pytest.mark.parametrize('method', ['fit', 'fit_base', 'fit_per_sample_path', 'fit_batched_path'])
 def test_rejected_input_leaves_model_unchanged(bad_x, bad_y, message, method, monkeypatch):
