@@ -97,6 +97,17 @@ def setting(config, name):
     return found[0]
 
 
+def unwritable_output(tmp_path, where, name):
+    """A path no file ``name`` can be written at: where='folder', a folder standing there; where='unwritable', in
+    /proc, a folder nothing can be written in whoever runs the tests (skipped without one)."""
+    if where == 'folder':
+        (tmp_path / name).mkdir()
+        return tmp_path / name
+    if not os.path.isdir('/proc'):
+        pytest.skip('no /proc, a folder nothing can be written in whoever runs the tests')
+    return os.path.join('/proc', name)
+
+
 def assert_one_line_error(code, out, *fragments, exit_code=2):
     """experiment.main ended with ``exit_code`` and one ``error:`` line, no traceback, holding each of ``fragments``
     (the flag, argument or file the error names)."""

@@ -8,7 +8,7 @@ import torch
 
 import export_features
 import features
-from conftest import SYNSETS, build_image_folder, run
+from conftest import SYNSETS, assert_one_line_error, build_image_folder, run, unwritable_output
 
 
 def test_exported_features_are_the_cached_ones_with_their_labels_and_paths(tmp_path, capsys, monkeypatch):
@@ -65,14 +65,7 @@ def test_the_refused_flags_are_left_out_of_help_and_the_others_kept(capsys):
 
 @pytest.mark.parametrize('where', ['folder', 'unwritable'])
 def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(tmp_path, capsys, monkeypatch, where):
-    if where == 'folder':
-        output = tmp_path / 'features.npz'
-        output.mkdir()
-    else:
-        if not os.path.isdir('/proc'):
-            pytest.skip('no /proc, a folder nothing can be written in whoever runs the tests')
-        output = '/proc/features.npz'
+    output = unwritable_output(tmp_path, where, 'features.npz')
     monkeypatch.setattr(export_features, 'list_splits', lambda *args: pytest.fail('worked before checking'))
-    assert export_features.main([str(output), '--num_classes', '2', '--no-progress']) == 2
-    err = capsys.readouterr().err
-    assert err.startswith('error: ') and str(output) in err and len(err.splitlines()) == 1
+    code = export_features.main([str(output), '--num_classes', '2', '--no-progress'])
+    assert_one_line_error(code, capsys.readouterr(), str(output))

@@ -1,7 +1,6 @@
 """export_model.py: a finished run's network and SLDA as one module that loads without this project, and
 StreamingLDA.to_linear."""
 import json
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import torch
 
 import data
 import export_model
-from conftest import run
+from conftest import assert_one_line_error, run, unwritable_output
 from features import FeatureExtractor
 from slda_model import StreamingLDA
 
@@ -89,14 +88,7 @@ def test_the_model_of_a_fixed_covariance_run_with_oas_is_loaded_as_the_run_had_i
 
 @pytest.mark.parametrize('where', ['folder', 'unwritable'])
 def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(tmp_path, capsys, monkeypatch, where):
-    if where == 'folder':
-        output = tmp_path / 'model.pt2'
-        output.mkdir()
-    else:
-        if not os.path.isdir('/proc'):
-            pytest.skip('no /proc, a folder nothing can be written in whoever runs the tests')
-        output = '/proc/model.pt2'
+    output = unwritable_output(tmp_path, where, 'model.pt2')
     monkeypatch.setattr(export_model, 'load_run', lambda *args: pytest.fail('worked before checking'))
-    assert export_model.main([str(tmp_path), str(output)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith('error: ') and str(output) in err and len(err.splitlines()) == 1
+    code = export_model.main([str(tmp_path), str(output)])
+    assert_one_line_error(code, capsys.readouterr(), str(output))
