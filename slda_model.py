@@ -195,6 +195,19 @@ def add_rows(sums, index, rows):
         sums.index_put_((index,), rows, accumulate=True)
 
 
+def saved_count(value):
+    """A count read from a saved state (num_updates, base_samples) as an int, or None when it is not one whole
+    number (a string, an array, NaN, 2.5, True)."""
+    try:
+        number = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if number.dim() != 0 or number.dtype == torch.bool or number.is_complex():
+        return None
+    number = number.item()
+    return int(number) if math.isfinite(number) and number == int(number) else None
+
+
 def memory_range(tensor):
     """[first byte, one past the last byte) of the memory a tensor's elements occupy (torch has no negative
     strides)."""
@@ -530,7 +543,6 @@ class StreamingLDA(nn.Module):
         run_starts, run_ends, run_lengths = starts.tolist(), (starts + lengths).tolist(), lengths.tolist()
         # Each class is one run, so its count after the batch is known before any of its rows is summed.
         new_counts = torch.index_select(self.cK, 0, labels) + lengths
-        divisors = new_counts.to(torch.float64)[:, None]
         y_in_order = y if order is None else y[order]
         source_order = None if order is None else order.to(X.device)
         same_kind = X.device == device and X.dtype == self.dtype
@@ -551,12 +563,10 @@ class StreamingLDA(nn.Module):
             while finished < len(run_ends) and run_ends[finished] <= stop:
                 finished += 1
             done = finished - first_run
-            if done:                                    # mu_k <- mu_k + sums_k / (c_k + n_k), then c_k
+            if done:
                 runs = slice(first_run, finished)
-                class_means = torch.index_select(self.muK, 0, labels[runs], out=means[:done])
-                self.muK.index_copy_(0, labels[runs], sums[:done].div_(divisors[runs]).add_(class_means).to(self.dtype))
-                self.cK.index_copy_(0, labels[runs], new_counts[runs])
-                self.num_updates.add_(sum(run_lengths[runs]))
+                self._add_class_sums(labels[runs], new_counts[runs], sums[:done], sum(run_lengths[runs]),
+                                     means=means[:done])
             if finished < len(run_ends) and run_starts[finished] < stop:    # continues: its sum moves to slot 0
                 carried = finished - first_run
                 sums[0].copy_(sums[carried])
@@ -565,14 +575,15 @@ class StreamingLDA(nn.Module):
                 sums[:done].zero_()
             first_run = finished
 
-    def _add_class_sums(self, labels, counts, sums):
-        """mu_k <- mu_k + sums_k / (c_k + counts_k) in float64 and c_k <- c_k + counts_k for the classes
-        ``labels`` (R,), with ``sums`` (R, d) the float64 sums of their new rows centred on mu_k (overwritten)."""
-        new_counts = self.cK[labels] + counts
-        means = sums.div_(new_counts.to(torch.float64)[:, None]).add_(self.muK[labels])
-        self.muK.index_copy_(0, labels, means.to(self.dtype))
-        self.cK[labels] = new_counts
-        self.num_updates += counts.sum()
+    def _add_class_sums(self, labels, new_counts, sums, added, means=None):
+        """mu_k <- mu_k + sums_k / new_counts_k in float64 and c_k <- new_counts_k for the classes ``labels`` (R,),
+        with ``sums`` (R, d) the float64 sums of their new rows centred on mu_k (overwritten) and ``new_counts``
+        (R,) their counts with those rows; num_updates grows by ``added``. ``means``: an (R, d) buffer of the
+        model's dtype to gather the old means into, else a new one."""
+        old_means = torch.index_select(self.muK, 0, labels, out=means)
+        self.muK.index_copy_(0, labels, sums.div_(new_counts.to(torch.float64)[:, None]).add_(old_means).to(self.dtype))
+        self.cK.index_copy_(0, labels, new_counts)
+        self.num_updates.add_(added)
 
     def _fit_plastic(self, X, y, chunk):
         """A batch with a plastic covariance, ``chunk`` rows per vectorised pass (``_fit_chunk``), through
@@ -614,7 +625,7 @@ class StreamingLDA(nn.Module):
         weights = (steps / (steps + 1)).to(self.dtype)
         scatter = torch.mm(torch.mul(u, weights[:, None], out=shifts).T, u, out=work['scatter'])
         self.Sigma.mul_(t0).add_(scatter).div_(t0 + B)
-        self._add_class_sums(labels, lengths, prefix[starts + lengths] - prefix[starts])
+        self._add_class_sums(labels, self.cK[labels] + lengths, prefix[starts + lengths] - prefix[starts], B)
 
     def _fit_pooled_samples(self, rows, labels):
         """covariance_update='pooled' with a plastic covariance, row by row, in place (Welford's update per
@@ -959,12 +970,7 @@ class StreamingLDA(nn.Module):
             raise InputError(f'{source}: Sigma is not symmetric')
         count_sum = int(counts.sum())
         num_updates = state['num_updates']
-        try:
-            number = torch.as_tensor(num_updates)
-        except (TypeError, ValueError, RuntimeError):
-            number = None
-        if (number is None or number.dim() != 0 or number.dtype == torch.bool or number.is_complex()
-                or number.to(torch.float64) != count_sum):
+        if saved_count(num_updates) != count_sum:
             raise InputError(f'{source}: num_updates must be the number of samples seen, the sum of the class '
                              f'counts cK ({count_sum}), got {num_updates!r}')
         return muK, counts.to(torch.int64), Sigma, count_sum
@@ -976,15 +982,11 @@ class StreamingLDA(nn.Module):
         ValueError naming ``source`` for anything else."""
         if value is None:
             return num_updates
-        try:
-            number = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            number = None
-        if (number is None or number.dim() != 0 or number.dtype == torch.bool or number.is_complex()
-                or not 0 <= number.item() <= num_updates or number.item() != int(number.item())):
+        count = saved_count(value)
+        if count is None or not 0 <= count <= num_updates:
             raise InputError(f'{source}: base_samples must be a whole number of samples in [0, num_updates = '
                              f'{num_updates}], got {value!r}')
-        return int(number.item())
+        return count
 
     def checkpoint(self):
         """A CPU copy of the state in the original's file format, unaffected by later updates.
