@@ -28,10 +28,9 @@ import torch
 import cli
 from errors import ProjectError, error_line
 from experiment import class_order, list_splits, make_plan
-from export_model import check_output_file
 from features import build_readers
 from options import SettingError
-from utils import BackgroundFiles
+from utils import BackgroundFiles, check_output_file
 
 FORMATS = ('.npz', '.pt')
 
@@ -80,7 +79,7 @@ def refuse_unused(parser, unused, argv, given):
 def export(config, output):
     """Extract or read the features of ``config``'s run and write them to ``output`` (.npz or .pt); returns
     {split: number of images written}. Raises SettingError for another extension, InputError for a file that
-    cannot be written (export_model.check_output_file), both before any work."""
+    cannot be written (utils.check_output_file), both before any work."""
     if os.path.splitext(output)[1] not in FORMATS:
         raise SettingError('output', f'{output}: the output file must end in {" or ".join(FORMATS)}')
     check_output_file(output)

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import warnings
 
 import torch
@@ -35,6 +34,7 @@ from errors import InputError, ProjectError, error_line
 from features import FeatureExtractor
 from projection import RandomProjection
 from slda_model import StreamingLDA
+from utils import check_output_file
 
 
 class ImageClassifier(nn.Module):
@@ -106,26 +106,6 @@ def build_classifier(saved, slda):
 # torch.export fails).
 KNOWN_EXPORT_WARNINGS = ((UserWarning, r'No complete tensor found in the group!'),
                          (FutureWarning, r'`torch\.jit\.(trace|trace_method|save)` is deprecated'))
-
-
-def check_output_file(path):
-    """InputError naming ``path`` unless a file can be written there: its folder exists and takes a new file, and
-    no folder, nor a file that cannot be written, stands at ``path``. Called before any work, so that a mistyped
-    output costs no extraction or export (export_features.py calls it too)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f'{path}: its folder does not exist')
-    if os.path.isdir(path):
-        raise InputError(f'{path} is a folder: give the name of a file to write')
-    try:
-        # a probe file of a name of its own: os.access says yes to root even where nothing can be written (/proc)
-        descriptor, probe = tempfile.mkstemp(dir=folder, prefix='.write_test.', suffix='.tmp')
-        os.close(descriptor)
-        os.remove(probe)
-        if os.path.exists(path):
-            open(path, 'ab').close()
-    except OSError as e:
-        raise InputError(f'cannot write {path} ({e.strerror or e}): choose another output file') from None
 
 
 def export(folder, output):

@@ -203,6 +203,26 @@ def save_tensor(path, obj):
     atomic_write(path, write)
 
 
+def check_output_file(path):
+    """InputError naming ``path`` unless a file can be written there: its folder exists and takes a new file, and
+    no folder, nor a file that cannot be written, stands at ``path``. Called before any work, so that a mistyped
+    output costs no extraction or export (export_model.py and export_features.py)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f'{path}: its folder does not exist')
+    if os.path.isdir(path):
+        raise InputError(f'{path} is a folder: give the name of a file to write')
+    try:
+        # a probe file of a name of its own: os.access says yes to root even where nothing can be written (/proc)
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix='.write_test.', suffix='.tmp')
+        os.close(descriptor)
+        os.remove(probe)
+        if os.path.exists(path):
+            open(path, 'ab').close()
+    except OSError as e:
+        raise InputError(f'cannot write {path} ({e.strerror or e}): choose another output file') from None
+
+
 def save_npy(path, array):
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
