@@ -10,7 +10,6 @@ import signal
 import threading
 
 import numpy as np
-
 import pytest
 import torch
 import torchvision
