@@ -88,6 +88,8 @@ def test_labels_dir_none_streams_in_sorted_order_though_label_files_sit_in_a_def
     assert config.make_config(**settings).stream.options.labels_dir == os.path.abspath('imagenet_files')
     assert config.make_config(**settings, labels_dir='none').stream.options.labels_dir is None
     assert config.make_config(**settings, labels_dir='none', class_order_seed=3).stream.options.class_order_seed == 3
+    argv = ['--dataset', 'imagenet', '--images_dir', str(root), '--base_init_ckpt', str(tmp_path / 'base.pth')]
+    assert cli.parse(argv + ['--labels_dir', 'none']).stream.options.labels_dir is None
 
 
 def test_heads_given_to_make_config_as_one_string_are_split_at_commas():
