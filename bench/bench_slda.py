@@ -229,8 +229,7 @@ def measure_predict(d, classes, args):
     _, W, _ = model._classifier()
     product = torch.empty(len(test), W.shape[1], device=device)
     gemm = fastest(lambda _: torch.mm(test, W, out=product), args.repeats, device)
-    eye = torch.eye(d, dtype=torch.float64, device=device)
-    shrunk = (1 - model.shrinkage_param) * model.Sigma.double() + model.shrinkage_param * eye
+    shrunk, _ = model.shrunk_covariance()
     M = model.muK.double().T
     L = torch.linalg.cholesky(shrunk)
     solve64 = fastest(lambda _: torch.cholesky_solve(M, L), args.repeats, device)
