@@ -30,8 +30,10 @@ class BaselineState:
     tensors = ()
 
     def state_dict(self):
+        """A CPU copy of the state, unaffected by later updates: the writer saves it in the background while the
+        next batch trains the layer in place."""
         return {'samples_seen': torch.tensor(self.samples_seen),
-                **{name: getattr(self, name).cpu() for name in self.tensors}}
+                **{name: getattr(self, name).to('cpu', copy=True) for name in self.tensors}}
 
     def load_state_dict(self, state, replay):
         """Take ``state`` (from ``state_dict``); ``replay()`` yields the (X, y) batches fitted before it, for a

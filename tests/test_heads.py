@@ -102,3 +102,18 @@ def test_output_layer_options_reach_the_layer():
     assert (layers['softmax_stream'].lr, layers['softmax_stream'].batch_size) == (0.25, 4)
     slda = layers['slda']
     assert (slda.shrinkage_param, slda.muK.dtype, slda.mask_unseen_classes) == (0.5, torch.float64, True)
+
+
+@pytest.mark.parametrize('make', [lambda: SoftmaxStream(4, 3), lambda: OfflineSoftmax(4, 3, max_iter=5)],
+                         ids=['softmax_stream', 'offline'])
+def test_a_saved_state_is_unaffected_by_the_next_batch(make):
+    """The writer saves a batch's state in the background while the next batch trains the layer: the state must
+    be a copy, not the layer's own tensors (softmax_stream updates them in place)."""
+    generator = torch.Generator().manual_seed(0)
+    head = make()
+    head.fit(torch.randn(6, 4, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2]))
+    saved = head.state_dict()
+    before = {name: value.clone() for name, value in saved.items()}
+    head.fit(torch.randn(6, 4, generator=generator), torch.tensor([2, 2, 1, 0, 1, 0]))
+    assert all(torch.equal(saved[name], before[name]) for name in saved)
+    assert not torch.equal(head.weight, before['weight'])
