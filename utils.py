@@ -7,6 +7,7 @@ import signal
 import socket
 import tempfile
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -260,13 +261,38 @@ def safe_torch_load(path, mmap=False):
         raise InputError(f'{path} is not a PyTorch file: torch.save writes a zip archive, this file starts with '
                          f'{start!r}')
     try:
+        if start == b'PK\x03\x04':
+            damaged = damaged_zip_record(path)
+            if damaged:
+                raise InputError(f'{path} is damaged: the data of its record {damaged} fails its CRC-32 check (a '
+                                 f'bit flipped on disk or in a copy); restore the file or make it again')
         return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise InputError(f'refusing to load {path}: it holds objects other than tensors and plain Python data '
                          f'(numpy arrays, classes of other programs), which are loaded only by unpickling them '
                          f'({_refused_object(e)}). Re-save it as a plain state dict of tensors.') from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise InputError(f'could not read {path} as a PyTorch file: {e}') from None
+
+
+def damaged_zip_record(path):
+    """The name of the first record of the zip archive at ``path`` (a ``torch.save`` file) whose data does not
+    match its CRC-32, or None. ``torch.load`` checks none: a flipped bit in a tensor's data loads as a different
+    value. Records with no CRC-32 stored (0, as ``torch.serialization.set_crc32_options(False)`` saves them) are
+    not checked. Raises zipfile.BadZipFile for an archive that cannot be read at all."""
+    with zipfile.ZipFile(path) as archive:
+        for record in archive.infolist():
+            if record.CRC == 0 and record.file_size:
+                continue
+            try:
+                with archive.open(record) as data:
+                    while data.read(1 << 24):
+                        pass
+            except zipfile.BadZipFile as e:
+                if 'CRC' not in str(e):
+                    raise
+                return record.filename
+    return None
 
 
 def topk_accuracy(scores, labels, ks=(1, 5)):

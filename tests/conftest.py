@@ -1,7 +1,9 @@
 """Helpers shared by the test modules: a tiny ImageNet-shaped folder, checkpoints, running experiment.py, one-line
 errors, and a stream whose true class is second by score."""
 import os
+import struct
 import time
+import zipfile
 
 # Before torch loads OpenMP, for this process and the Python processes tests start: idle OpenMP threads sleep
 # instead of spinning, since pytest.ini runs two test processes at once and a spinning thread holds a core the
@@ -168,3 +170,15 @@ def truncate(path):
     """Cut a file to half its length, as an interrupted copy leaves it."""
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
+
+
+def flip_a_data_bit(path, record_suffix='data/0'):
+    """Flip one bit inside the stored data of the first record of the ``torch.save`` file at ``path`` whose name
+    ends with ``record_suffix`` (a tensor's bytes), as a failing disk or copy would: the file still loads, with
+    another value."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(r for r in archive.infolist() if r.filename.endswith(record_suffix))
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack('<HH', data[record.header_offset + 26:record.header_offset + 30])
+    data[record.header_offset + 30 + name_length + extra_length + 2] ^= 0x40
+    path.write_bytes(bytes(data))

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ import torch
 from sklearn.datasets import load_digits
 
 import data
-from conftest import REPO, SYNSETS, age_folders, folder_args, folder_run, make_checkpoint, run, truncate, write_jpeg
+from conftest import (REPO, SYNSETS, age_folders, flip_a_data_bit, folder_args, folder_run, make_checkpoint, run,
+                      truncate, write_jpeg)
 from feature_cache import FeatureCache
 
 
@@ -231,6 +233,15 @@ def test_an_entry_this_program_would_not_write_is_recomputed(tmp_path, what):
     cache, _ = written_class_1(tmp_path)
     path = cache.path('train', 1)
     torch.save(damaged(torch.load(path, weights_only=True), what), path)
+    assert cache.read(TinySplit(), 'train', 1) is None
+
+
+def test_an_entry_with_a_flipped_bit_is_recomputed(tmp_path):
+    """torch.load checks no CRC: without the check a bit flipped on disk loads as another feature value."""
+    cache, stored = written_class_1(tmp_path, dtype=torch.float32)
+    path = cache.path('train', 1)
+    flip_a_data_bit(Path(path))
+    assert not torch.equal(torch.load(path, weights_only=True)['features'], stored)     # it did hit the features
     assert cache.read(TinySplit(), 'train', 1) is None
 
 

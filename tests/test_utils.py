@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import utils
-from conftest import assert_one_line_error, folder_args, folder_run, run, second_by_score_data
+from conftest import assert_one_line_error, flip_a_data_bit, folder_args, folder_run, run, second_by_score_data
 from slda_model import StreamingLDA
 from utils import atomic_write, safe_torch_load, save_json, save_npy, save_tensor, topk_accuracy
 
@@ -119,6 +119,28 @@ def test_a_file_that_is_no_pytorch_file_is_refused_in_one_line_naming_it(tmp_pat
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f'{path} is not a PyTorch file'):
         safe_torch_load(str(path))
+
+
+def test_a_model_file_with_a_flipped_bit_is_refused_naming_it_and_the_model_is_unchanged(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    saved = StreamingLDA(3, 4, device='cpu').fit(torch.randn(8, 3, generator=generator), torch.arange(8) % 4)
+    path = saved.save_model(str(tmp_path), 'model')
+    flip_a_data_bit(tmp_path / 'model.pth')
+    assert not torch.equal(torch.load(path, weights_only=True)['muK'], saved.muK)        # it loads, wrong
+    model = StreamingLDA(3, 4, device='cpu').fit(torch.randn(5, 3, generator=generator), torch.arange(5) % 4)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match='model.pth is damaged: the data of its record .*data/0 fails its CRC-32'):
+        model.load_model(str(tmp_path), 'model')
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
+def test_a_file_saved_without_crc32_still_loads(tmp_path):
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({'w': torch.arange(3)}, tmp_path / 'a.pth')
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(safe_torch_load(str(tmp_path / 'a.pth'))['w'], torch.arange(3))
 
 
 def test_files_in_pytorchs_zip_and_pre_1_6_formats_load(tmp_path):
