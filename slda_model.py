@@ -915,15 +915,36 @@ class StreamingLDA(nn.Module):
         self._derived.clear()
         return super()._apply(fn, *args, **kwargs)
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """``nn.Module.load_state_dict``, all or nothing: the state is checked as ``load_model`` checks a file, and
+        with ``strict`` the keys too, before any buffer changes (torch's own copies the buffers one by one and
+        reports missing or unexpected keys after them). ``base_samples`` may be missing (a state saved before
+        it was kept). Raises ValueError naming the key or entry, leaving the model unchanged."""
+        if strict:
+            expected, given = set(self.state_dict()), set(state_dict)
+            missing, unexpected = sorted(expected - given - {'base_samples'}), sorted(given - expected)
+            if missing or unexpected:
+                raise InputError(f'state_dict: missing keys {missing}, unexpected keys {unexpected} (an SLDA '
+                                 f'state has {sorted(expected)})')
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         names = ('muK', 'cK', 'Sigma', 'num_updates')
-        if all(prefix + name in state_dict for name in names):   # missing keys are load_state_dict's to report
-            muK, _, _, num_updates = self._checked_state({name: state_dict[prefix + name] for name in names},
-                                                         'state_dict')
+        present = [name for name in names if prefix + name in state_dict]
+        if present and len(present) < len(names):       # even when not strict: the counts must add up
+            raise InputError(f'state_dict: has {present} but not {[n for n in names if n not in present]}; an '
+                             f'SLDA state is loaded with all of {list(names)} or none')
+        if present:
+            muK, cK, Sigma, num_updates = self._checked_state({name: state_dict[prefix + name] for name in names},
+                                                              'state_dict')
             base_samples = self._checked_base_samples(state_dict.get(prefix + 'base_samples'), num_updates,
                                                       'state_dict')
-            # a state saved before base_samples was a buffer gets the fallback
-            state_dict[prefix + 'base_samples'] = torch.tensor(base_samples)
+            # The checked values, as tensors of the buffers' dtypes, so that no copy can fail after another has
+            # been made (a model file's num_updates is a Python int); a state saved before base_samples was a
+            # buffer gets the fallback.
+            state_dict.update({prefix + 'muK': muK, prefix + 'cK': cK, prefix + 'Sigma': Sigma,
+                               prefix + 'num_updates': torch.tensor(num_updates),
+                               prefix + 'base_samples': torch.tensor(base_samples)})
             self._take_class_count(muK.shape[0])
         return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -299,6 +299,39 @@ def test_a_fixed_covariance_with_oas_keeps_its_base_samples_through_save_and_loa
     assert torch.equal(loaded.predict(X), model.predict(X))
 
 
+def test_a_model_file_loads_through_load_state_dict_as_through_load_model(tmp_path):
+    # the original's format: num_updates a Python int, cK floats; torch's load copied muK, cK and Sigma, then
+    # failed on num_updates, leaving num_updates no longer the sum of cK
+    model = StreamingLDA(D, C, device='cpu').fit(*make_stream(90, seed=30))
+    model.save_model(str(tmp_path), 'slda')
+    via_file, via_state_dict = (StreamingLDA(D, C, device='cpu').fit(*make_stream(7, seed=31)) for _ in range(2))
+    via_file.load_model(str(tmp_path), 'slda')
+    via_state_dict.load_state_dict(torch.load(tmp_path / 'slda.pth', weights_only=True))
+    assert_same_state(state(via_file), state(via_state_dict))
+    assert int(via_state_dict.num_updates) == 90
+
+
+@pytest.mark.parametrize('change', ['unexpected', 'missing'])
+def test_a_state_dict_with_wrong_keys_is_refused_before_anything_changes(change):
+    saved = StreamingLDA(D, C, device='cpu').fit(*make_stream(50, seed=32)).state_dict()
+    if change == 'unexpected':
+        saved['head.weight'] = torch.zeros(2)
+    else:
+        del saved['num_updates']
+    model = StreamingLDA(D, C, device='cpu').fit(*make_stream(20, seed=33))
+    before = state(model)
+    with pytest.raises(ValueError, match="head.weight" if change == 'unexpected' else "missing keys \\['num_updates'\\]"):
+        model.load_state_dict(saved)
+    assert_same_state(before, state(model))
+    if change == 'unexpected':
+        model.load_state_dict(saved, strict=False)      # torch's non-strict loading: what matches is taken
+        assert torch.equal(model.muK, saved['muK'])
+    else:                                               # but never counts that do not add up
+        with pytest.raises(ValueError, match="has \\['muK', 'cK', 'Sigma'\\] but not \\['num_updates'\\]"):
+            model.load_state_dict(saved, strict=False)
+        assert_same_state(before, state(model))
+
+
 def test_a_state_dict_without_base_samples_loads_with_every_sample_behind_sigma():
     X, y = make_stream(100, seed=22)
     model = StreamingLDA(D, C, device='cpu').fit(X, y)
