@@ -54,6 +54,8 @@ def feature_limit(dtype):
 def as_tensor(value, name):
     """``torch.as_tensor(value)``, raising TypeError that names the argument when value is not an array of
     numbers (a string, a ragged list)."""
+    if isinstance(value, np.ndarray) and any(stride < 0 for stride in value.strides):
+        value = value.copy()        # a reversed view (x[::-1]): torch takes no negative strides
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -301,7 +303,7 @@ class StreamingLDA(nn.Module):
 
     @shrinkage_param.setter
     def shrinkage_param(self, value):
-        if value == 'oas':
+        if isinstance(value, str) and value == 'oas':
             self._shrinkage_param = value
             return
         try:
@@ -334,10 +336,11 @@ class StreamingLDA(nn.Module):
                 f'covariance_update={self.covariance_update!r}')
 
     # ------------------------------------------------------------------ input validation
-    def _check_features(self, X, name, convert=True):
+    def _check_features(self, X, name, convert=True, first_row=0):
         """X, a tensor (n, d) or (d,), kept in its shape, converted to the model's device and dtype unless
         ``convert`` is False. Raises ValueError for another shape, NaN, infinity or values beyond
-        ``feature_limit``, TypeError for a dtype not in FEATURE_DTYPES."""
+        ``feature_limit`` (naming the row, counted from ``first_row`` when X is a slice of the caller's rows),
+        TypeError for a dtype not in FEATURE_DTYPES."""
         if X.dim() not in (1, 2) or X.shape[-1] != self.input_shape:
             raise InputError(f'{name} must have shape (n, {self.input_shape}) or ({self.input_shape},), '
                              f'got {tuple(X.shape)}')
@@ -356,8 +359,8 @@ class StreamingLDA(nn.Module):
             non_finite = ~torch.isfinite(rows).all(dim=1)
             if non_finite.any():
                 raise InputError(f'{name} contains NaN or infinite values (first in row '
-                                 f'{torch.nonzero(non_finite)[0].item()})')
-            first = torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
+                                 f'{first_row + torch.nonzero(non_finite)[0].item()})')
+            first = first_row + torch.nonzero((rows.abs() > limit).any(dim=1))[0].item()
             raise InputError(f'{name} has values beyond +-{limit:.3g}, where the {muK.dtype} covariance '
                              f'would overflow (first in row {first}); scale the features or use '
                              f'dtype=torch.float64')
@@ -839,7 +842,7 @@ class StreamingLDA(nn.Module):
         part = None if columns is None else torch.empty(min(self.test_batch_size, X.shape[0]), len(columns),
                                                         dtype=self.dtype, device=self.device)
         for start in range(0, X.shape[0], self.test_batch_size):
-            chunk = self._check_features(X[start:start + self.test_batch_size], 'X')
+            chunk = self._check_features(X[start:start + self.test_batch_size], 'X', first_row=start)
             rows = out[start:start + chunk.shape[0]]
             scores = rows if on_host else torch.empty(rows.shape, dtype=self.dtype, device=self.device)
             if columns is None:

@@ -475,6 +475,31 @@ def test_predict_refuses_the_features_that_fit_refuses(bad_x, message):
         model.predict(bad_x)
 
 
+def test_predict_names_the_bad_row_counted_over_all_rows_not_within_its_block():
+    model = StreamingLDA(D, C, device='cpu', test_batch_size=1024).fit(*make_stream(50, seed=14))
+    X = torch.zeros(3000, D)
+    X[2500, 1] = float('nan')
+    with pytest.raises(ValueError, match=r'first in row 2500\)'):
+        model.predict(X)
+    X = X.double()
+    X[2500, 1] = 1e39
+    with pytest.raises(ValueError, match=r'first in row 2500\)'):
+        model.predict(X)
+
+
+def test_reversed_numpy_views_are_taken_as_their_values():
+    X, y = make_stream(40, seed=16)
+    X, y = np.asarray(X), np.asarray(y)
+    reversed_view, copied = StreamingLDA(D, C, device='cpu'), StreamingLDA(D, C, device='cpu')
+    reversed_view.fit(X[::-1], y[::-1])
+    copied.fit(X[::-1].copy(), y[::-1].copy())
+    assert_same_state(state(reversed_view), state(copied))
+    assert torch.equal(reversed_view.predict(X[::-1]), copied.predict(X[::-1].copy()))
+    reversed_view.fit(X[0, ::-1], int(y[0]))            # one sample, reversed columns
+    copied.fit(X[0, ::-1].copy(), int(y[0]))
+    assert_same_state(state(reversed_view), state(copied))
+
+
 def test_fit_and_fit_base_return_the_model():
     X, y = make_stream(30, seed=22)
     model = StreamingLDA(D, C, device='cpu')
@@ -522,7 +547,7 @@ def test_to_float64_moves_state_and_rebuilds_head():
     ({'shrinkage_param': 2.0}, 'shrinkage_param'), ({'dtype': torch.float16}, 'dtype'),
     ({'test_batch_size': 0}, 'test_batch_size'), ({'input_shape': 2.5}, 'input_shape'),
     ({'num_classes': '6'}, 'num_classes'), ({'shrinkage_param': 'small'}, 'shrinkage_param'),
-    ({'input_shape': True}, 'input_shape'),
+    ({'input_shape': True}, 'input_shape'), ({'shrinkage_param': np.array([0.1, 0.2])}, 'shrinkage_param'),
 ])
 def test_constructor_validates_arguments(kwargs, message):
     args = {'input_shape': D, 'num_classes': C, **kwargs}
