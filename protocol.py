@@ -175,6 +175,9 @@ def class_order_from_label_files(splits, labels_dir):
 
     Each file holds one int64 per image, in dataset order: the stream position of the image's class.
     """
+    if os.path.exists(labels_dir) and not os.path.isdir(labels_dir):
+        raise InputError(f'--labels_dir {labels_dir} is a file, not a folder: give the folder that holds '
+                         f'{" and ".join(label_file_names(splits.name))}')
     order = None
     for split, file_name in zip((splits.train, splits.test), label_file_names(splits.name)):
         path = os.path.join(labels_dir, file_name)
@@ -182,6 +185,8 @@ def class_order_from_label_files(splits, labels_dir):
             positions = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise MissingFileError(f'class order file {path} not found') from None
+        except (IsADirectoryError, PermissionError) as e:
+            raise InputError(f'class order file {path} cannot be read: {e.strerror}') from None
         except (OSError, ValueError):
             positions = None
         if not isinstance(positions, np.ndarray):

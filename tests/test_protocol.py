@@ -130,6 +130,23 @@ def test_a_label_file_that_is_not_npy_gives_one_line(tmp_path, image_folder, cap
     assert_one_line_error(code, out, str(path), fragment)
 
 
+@pytest.mark.parametrize('what', ['a file', 'a folder named as the file'])
+def test_labels_dir_naming_a_file_or_an_unreadable_label_file_gives_one_line(tmp_path, image_folder, capsys, what):
+    root, labels = image_folder
+    ckpt = tmp_path / 'base.pth'
+    make_checkpoint(ckpt)
+    if what == 'a file':
+        labels_dir, fragments = labels / 'imagenet_train_labels.npy', ['is a file, not a folder',
+                                                                        'imagenet_train_labels.npy and']
+    else:
+        labels_dir = tmp_path / 'other_labels'
+        (labels_dir / 'imagenet_train_labels.npy').mkdir(parents=True)
+        fragments = [str(labels_dir / 'imagenet_train_labels.npy'), 'cannot be read: Is a directory']
+    code, out = run(['--dataset', 'imagenet', '--images_dir', root, '--labels_dir', labels_dir, '--base_init_ckpt',
+                     ckpt, '--save_dir', tmp_path / 'out'] + SMALL, capsys)
+    assert_one_line_error(code, out, *fragments)
+
+
 def test_an_increment_larger_than_the_classes_is_one_line_naming_its_flag(tmp_path, image_folder, capsys):
     root, labels = image_folder
     argv = imagenet_argv(tmp_path, root, labels)
