@@ -431,6 +431,12 @@ def check_inputs(config):
     if folder and os.path.exists(folder) and not os.path.isdir(folder):
         raise SettingError('feature_cache', f'--feature_cache {folder} is a file; it must be a folder (or not '
                                             f'exist yet)')
+    if folder and not os.path.exists(folder):
+        existing = os.path.dirname(os.path.abspath(folder))
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise SettingError('feature_cache', f'--feature_cache {folder} cannot be made: {existing} is a file')
 
 
 def check_device(name):

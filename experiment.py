@@ -242,10 +242,12 @@ def check_preds_space(config, plan, num_classes):
     where = os.path.abspath(config.run.save_dir)
     while not os.path.isdir(where):
         where = os.path.dirname(where)
-    free = shutil.disk_usage(where).free
-    if needed > free:
+    usage = shutil.disk_usage(where)
+    # A file system that reports no size at all (/proc, some FUSE mounts) says nothing about room: the folder's
+    # claim then reports whether it can be written.
+    if usage.total and needed > usage.free:
         raise UserError(f'--save_preds {config.run.save_preds} would write {needed / 1e9:.2f} GB of probabilities '
-                        f'to {config.run.save_dir}, where {free / 1e9:.2f} GB are free: use --save_preds final '
+                        f'to {config.run.save_dir}, where {usage.free / 1e9:.2f} GB are free: use --save_preds final '
                         f'(the last batch\'s only) or none, or free some space')
 
 

@@ -116,6 +116,7 @@ def test_a_class_increment_too_large_for_the_classes_left_by_ood_classes_says_th
     (['--device', 'tpu'], 'device', '--device tpu'),
     (['--device', 'mps'], 'device', '--device mps'),
     (['--feature_cache', '{file}'], 'feature_cache', '--feature_cache {file}'),
+    (['--feature_cache', '{file}/sub/cache'], 'feature_cache', '--feature_cache {file}/sub/cache cannot be made: {file} is a file'),
 ])
 def test_bad_flags_give_one_line(tmp_path, image_folder, capsys, argv, name, fragment):
     root, _ = image_folder

@@ -253,6 +253,12 @@ def test_preds_that_would_not_fit_are_refused_before_any_work(tmp_path, capsys, 
     assert not (tmp_path / 'out').exists()
 
 
+def test_a_save_dir_where_nothing_can_be_written_is_named_as_such_not_blamed_on_save_preds(capsys):
+    # /proc reports a file system of no size: no free space to compare the probabilities with
+    code, out = run(['--num_classes', 4, '--save_dir', '/proc/slda_run'], capsys)
+    assert_one_line_error(code, out, 'cannot write to --save_dir /proc/slda_run')
+
+
 @pytest.mark.parametrize('save_preds,dtype,needed', [
     ('every', 'float32', (10 + 20 + 30) * 7 * 4),      # test images x classes x bytes per probability
     ('every', 'float64', (10 + 20 + 30) * 7 * 8),
