@@ -45,6 +45,14 @@ class Experiment:
         self.config = config
         self.reporters = reporters if reporters is not None else default_reporters(config)
         self.batches_finished = 0       # in this process, or found saved on --resume
+        self.folder = None
+
+    def batches_saved(self):
+        """The batches finished whose model file is on disk: the files are written in the background, and one
+        that failed (a full disk) leaves its batch and those after it unsaved."""
+        if not self.batches_finished:
+            return 0
+        return min(self.batches_finished, len(self.folder.finished_batches()))
 
     def run(self):
         """Run the experiment; returns summary.json's content (None on a torchrun process other than rank 0,
@@ -73,7 +81,7 @@ class Experiment:
         self.report('warn', order_warning)
         plan = make_plan(config, splits, order)
         files = BackgroundFiles()
-        folder = ResultsFolder(config.run.save_dir, files)
+        folder = self.folder = ResultsFolder(config.run.save_dir, files)
         if not (config.run.resume and folder.is_finished()):   # a finished run is left as it is: writes nothing
             check_preds_space(config, plan, splits.num_classes)
         self.report('warn', config.ordering.plan_warning(config.stream.options, splits))
@@ -371,9 +379,10 @@ def leave_at_once():
 
 def resume_hint(experiment):
     """What a stopped run can do next: only a run with a finished batch has something to continue."""
-    if experiment is None or not experiment.batches_finished:
+    saved = experiment.batches_saved() if experiment is not None else 0
+    if not saved:
         return ''
-    return f'; {experiment.batches_finished} finished batch(es) are saved, rerun with --resume to continue'
+    return f'; {saved} finished batch(es) are saved, rerun with --resume to continue'
 
 
 def log_error(experiment):

@@ -177,7 +177,7 @@ def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
     code, out = run(['--num_classes', 6, '--save_dir', save], capsys)
     assert code == 1
     assert 'No space left on device' in out.err and 'preds_min_trained_0_max_trained_4.pt' in out.err
-    assert '--resume' in out.err
+    assert '; 1 finished batch(es) are saved, rerun with --resume' in out.err     # the files on disk, not those queued
     first = torch.load(save / 'slda_model_weights_min_trained_0_max_trained_2.pth', weights_only=True)
     train_labels = np.load(save / 'digits_train_labels.npy')
     assert first['num_updates'] == (train_labels < 2).sum() == first['cK'].sum()
@@ -187,6 +187,22 @@ def test_full_disk_keeps_finished_increments(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(results, 'save_tensor', real_save)
     code, out = run(['--num_classes', 6, '--save_dir', save, '--resume'], capsys)
     assert code == 0 and 'resuming after increment 1/3' in out.out, out.err
+
+
+def test_the_stop_message_counts_the_batches_whose_files_were_written_not_those_queued(tmp_path, capsys,
+                                                                                        monkeypatch):
+    real_save = results.save_tensor
+
+    def failing_save(path, obj):     # the second batch's model file does not fit on the disk
+        if os.path.basename(path) == 'slda_model_weights_min_trained_0_max_trained_4.pth':
+            raise OSError(errno.ENOSPC, 'No space left on device', path)
+        real_save(path, obj)
+
+    monkeypatch.setattr(results, 'save_tensor', failing_save)
+    code, out = run(['--num_classes', 8, '--save_preds', 'none', '--save_dir', tmp_path / 'out'], capsys)
+    assert code == 1 and 'No space left on device' in out.err
+    assert '; 1 finished batch(es) are saved' in out.err, out.err
+    assert len(results.ResultsFolder(str(tmp_path / 'out'), None).finished_batches()) == 1
 
 
 def test_resume_refuses_different_settings(tmp_path, capsys):
