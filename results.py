@@ -45,7 +45,8 @@ def read_offline_accuracies(path, num_batches):
     """{"top1": [...], "top5": [...]} in percent, one accuracy per batch, or None without a file.
 
     The file gives fractions in (0, 1] or percentages in (0, 100]; it is read as percent when any value
-    exceeds 1 (an offline model at or below 1% accuracy everywhere is not a useful reference)."""
+    exceeds 1 (an offline model at or below 1% accuracy is not a useful reference), and refused when it mixes
+    values above 1 with values at or below 1: read as percent, the fractions would make Omega 100x too large."""
     if path is None:
         return None
     if not os.path.isfile(path):
@@ -59,6 +60,9 @@ def read_offline_accuracies(path, num_batches):
                 not all(is_number(v) and 0 < v * scale <= 100 for v in values):
             raise InputError(f'offline accuracies {path}: "{key}" must list {num_batches} accuracies, one per '
                              f'increment, as fractions in (0, 1] or percentages in (0, 100]')
+    if scale == 1 and any(0 < v <= 1 for v in numbers):
+        raise InputError(f'offline accuracies {path} mixes fractions and percentages ({min(numbers):g} beside '
+                         f'{max(numbers):g}): give every accuracy as a fraction in (0, 1] or every one in percent')
     return {key: [v * scale for v in values] for key, values in lists.items()}
 
 

@@ -77,6 +77,13 @@ def test_offline_accuracies_in_fractions_or_percent_come_back_in_percent(tmp_pat
         assert results.read_offline_accuracies(str(path), 2) == {'top1': [50.0, 25.0], 'top5': [100.0, 75.0]}
 
 
+def test_offline_accuracies_mixing_fractions_and_percent_are_refused(tmp_path):
+    path = tmp_path / 'offline.json'
+    path.write_text(json.dumps({'top1': [0.5, 0.25], 'top5': [0.9, 90.0]}))
+    with pytest.raises(InputError, match='mixes fractions and percentages \\(0.25 beside 90\\)'):
+        results.read_offline_accuracies(str(path), 2)
+
+
 def test_unwritable_save_dir_fails_before_any_work(tmp_path, capsys):
     (tmp_path / 'a_file').write_text('x')
     code, out = run(['--save_dir', tmp_path / 'a_file' / 'out'], capsys)
