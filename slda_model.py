@@ -1017,15 +1017,14 @@ class StreamingLDA(nn.Module):
 
         A dict with ``muK`` (C, d), ``cK`` (C,) as floats, ``Sigma`` (d, d) and ``num_updates`` (int), so the
         original implementation loads it too. ``cK`` is in the model's dtype, or float64 once a count is beyond
-        the integers that dtype holds exactly (2^24 for float32). With a fixed covariance and
-        shrinkage_param='oas', also ``base_samples`` (int), the samples behind Sigma that the shrinkage depends
-        on (the original ignores it).
+        the integers that dtype holds exactly (2^24 for float32). With a fixed covariance, also ``base_samples``
+        (int), the samples behind Sigma, which shrinkage_param='oas' depends on (the original ignores it).
         """
         exact = self.cK.numel() == 0 or int(self.cK.max()) <= 2 / torch.finfo(self.dtype).eps
         state = {'muK': self.muK.to('cpu', copy=True),
                  'cK': self.cK.to('cpu', self.dtype if exact else torch.float64, copy=True),
                  'Sigma': self.Sigma.to('cpu', copy=True), 'num_updates': int(self.num_updates)}
-        if not self.streaming_update_sigma and self.shrinkage_param == 'oas':
+        if not self.streaming_update_sigma:
             state['base_samples'] = int(self.base_samples)
         return state
 

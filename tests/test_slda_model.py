@@ -282,19 +282,22 @@ def test_save_load_round_trip_and_state_dict(tmp_path):
     assert [f for f in os.listdir(tmp_path) if f.endswith('.tmp')] == []
 
 
+@pytest.mark.parametrize('shrinkage', [1e-4, 'oas'])
 @pytest.mark.parametrize('load', ['load_model', 'load_state_dict'])
-def test_a_fixed_covariance_with_oas_keeps_its_base_samples_through_save_and_load(tmp_path, load):
-    # OAS shrinks a fixed covariance by the samples behind it (fit_base's), not by every sample streamed since
+def test_a_fixed_covariance_keeps_its_base_samples_through_save_and_load(tmp_path, load, shrinkage):
+    # OAS shrinks a fixed covariance by the samples behind it (fit_base's), not by every sample streamed since;
+    # a model saved with another shrinkage may be switched to OAS after loading
     X, y = make_stream(300, seed=21)
-    model = StreamingLDA(D, C, device='cpu', streaming_update_sigma=False, shrinkage_param='oas')
+    model = StreamingLDA(D, C, device='cpu', streaming_update_sigma=False, shrinkage_param=shrinkage)
     model.fit_base(X[:60], y[:60]).fit(X[60:], y[60:])
-    loaded = StreamingLDA(D, C, device='cpu', streaming_update_sigma=False, shrinkage_param='oas')
+    loaded = StreamingLDA(D, C, device='cpu', streaming_update_sigma=False, shrinkage_param=shrinkage)
     if load == 'load_model':
         model.save_model(str(tmp_path), 'slda')
         loaded.load_model(str(tmp_path), 'slda')
     else:
         loaded.load_state_dict(model.state_dict())
     assert int(loaded.base_samples) == 60 and int(loaded.num_updates) == 300
+    model.shrinkage_param = loaded.shrinkage_param = 'oas'
     assert loaded.shrinkage_used == model.shrinkage_used
     assert torch.equal(loaded.predict(X), model.predict(X))
 
