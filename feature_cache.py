@@ -20,6 +20,9 @@ import torch
 from errors import InputError
 from utils import remove_stale_temporaries, safe_torch_load, save_tensor
 
+# The most a feature row may change, relative to its norm, when stored in the cache's precision: float16 and
+# bfloat16 round a normal value by at most 2^-11 and 2^-8 of it; far more means values too small for the format.
+CACHE_ROUNDING_TOLERANCE = 0.01
 
 def cache_key(extractor_identity, splits, dtype):
     """A short hash of everything besides the image files that changes cached features: the network, the
@@ -102,7 +105,8 @@ class FeatureCache:
         """Store class ``label``: features (n, d), their dataset indices (n,), unreadable images' indices (k,).
         Written atomically, on the file thread of ``files`` (a utils.BackgroundFiles) when given. Returns the
         features as stored, which is what a later ``read`` returns. Raises ValueError, naming the file and
-        ``--cache_dtype float32``, for features beyond the range of the cache's precision."""
+        ``--cache_dtype float32``, for features beyond the range of the cache's precision, or so small that a row
+        changes by more than CACHE_ROUNDING_TOLERANCE of its norm when stored."""
         path = self.path(split_name, label)
         stored = features.to(self.dtype)
         if not torch.isfinite(stored).all():        # the extraction refuses non-finite features: these overflowed
@@ -110,6 +114,18 @@ class FeatureCache:
                              f'range of {str(self.dtype).replace("torch.", "")} (largest '
                              f'{torch.finfo(self.dtype).max:.4g}), where they would become infinite; store them '
                              f'in float32 (--cache_dtype float32)')
+        # float16 rounds each value by at most 2^-11 of it, but values below its smallest normal number (6.1e-5)
+        # lose their precision or become 0: features of that size (a randomly initialised network's can be 1e-10)
+        # would be stored as zeros, and the run would score nothing.
+        change = (stored.double() - features.double()).norm(dim=1)
+        changed = change > CACHE_ROUNDING_TOLERANCE * features.double().norm(dim=1)
+        if changed.any():
+            row = int(torch.nonzero(changed)[0])
+            raise InputError(f'cannot cache {path}: features as small as {float(features[row].abs().max()):.3g} '
+                             f'(row {row}) lose their precision in {str(self.dtype).replace("torch.", "")} (smallest '
+                             f'normal value {torch.finfo(self.dtype).tiny:.3g}): storing them changes the row by '
+                             f'{float(change[row] / features[row].double().norm()):.0%}; store them in float32 '
+                             f'(--cache_dtype float32)')
         features = stored
         entry = {'features': features, 'indices': indices, 'skipped': skipped,
                  'fingerprint': split.class_fingerprint(label, sizes=True),

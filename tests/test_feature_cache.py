@@ -207,6 +207,25 @@ def test_features_beyond_the_range_of_float16_are_refused_naming_cache_dtype(tmp
                        features)
 
 
+@pytest.mark.parametrize('scale', [1e-10, 1e-6])
+def test_features_too_small_for_float16_are_refused_naming_cache_dtype(tmp_path, scale):
+    # a randomly initialised network's features can be 1e-10: in float16 they became zeros and the run scored 0%
+    cache = FeatureCache(str(tmp_path / 'cache'), 'key', torch.float16)
+    features = torch.randn(3, 5, generator=torch.Generator().manual_seed(0)).abs() + 0.5
+    features[1] *= scale
+    with pytest.raises(ValueError, match=r'row 1\) lose their precision in float16 .*--cache_dtype float32') as raised:
+        cache.write(TinySplit(), 'train', 1, features, torch.tensor([1, 4, 7]), torch.tensor([6]))
+    assert cache.path('train', 1) in str(raised.value)
+    assert not os.path.exists(cache.path('train', 1))
+    small = FeatureCache(str(tmp_path / 'cache'), 'small', torch.float32)      # float32 holds them
+    assert torch.equal(small.write(TinySplit(), 'train', 1, features, torch.tensor([1, 4, 7]), torch.tensor([6])),
+                       features)
+    features[1] /= scale                # float16's own rounding (at most 2^-11 of a value) is accepted
+    features[2] = 0                     # and so is a row of zeros
+    stored = cache.write(TinySplit(), 'train', 1, features, torch.tensor([1, 4, 7]), torch.tensor([6]))
+    assert torch.allclose(stored.float(), features, rtol=2 ** -11)
+
+
 def damaged(entry, what):
     """``entry`` (a class file of class 1) damaged as ``what`` says."""
     features, indices = entry['features'], entry['indices']
