@@ -6,7 +6,8 @@ Takes experiment.py's options: with the same data, network and --feature_cache a
 from the cache that run filled (what is missing is extracted, and cached). The output layers' flags and those of a
 run's own files (--save_dir, --resume, --save_preds, ...) are refused. The stream's flags are taken, since they
 choose and check the plan whose images are written, though some (--shuffle_data, --class_increment, ...) leave
-the file as it is.
+the file as it is; --class_increment and --base_init_classes default to 1 here, which fits a dataset of any
+number of classes.
 The file (.npz, read with ``np.load(path)``, no pickles; or .pt, read with ``torch.load(path, weights_only=True)``)
 holds, for each split (``train``, and ``test`` for the dataset's test split):
 
@@ -19,6 +20,7 @@ holds, for each split (``train``, and ``test`` for the dataset's test split):
 Images skipped as unreadable (--skip_bad_images) have no row.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -76,6 +78,20 @@ def refuse_unused(parser, unused, argv, given):
                                             f'({unused[action.dest]}); leave it out')
 
 
+def export_config(given):
+    """``cli.make_config(**given)`` with the stream's batch sizes at 1 class where ``given`` sets none: any value
+    exports the same images, and the dataset's default (10 for a folder) would refuse a dataset of fewer
+    classes."""
+    config = cli.make_config(**given)
+    options = config.stream.options
+    smallest = {name: 1 for name in ('classes_per_batch', 'base_init_classes')
+                if given.get(name) is None and getattr(options, name, None) is not None}
+    if not smallest:
+        return config
+    return dataclasses.replace(config, stream=dataclasses.replace(
+        config.stream, options=dataclasses.replace(options, **smallest)))
+
+
 def export(config, output):
     """Extract or read the features of ``config``'s run and write them to ``output`` (.npz or .pt); returns
     {split: number of images written}. Raises SettingError for another extension, InputError for a file that
@@ -116,7 +132,7 @@ def main(argv=None):
         given = vars(parser.parse_args(argv))
         output = given.pop('output')
         refuse_unused(parser, unused, argv, given)
-        config = cli.make_config(**given)
+        config = export_config(given)
         counts = export(config, output)
     except ProjectError as e:
         print(error_line(e), file=sys.stderr)
