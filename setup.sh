@@ -2,7 +2,13 @@
 # Create .venv with the pinned requirements (about a minute where torch is cached), once.
 set -euo pipefail
 cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  # the pinned numpy, scikit-learn, matplotlib and pillow are published for Python 3.11 and later only
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup.sh: $("$PYTHON" --version 2>&1) found; Python 3.11 or later is needed (PYTHON=python3.11 bash setup.sh picks one)" >&2
+    exit 1
+  fi
+  "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
