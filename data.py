@@ -498,8 +498,12 @@ def image_folder_splits(name, images_dir, preprocessing=Preprocessing(), test_sp
     for split in ('train', test_split):
         root = os.path.join(images_dir, split)
         if not os.path.isdir(root):
+            others = sorted(entry for entry in os.listdir(images_dir) if entry != 'train'
+                            and os.path.isdir(os.path.join(images_dir, entry)))
+            hint = (f'; to test on {others[0]}/, give --test_split {others[0]}'
+                    if split == test_split and others else '')
             raise MissingFileError(f'{root} is missing: images_dir must hold train/ and {test_split}/ '
-                                    f'folders with one sub-folder per class')
+                                    f'folders with one sub-folder per class{hint}')
         split_classes = list_classes(root)
         if not split_classes:
             raise InputError(f'{root} has no class sub-folders; put each class\'s images in a folder of its own')

@@ -189,7 +189,7 @@ class FeatureExtractor:
             weights_identity = f'{weights} sha256 {file_sha256(self.weights_path)}'
             self.weights_report = f'pretrained weights {weights} ({self.weights_path}), {not_loaded}'
         else:
-            self.weights_report = (f'no checkpoint or weights given: {arch} is randomly initialised '
+            self.weights_report = (f'no checkpoint and no pretrained --weights: {arch} is randomly initialised '
                                    f'(seed {seed}); features will be far weaker than a trained network\'s')
             warnings.warn(self.weights_report, stacklevel=2)
             weights_identity = f'random init seed {seed} torch {torch.__version__}'

@@ -89,7 +89,7 @@ class MeetingImages(data.TensorImages):
         return super().__getitem__(index)
 
 
-@pytest.mark.filterwarnings('ignore:no checkpoint or weights given')
+@pytest.mark.filterwarnings('ignore:no checkpoint and no pretrained --weights')
 def test_without_workers_a_batch_is_decoded_on_as_many_threads_as_torch_uses(monkeypatch):
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 2)
     images = MeetingImages(threads=2)
@@ -118,7 +118,7 @@ def test_a_network_that_cannot_take_the_input_size_is_one_line_naming_arch_and_i
     assert not (tmp_path / 'out' / 'summary.json').exists()       # refused before any batch
 
 
-@pytest.mark.filterwarnings('ignore:no checkpoint or weights given')
+@pytest.mark.filterwarnings('ignore:no checkpoint and no pretrained --weights')
 @pytest.mark.parametrize('with_checkpoint', [True, False])
 def test_a_refused_input_size_is_refused_at_every_load(tmp_path, with_checkpoint):
     checkpoint = None

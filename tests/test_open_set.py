@@ -42,7 +42,7 @@ def test_mahalanobis_without_a_positive_definite_covariance_uses_the_pseudo_inve
     torch.testing.assert_close(model.mahalanobis(X), expected)
 
 
-@pytest.mark.filterwarnings('ignore:no checkpoint or weights given')
+@pytest.mark.filterwarnings('ignore:no checkpoint and no pretrained --weights')
 def test_a_run_with_held_out_classes_reports_aurocs_of_its_saved_scores(tmp_path, capsys):
     save = tmp_path / 'out'
     network = ['--arch', 'timm:test_vit', '--weights', 'none', '--amp', 'off']       # small, and float32 throughout
