@@ -41,6 +41,17 @@ from utils import UserError, load_json, safe_torch_load, save_json, save_tensor,
 FINAL_MODEL = 'slda_model_weights_final.pth'
 
 
+def difference(setting, saved, now):
+    """How a resumed run's ``setting`` (a dotted name of Config.results_settings) differs from the saved run's, for
+    the refusal: the flag and both values; for the feature cache, whose location is free to change, whether one
+    is used."""
+    if setting.rsplit('.', 1)[-1] == 'feature_cache':
+        return ('--feature_cache: the run read its features from a feature cache (rounded to its --cache_dtype); '
+                'give --feature_cache DIR' if saved else
+                '--feature_cache: the run extracted its features without a cache; leave --feature_cache out')
+    return f'{flag_of_setting(setting)}: saved {saved!r}, now {now!r}'
+
+
 def read_offline_accuracies(path, num_batches):
     """{"top1": [...], "top5": [...]} in percent, one accuracy per batch, or None without a file.
 
@@ -198,8 +209,7 @@ class ResultsFolder:
         current = json.loads(json.dumps(settings))      # as saved: tuples become lists
         differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if differing:
-            details = '; '.join(f'{flag_of_setting(k)}: saved {saved.get(k)!r}, now {current.get(k)!r}'
-                                for k in differing)
+            details = '; '.join(difference(k, saved.get(k), current.get(k)) for k in differing)
             raise UserError(f'cannot --resume {self.path} with different settings ({details})')
         return True
 

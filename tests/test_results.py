@@ -219,7 +219,8 @@ def test_resume_refuses_different_settings(tmp_path, capsys):
     assert code == 2
     assert "--seed: saved 0, now 3" in out.err and "--shrinkage: saved 0.0001, now 0.01" in out.err
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--feature_cache', tmp_path / 'c'], capsys)
-    assert code == 2 and '--feature_cache: saved False, now True' in out.err      # float16 features differ
+    assert code == 2 and ('--feature_cache: the run extracted its features without a cache; leave --feature_cache '
+                          'out' in out.err)      # float16 features differ
     os.remove(save / 'slda_model_weights_final.pth')          # as if stopped before its end
     code, out = run(['--num_classes', 4, '--save_dir', save, '--resume', '--num_workers', 0], capsys)
     assert code == 0, out.err
