@@ -1,7 +1,8 @@
 """The results folder of a run: what it holds, in which order files are written, and how a run resumes.
 
 After every batch of the plan, with NAME the batch's name (for the class-incremental ordering the original's
-min_trained_0_max_trained_X, X the classes seen so far; batch_1, batch_2, ... for the others):
+min_trained_0_max_trained_X, X the classes seen so far; batch_1, batch_2, ... for the others, zero-padded to the
+width of the last number, batch_01 ... batch_10, so that the names sort in order):
     preds_NAME.pt                       test probabilities (unless --save_preds says otherwise)
     accuracies_NAME.json                {"seen_classes_top1": [...], "seen_classes_top5": [...]}, in percent
     summary.json                        per batch and totals, "finished": false until the end; "metrics" per
