@@ -240,23 +240,31 @@ def saves_preds(config, following):
 
 def check_preds_space(config, plan, num_classes):
     """Refuse, before any work, a run whose preds files would not fit in the free space of the save folder's
-    file system: each is (test images x num_classes) probabilities in SLDA's dtype. Files already there (a
-    resumed run's) are not counted. Raises UserError naming --save_preds final or none."""
+    file system: each is (test images x num_classes) probabilities in SLDA's dtype. With --random_projection M,
+    the model files count too: each holds an M x M covariance and C x M means (3.2 GB at M = 20,000 in float64),
+    one per batch and a final one. Files already there (a resumed run's) are not counted. Raises UserError
+    naming --save_preds final or none (and --random_projection when it counts)."""
     element = torch.finfo(getattr(torch, config.slda.slda_dtype)).bits // 8
-    needed = sum(len(batch.test_indices) * num_classes * element
-                 for batch, following in zip(plan, plan[1:] + [None])
-                 if saves_preds(config, following)
-                 and not os.path.exists(os.path.join(config.run.save_dir, f'preds_{batch.name}.pt')))
+    missing = [batch for batch in plan
+               if not os.path.exists(os.path.join(config.run.save_dir, f'slda_model_weights_{batch.name}.pth'))]
+    preds = sum(len(batch.test_indices) * num_classes * element
+                for batch, following in zip(plan, plan[1:] + [None])
+                if saves_preds(config, following)
+                and not os.path.exists(os.path.join(config.run.save_dir, f'preds_{batch.name}.pt')))
+    dim = config.output.random_projection
+    models = (len(missing) + 1) * (num_classes * dim + num_classes + dim * dim) * element if dim else 0
     where = os.path.abspath(config.run.save_dir)
     while not os.path.isdir(where):
         where = os.path.dirname(where)
     usage = shutil.disk_usage(where)
     # A file system that reports no size at all (/proc, some FUSE mounts) says nothing about room: the folder's
     # claim then reports whether it can be written.
-    if usage.total and needed > usage.free:
-        raise UserError(f'--save_preds {config.run.save_preds} would write {needed / 1e9:.2f} GB of probabilities '
-                        f'to {config.run.save_dir}, where {usage.free / 1e9:.2f} GB are free: use --save_preds final '
-                        f'(the last batch\'s only) or none, or free some space')
+    if usage.total and preds + models > usage.free:
+        with_models = f' and {models / 1e9:.2f} GB of model files (--random_projection {dim})' if models else ''
+        raise UserError(f'--save_preds {config.run.save_preds} would write {preds / 1e9:.2f} GB of probabilities'
+                        f'{with_models} to {config.run.save_dir}, where {usage.free / 1e9:.2f} GB are free: use '
+                        f'--save_preds final (the last batch\'s only) or none'
+                        f'{", a smaller --random_projection" if models else ""}, or free some space')
 
 
 def fit_and_evaluate(heads, batch, following, train, test, device, save_preds):

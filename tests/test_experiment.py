@@ -268,7 +268,7 @@ def test_a_save_dir_where_nothing_can_be_written_is_named_as_such_not_blamed_on_
 def test_the_preds_estimate_counts_what_each_setting_writes(tmp_path, monkeypatch, save_preds, dtype, needed):
     plan = [Batch(i + 1, np.arange(3), np.arange(10 * (i + 1)), 2 * (i + 1), f'b{i}') for i in range(3)]
     settings = SimpleNamespace(run=SimpleNamespace(save_preds=save_preds, save_dir=str(tmp_path / 'out')),
-                               slda=SimpleNamespace(slda_dtype=dtype))
+                               slda=SimpleNamespace(slda_dtype=dtype), output=SimpleNamespace(random_projection=None))
     fake_disk(monkeypatch, needed)
     experiment.check_preds_space(settings, plan, num_classes=7)
     if needed:
@@ -280,6 +280,24 @@ def test_the_preds_estimate_counts_what_each_setting_writes(tmp_path, monkeypatc
         (tmp_path / 'out' / 'preds_b0.pt').touch()
         fake_disk(monkeypatch, needed * 5 // 6)
         experiment.check_preds_space(settings, plan, num_classes=7)
+
+
+def test_the_model_files_of_a_random_projection_count_in_the_space_check(tmp_path, monkeypatch):
+    plan = [Batch(i + 1, np.arange(3), np.arange(10), 2 * (i + 1), f'b{i}') for i in range(3)]
+    settings = SimpleNamespace(run=SimpleNamespace(save_preds='none', save_dir=str(tmp_path / 'out')),
+                               slda=SimpleNamespace(slda_dtype='float64'), output=SimpleNamespace(random_projection=100))
+    # three batches' model files and the final one, each a 100 x 100 Sigma, 7 x 100 means and 7 counts in float64
+    needed = 4 * (100 * 100 + 7 * 100 + 7) * 8
+    fake_disk(monkeypatch, needed)
+    experiment.check_preds_space(settings, plan, num_classes=7)
+    fake_disk(monkeypatch, needed - 1)
+    with pytest.raises(ValueError, match='0.00 GB of probabilities and 0.00 GB of model files '
+                                         '\\(--random_projection 100\\).*or none, a smaller --random_projection'):
+        experiment.check_preds_space(settings, plan, num_classes=7)
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'slda_model_weights_b0.pth').touch()        # a resumed run's files are not counted again
+    fake_disk(monkeypatch, needed * 3 // 4)
+    experiment.check_preds_space(settings, plan, num_classes=7)
 
 
 def test_softmax_in_place_gives_torch_softmax_bit_for_bit():
