@@ -52,7 +52,10 @@ class Experiment:
         that failed (a full disk) leaves its batch and those after it unsaved."""
         if not self.batches_finished:
             return 0
-        return min(self.batches_finished, len(self.folder.finished_batches()))
+        try:
+            return min(self.batches_finished, len(self.folder.finished_batches()))
+        except OSError:         # the folder itself is gone (removed, unmounted): nothing in it to resume
+            return 0
 
     def run(self):
         """Run the experiment; returns summary.json's content (None on a torchrun process other than rank 0,
@@ -243,7 +246,7 @@ def check_preds_space(config, plan, num_classes):
     file system: each is (test images x num_classes) probabilities in SLDA's dtype. With --random_projection M,
     the model files count too: each holds an M x M covariance and C x M means (3.2 GB at M = 20,000 in float64),
     one per batch and a final one. Files already there (a resumed run's) are not counted. Raises UserError
-    naming --save_preds final or none (and --random_projection when it counts)."""
+    naming what would not fit and what to change (--save_preds final or none, a smaller --random_projection)."""
     element = torch.finfo(getattr(torch, config.slda.slda_dtype)).bits // 8
     missing = [batch for batch in plan
                if not os.path.exists(os.path.join(config.run.save_dir, f'slda_model_weights_{batch.name}.pth'))]
@@ -260,11 +263,16 @@ def check_preds_space(config, plan, num_classes):
     # A file system that reports no size at all (/proc, some FUSE mounts) says nothing about room: the folder's
     # claim then reports whether it can be written.
     if usage.total and preds + models > usage.free:
-        with_models = f' and {models / 1e9:.2f} GB of model files (--random_projection {dim})' if models else ''
-        raise UserError(f'--save_preds {config.run.save_preds} would write {preds / 1e9:.2f} GB of probabilities'
-                        f'{with_models} to {config.run.save_dir}, where {usage.free / 1e9:.2f} GB are free: use '
-                        f'--save_preds final (the last batch\'s only) or none'
-                        f'{", a smaller --random_projection" if models else ""}, or free some space')
+        sizes, remedies = [], []
+        if preds:
+            sizes.append(f'{preds / 1e9:.2f} GB of probabilities (--save_preds {config.run.save_preds})')
+            remedies.append('--save_preds final (the last batch\'s only) or none' if config.run.save_preds == 'every'
+                            else '--save_preds none')
+        if models:
+            sizes.append(f'{models / 1e9:.2f} GB of model files (--random_projection {dim})')
+            remedies.append('a smaller --random_projection')
+        raise UserError(f'this run would write {" and ".join(sizes)} to {config.run.save_dir}, where '
+                        f'{usage.free / 1e9:.2f} GB are free: use {" or ".join(remedies)}, or free some space')
 
 
 def fit_and_evaluate(heads, batch, following, train, test, device, save_preds):

@@ -212,6 +212,20 @@ def test_the_stop_message_counts_the_batches_whose_files_were_written_not_those_
     assert len(results.ResultsFolder(str(tmp_path / 'out'), None).finished_batches()) == 1
 
 
+def test_the_stop_message_is_one_line_when_the_save_folder_is_gone(tmp_path, capsys, monkeypatch):
+    real_record = results.ResultsFolder.record
+
+    def record_then_vanish(self, *args):       # the folder is removed (or unmounted) after the first batch
+        real_record(self, *args)
+        self.files.finish()
+        shutil.rmtree(self.path)
+
+    monkeypatch.setattr(results.ResultsFolder, 'record', record_then_vanish)
+    code, out = run(['--num_classes', 6, '--save_dir', tmp_path / 'gone'], capsys)
+    assert_one_line_error(code, out, 'No such file or directory', exit_code=1)
+    assert 'finished batch(es) are saved' not in out.err
+
+
 def test_resume_refuses_different_settings(tmp_path, capsys):
     save = tmp_path / 'out'
     assert run(['--num_classes', 4, '--save_dir', save], capsys)[0] == 0
