@@ -8,6 +8,7 @@ import socket
 import tempfile
 import time
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -248,10 +249,13 @@ def _refused_object(error):
 
 
 def safe_torch_load(path, mmap=False):
-    """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code.
+    """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain data only, never code. A zip
+    archive (what ``torch.save`` writes) is read once first to check each record's CRC-32
+    (``damaged_zip_record``), which ``torch.load`` does not: a damaged file raises ValueError naming it instead of
+    loading other values (about 2-3 GB/s here).
 
-    With ``mmap``, tensors map the file instead of being read into memory, which loads small files faster;
-    only for files that are replaced by renaming, never rewritten in place."""
+    With ``mmap``, tensors map the file instead of being copied into memory once more; only for files that are
+    replaced by renaming, never rewritten in place."""
     if not os.path.isfile(path):
         raise MissingFileError(f'file not found: {path}')
     with open(path, 'rb') as f:
@@ -292,6 +296,8 @@ def damaged_zip_record(path):
                 if 'CRC' not in str(e):
                     raise
                 return record.filename
+            except (zlib.error, NotImplementedError, EOFError) as e:   # a damaged compression method or length
+                raise zipfile.BadZipFile(f'record {record.filename}: {e}') from None
     return None
 
 

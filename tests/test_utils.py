@@ -134,6 +134,16 @@ def test_a_model_file_with_a_flipped_bit_is_refused_naming_it_and_the_model_is_u
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
 
 
+def test_a_damaged_compression_method_is_refused_in_one_line_naming_the_file(tmp_path):
+    torch.save({'w': torch.arange(3)}, tmp_path / 'a.pth')
+    data = bytearray((tmp_path / 'a.pth').read_bytes())
+    directory = data.find(b'PK\x01\x02')                 # the first central-directory entry
+    data[directory + 10:directory + 12] = (8).to_bytes(2, 'little')       # deflate, for stored data
+    (tmp_path / 'a.pth').write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f'could not read {tmp_path / "a.pth"} as a PyTorch file'):
+        safe_torch_load(str(tmp_path / 'a.pth'))
+
+
 def test_a_file_saved_without_crc32_still_loads(tmp_path):
     torch.serialization.set_crc32_options(False)
     try:
