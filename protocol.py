@@ -185,6 +185,9 @@ def class_order_from_label_files(splits, labels_dir):
             positions = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise MissingFileError(f'class order file {path} not found') from None
+        except NotADirectoryError:
+            raise InputError(f'--labels_dir {labels_dir} cannot hold {file_name}: part of its path is a file, '
+                             f'not a folder') from None
         except (IsADirectoryError, PermissionError) as e:
             raise InputError(f'class order file {path} cannot be read: {e.strerror}') from None
         except (OSError, ValueError):

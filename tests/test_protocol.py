@@ -130,7 +130,7 @@ def test_a_label_file_that_is_not_npy_gives_one_line(tmp_path, image_folder, cap
     assert_one_line_error(code, out, str(path), fragment)
 
 
-@pytest.mark.parametrize('what', ['a file', 'a folder named as the file'])
+@pytest.mark.parametrize('what', ['a file', 'a folder under a file', 'a folder named as the file'])
 def test_labels_dir_naming_a_file_or_an_unreadable_label_file_gives_one_line(tmp_path, image_folder, capsys, what):
     root, labels = image_folder
     ckpt = tmp_path / 'base.pth'
@@ -138,6 +138,9 @@ def test_labels_dir_naming_a_file_or_an_unreadable_label_file_gives_one_line(tmp
     if what == 'a file':
         labels_dir, fragments = labels / 'imagenet_train_labels.npy', ['is a file, not a folder',
                                                                         'imagenet_train_labels.npy and']
+    elif what == 'a folder under a file':
+        labels_dir = labels / 'imagenet_train_labels.npy' / 'labels'
+        fragments = [f'--labels_dir {labels_dir} cannot hold imagenet_train_labels.npy', 'is a file, not a folder']
     else:
         labels_dir = tmp_path / 'other_labels'
         (labels_dir / 'imagenet_train_labels.npy').mkdir(parents=True)
