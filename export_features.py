@@ -66,6 +66,10 @@ def build_parser():
             if why:
                 unused[action.dest] = why
                 action.help = argparse.SUPPRESS
+            elif action.dest in ('classes_per_batch', 'base_init_classes'):
+                action.help = 'classes per batch of the plan (default here: 1; any value exports the same images)' \
+                    if action.dest == 'classes_per_batch' else \
+                    'classes in the base initialisation (default here: 1; any value exports the same images)'
     return parser, unused
 
 

@@ -4,6 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+  if ! command -v "$PYTHON" > /dev/null; then
+    echo "setup.sh: $PYTHON not found; install Python 3.11 or later, or name one with PYTHON=python3.11 bash setup.sh" >&2
+    exit 1
+  fi
   # the pinned numpy, scikit-learn, matplotlib and pillow are published for Python 3.11 and later only
   if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup.sh: $("$PYTHON" --version 2>&1) found; Python 3.11 or later is needed (PYTHON=python3.11 bash setup.sh picks one)" >&2
