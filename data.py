@@ -499,7 +499,7 @@ def image_folder_splits(name, images_dir, preprocessing=Preprocessing(), test_sp
         root = os.path.join(images_dir, split)
         if not os.path.isdir(root):
             others = sorted(entry for entry in os.listdir(images_dir) if entry != 'train'
-                            and os.path.isdir(os.path.join(images_dir, entry)))
+                            and not entry.startswith('.') and os.path.isdir(os.path.join(images_dir, entry)))
             hint = (f'; to test on {others[0]}/, give --test_split {others[0]}'
                     if split == test_split and others else '')
             raise MissingFileError(f'{root} is missing: images_dir must hold train/ and {test_split}/ '

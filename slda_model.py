@@ -51,13 +51,19 @@ def feature_limit(dtype):
     return largest * 2.0 ** -20
 
 
-def as_tensor(value, name):
-    """``torch.as_tensor(value)``, raising TypeError that names the argument when value is not an array of
-    numbers (a string, a ragged list)."""
+def numbers_tensor(value):
+    """``torch.as_tensor(value)``, also for a NumPy view with negative strides (x[::-1]), which torch refuses:
+    such a view is copied. Raises as torch.as_tensor for anything else it cannot take."""
     if isinstance(value, np.ndarray) and any(stride < 0 for stride in value.strides):
-        value = value.copy()        # a reversed view (x[::-1]): torch takes no negative strides
+        value = value.copy()
+    return torch.as_tensor(value)
+
+
+def as_tensor(value, name):
+    """``numbers_tensor(value)``, raising TypeError that names the argument when value is not an array of
+    numbers (a string, a ragged list)."""
     try:
-        return torch.as_tensor(value)
+        return numbers_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f'{name} must be a tensor or an array of numbers ({error})') from None
 
@@ -201,7 +207,7 @@ def saved_count(value):
     """A count read from a saved state (num_updates, base_samples) as an int, or None when it is not one whole
     number (a string, an array, NaN, 2.5, True)."""
     try:
-        number = torch.as_tensor(value)
+        number = numbers_tensor(value)
     except (TypeError, ValueError, RuntimeError):
         return None
     if number.dim() != 0 or number.dtype == torch.bool or number.is_complex():
@@ -968,7 +974,7 @@ class StreamingLDA(nn.Module):
         values = {}
         for key, (shape, dtype, bound) in checks.items():
             try:
-                value = torch.as_tensor(state[key])
+                value = numbers_tensor(state[key])
             except (TypeError, ValueError, RuntimeError):
                 raise InputError(f'{source}: {key} is not an array of numbers') from None
             if tuple(value.shape) != shape:

@@ -211,6 +211,7 @@ def test_a_class_folder_with_no_images_is_one_line_naming_it(tmp_path, image_fol
 def test_a_missing_test_folder_suggests_test_split_when_another_folder_is_there(tmp_path, image_folder, capsys):
     root, _ = image_folder
     os.rename(root / 'val', root / 'test')          # a train/ + test/ layout
+    (root / '.cache').mkdir()                       # hidden folders are no test split to suggest
     code, out = run(folder_run(root, tmp_path), capsys)
     assert_one_line_error(code, out, f'{root / "val"} is missing', 'to test on test/, give --test_split test')
     code, out = run(folder_run(root, tmp_path, '--test_split', 'test'), capsys)

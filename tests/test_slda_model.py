@@ -501,6 +501,13 @@ def test_reversed_numpy_views_are_taken_as_their_values():
     reversed_view.fit(X[0, ::-1], int(y[0]))            # one sample, reversed columns
     copied.fit(X[0, ::-1].copy(), int(y[0]))
     assert_same_state(state(reversed_view), state(copied))
+    # views with negative strides holding the same values: a reversed copy, reversed again as a view
+    saved = {name: np.ascontiguousarray(value.numpy()[::-1])[::-1] if value.dim() else value
+             for name, value in copied.state_dict().items()}
+    assert saved['muK'].strides[0] < 0
+    loaded = StreamingLDA(D, C, device='cpu')
+    loaded.load_state_dict(saved)
+    assert_same_state(state(loaded), state(copied))
 
 
 def test_fit_and_fit_base_return_the_model():
