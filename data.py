@@ -116,6 +116,16 @@ def check_split(split, num_classes, name):
         raise InputError(f'{name} split: labels must be sorted by class and lie in [0, {num_classes})')
 
 
+def rgb_image(image):
+    """A PIL image as 8-bit RGB. PIL's own ``convert('RGB')`` clips 16- and 32-bit grayscale (modes I;16 and I,
+    as 16-bit PNG and TIFF files open) at 255 instead of scaling it, which turns such an image nearly white:
+    those are scaled from 0-65535 to 0-255 first (16-bit values; larger ones saturate)."""
+    if image.mode == 'I' or image.mode.startswith('I;16'):
+        levels = np.asarray(image).astype(np.float64) / 257
+        image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), 'L')
+    return image.convert('RGB')
+
+
 class ImageList(Dataset):
     """The image files of a split folder, class by class; item i is (uint8 image (3, S, S), i, ok), ok False
     when the file cannot be read.
@@ -172,7 +182,7 @@ class ImageList(Dataset):
             with Image.open(self.path(index)) as image:      # reads the header only; decoding comes later
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     raise InputError('too many pixels')
-                return self.transform(image.convert('RGB')), index, True
+                return self.transform(rgb_image(image)), index, True
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), index, False
 

@@ -74,7 +74,7 @@ def decode_with_pil(encoded):
         with Image.open(io.BytesIO(encoded)) as image:
             if image.width * image.height > data.MAX_IMAGE_PIXELS:
                 return None
-            pixels = np.array(image.convert('RGB'))
+            pixels = np.array(data.rgb_image(image))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     return torch.from_numpy(pixels).permute(2, 0, 1)

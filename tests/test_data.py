@@ -216,3 +216,23 @@ def test_a_missing_test_folder_suggests_test_split_when_another_folder_is_there(
     assert_one_line_error(code, out, f'{root / "val"} is missing', 'to test on test/, give --test_split test')
     code, out = run(folder_run(root, tmp_path, '--test_split', 'test'), capsys)
     assert code == 0, out.err
+
+
+@pytest.mark.parametrize('mode', ['I;16', 'I'])
+def test_a_16_bit_grayscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path, mode):
+    # PIL's convert('RGB') clips 16-bit values at 255: a 16-bit ramp came out [0, 255, 255, ...]
+    from PIL import Image
+    folder = tmp_path / 'train' / 'c'
+    folder.mkdir(parents=True)
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))
+    wide = Image.fromarray(ramp) if mode == 'I;16' else Image.fromarray(ramp.astype(np.int32), 'I')
+    assert wide.mode == mode
+    wide.save(folder / 'wide.png' if mode == 'I;16' else folder / 'wide.tif')
+    Image.fromarray((ramp // 257).astype(np.uint8)).save(folder / 'narrow.png')
+    name = 'wide.png' if mode == 'I;16' else 'wide.tif'
+    images = data.ImageList(str(tmp_path / 'train'), ['c'], [f'{name}\nnarrow.png'], data.Preprocessing(16, 16),
+                            make_transform=data.square_transform)
+    (wide_pixels, _, wide_ok), (narrow_pixels, _, narrow_ok) = images[0], images[1]
+    assert wide_ok and narrow_ok
+    assert torch.equal(wide_pixels, narrow_pixels)
+    assert wide_pixels[0, 0].tolist() == list(range(0, 256, 17))
