@@ -59,8 +59,12 @@ def labels(runs):
 
 
 def paper_protocol(run):
-    return (run.dataset == 'imagenet' and run.ordering == 'class_incremental' and
-            run.setting('class_increment') == 100 and run.setting('base_init_classes') == 100)
+    """Whether ``run`` follows the paper's ImageNet protocol: 100 base classes, then 100 at a time. The increment
+    is the setting classes_per_batch (--class_increment) since schema 2, class_increment before."""
+    increment = run.setting('classes_per_batch')
+    increment = run.setting('class_increment') if increment is None else increment
+    return (run.dataset == 'imagenet' and run.ordering == 'class_incremental' and increment == 100 and
+            run.setting('base_init_classes') == 100)
 
 
 FIGURE_FORMATS = ('png', 'pdf', 'svg')

@@ -2,6 +2,7 @@
 
 plot_results.py: the lines drawn and the table's cells, checked against the run folders' own files, for folders
 of every layout, several runs of one name, unfinished runs, and what cannot be drawn or written."""
+import json
 import math
 import statistics
 
@@ -164,6 +165,21 @@ def test_paper_points_are_drawn_for_the_papers_imagenet_protocol_only(tmp_path, 
         folder = copy_run(ARGUMENTS, tmp_path / f'run{expected}', config=settings)
         assert draw([folder], tmp_path, capsys)[0] == 0
         assert len(points) == expected
+
+
+def test_paper_points_are_drawn_for_a_run_of_this_release_on_the_papers_protocol(tmp_path, capsys, monkeypatch):
+    # this release saves the increment as stream.options.classes_per_batch; plot_results looked for class_increment
+    points = []
+    monkeypatch.setattr(matplotlib.axes.Axes, 'scatter', lambda axis, x, y, **kwargs: points.append(list(x)))
+    folder = tmp_path / 'run'
+    assert run(['--num_classes', 4, '--no-plot', '--save_dir', folder])[0] == 0
+    config = json.loads((folder / 'config.json').read_text())
+    config['dataset'] = 'imagenet'                  # as the paper's protocol writes it, apart from the data
+    config['results_settings'].update({'stream.options.classes_per_batch': 100,
+                                       'stream.options.base_init_classes': 100})
+    (folder / 'config.json').write_text(json.dumps(config))
+    assert draw([folder], tmp_path, capsys)[0] == 0
+    assert len(points) == 2
 
 
 def test_the_output_extension_gives_the_format_and_another_is_refused_before_any_work(tmp_path, capsys):
