@@ -8,7 +8,8 @@ Each DIR is a run folder written by experiment.py, of any release (runs.load_run
 by earlier releases are read as percent). A folder that is not a run (a mistyped name, a feature cache brought by
 a shell glob) is an error naming it (exit 2); runs that have not finished are listed and left out. Columns:
 dataset, ordering, covariance, the number of runs, the means ± standard deviations, the seeds of the group's runs
-(in the order of the DIRs) and the settings that tell the rows apart (those whose values differ between rows).
+(in the order of the DIRs) and the settings that tell the rows apart (those whose values differ between rows; a
+seed as seeded or None, its values being in the seeds column).
 Accuracies are in percent, forgetting in percentage points (blank for runs of releases that did not record it);
 the standard deviation is the sample one (n - 1), blank for a single run. A folder given more than once (with a
 trailing slash, through a link) counts once, with a note; runs of the same settings and seeds in different folders
@@ -105,11 +106,15 @@ def table(groups):
     lines = ['| dataset | ordering | covariance | runs | ' + ' | '.join(MEASURES) + ' | seeds | settings |',
              '|---|---|---|---|' + '---|' * (len(MEASURES) + 2)]
     differing = distinguishing(groups)
+    seed_names = {name for runs in groups for run in runs for name in run.seeds}
     for runs in sorted(groups, key=lambda runs: (runs[0].dataset, runs[0].ordering, runs[0].covariance)):
         values = [measures(run) for run in runs]
         cells = [mean_std([v[m] for v in values if m in v], 3 if m.startswith('Omega') else 2) for m in MEASURES]
         settings = runs[0].results_settings
-        described = ' '.join(f'{name}={settings[name]}' for name in differing if name in settings)
+        # a seed tells rows apart only by being set or not: the row's runs have their own values (seeds column)
+        described = ' '.join(f'{name}=' + (('seeded' if settings[name] is not None else 'None') if name in seed_names
+                                           else f'{settings[name]}')
+                             for name in differing if name in settings)
         lines.append(f'| {runs[0].dataset} | {runs[0].ordering} | {runs[0].covariance} | {len(runs)} | ' +
                      ' | '.join(cells) + f' | {seeds(runs)} | {described} |')
     return '\n'.join(lines) + '\n'

@@ -128,10 +128,12 @@ def test_output_under_a_file_is_one_line_naming_it(tmp_path, capsys):
 def test_a_seed_set_in_one_row_and_not_another_is_named(tmp_path, capsys):
     """A seeded class order and the sorted one are rows of their own, and the settings column says why."""
     folders = [copy_run(ARGUMENTS, tmp_path / 'sorted', config=arguments(class_order_seed=None)),
-               copy_run(ARGUMENTS, tmp_path / 'seeded', config=arguments(class_order_seed=3))]
+               copy_run(ARGUMENTS, tmp_path / 'seeded', config=arguments(class_order_seed=3)),
+               copy_run(ARGUMENTS, tmp_path / 'seeded_again', config=arguments(class_order_seed=4))]
     code, _, rows = summarize(folders, capsys)
     assert code == 0 and len(rows) == 2
-    assert sorted(row[SETTINGS] for row in rows) == ['class_order_seed=3', 'class_order_seed=None']
+    # the seeded row averages seeds 3 and 4: it is labelled by being seeded, not by its first run's seed
+    assert sorted(row[SETTINGS] for row in rows) == ['class_order_seed=None', 'class_order_seed=seeded']
 
 
 def test_average_incremental_accuracy_and_forgetting_are_averaged_over_seeds_where_recorded(tmp_path, capsys):
