@@ -182,6 +182,14 @@ def average_incremental(run, head):
     return ' / '.join(number(run.average_incremental[head][key], 2) for key in ('top1', 'top5'))
 
 
+def final_measures(run, head):
+    """The forgetting and backward transfer cells: measured against the last batch, so 'unfinished' until the
+    run's last batch is in."""
+    if not run.finished:
+        return ['unfinished', 'unfinished']
+    return [number(run.forgetting.get(head), 2), number(run.backward_transfer.get(head), 2)]
+
+
 def table(runs):
     """A Markdown table: a row per run and output layer."""
     lines = ['| run | dataset | ordering | covariance | head | final top-1 | final top-5 | Omega_all top-1 / top-5 '
@@ -193,7 +201,7 @@ def table(runs):
                      ratios(run.omega_all if head == 'slda' else None),
                      ratios((run.omega_vs_offline or {}).get(head)),
                      number(run.images_per_second, 1), number(run.wall_seconds, 1), average_incremental(run, head),
-                     number(run.forgetting.get(head), 2), number(run.backward_transfer.get(head), 2)]
+                     *final_measures(run, head)]
             lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 

@@ -112,6 +112,19 @@ def test_an_unfinished_run_shows_no_final_accuracy(tmp_path, capsys):
         assert rows[('arguments_layout', head)][5:7] == ['unfinished', 'unfinished']
 
 
+def test_an_unfinished_run_shows_no_forgetting_or_backward_transfer(tmp_path, capsys):
+    # both are measured against the last batch: a stopped run's last saved batch is not the stream's last
+    folder = tmp_path / 'run'
+    assert run(['--num_classes', 6, '--no-plot', '--save_dir', folder])[0] == 0
+    summary = json.loads((folder / 'summary.json').read_text())
+    assert summary['metrics']['slda']['average_forgetting'] is not None
+    summary['finished'] = False
+    (folder / 'summary.json').write_text(json.dumps(summary))
+    code, _, rows = draw([folder], tmp_path, capsys)
+    (cells,) = [cells for (_, head), cells in rows.items() if head == 'slda']
+    assert code == 0 and cells[12:14] == ['unfinished', 'unfinished']
+
+
 def test_an_offline_head_at_zero_percent_leaves_the_ratio_undefined(tmp_path, capsys):
     """A ratio to an offline head that scored 0% on some batch has no value (results.mean_ratio gives None)."""
     offline = [{'top1': 0.0, 'top5': 100.0}, {'top1': 50.0, 'top5': 100.0}]
