@@ -3,8 +3,9 @@ others): ``--split_file FILE`` with ``--dataset imagefolder``.
 
 The file has a line per image: its path relative to the images folder, whitespace, and ``train`` or ``test``
 (``images/n01443537/art_0.jpg train``). Blank lines and lines starting with ``#`` are skipped. The class of an
-image is the first folder of its path; classes are sorted by name, a class's images by path, as an ImageFolder
-orders them. Every line is checked before any image is read, and the first bad one is an error naming the file and
+image is the first folder of its path; classes are sorted by name, a class's images by their whole path below the
+class folder (for images in sub-folders of a class folder that differs from an ImageFolder's order, which lists a
+folder's own files before its sub-folders'). A byte-order mark at the start of the file is ignored. Every line is checked before any image is read, and the first bad one is an error naming the file and
 the line number.
 """
 import os
@@ -22,7 +23,7 @@ def read_split_file(path, images_dir):
     the line for a line that is not '<path> train|test', a path that is absolute or leaves ``images_dir``, that has
     no class folder, that is not an image file by its extension, that is missing, or that an earlier line gave."""
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding='utf-8-sig') as f:        # Windows editors start UTF-8 files with a BOM
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise MissingFileError(f'--split_file {path} not found') from None

@@ -42,6 +42,13 @@ def test_the_split_file_gives_the_splits_classes_by_top_folder_files_sorted(fold
     assert built.results_settings()['data.options.split_file'] == str(split_file)
 
 
+def test_a_split_file_starting_with_a_byte_order_mark_reads_as_without(folder):
+    images, split_file = folder
+    plain = read_split_file(str(split_file), str(images))
+    split_file.write_bytes(b'\xef\xbb\xbf' + split_file.read_bytes().replace(b'# ImageNet-R, a split of our own\n\n', b''))
+    assert read_split_file(str(split_file), str(images)) == plain
+
+
 @pytest.mark.parametrize('line, why', [
     ('cat/a.jpg', 'expected "<image path relative to --images_dir> train|test"'),
     ('cat/a.jpg val', "the split must be train or test, got 'val'"),
