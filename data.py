@@ -117,12 +117,13 @@ def check_split(split, num_classes, name):
 
 
 def rgb_image(image):
-    """A PIL image as 8-bit RGB. PIL's own ``convert('RGB')`` clips 16- and 32-bit grayscale (modes I;16 and I,
-    as 16-bit PNG and TIFF files open) at 255 instead of scaling it, which turns such an image nearly white:
-    those are scaled from 0-65535 to 0-255 first (16-bit values; larger ones saturate)."""
+    """A PIL image as 8-bit RGB. PIL's own ``convert('RGB')`` clips integer grayscale of more than 8 bits (modes
+    I;16* and I, as 16-bit PNG, PGM and TIFF files open) at 255 instead of scaling it, which turns such an image
+    nearly white: those are scaled from 0-65535 to 0-255 first, to the nearest level (values outside 0-65535
+    saturate; 12-bit data stored in 16 bits comes out dark). Floating-point images (mode F) are left to PIL."""
     if image.mode == 'I' or image.mode.startswith('I;16'):
-        levels = np.asarray(image).astype(np.float64) / 257
-        image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), 'L')
+        levels = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        image = Image.fromarray(((levels + 128) // 257).astype(np.uint8), 'L')
     return image.convert('RGB')
 
 

@@ -44,6 +44,11 @@ UNUSED_RUNNING = frozenset({'save_dir', 'expt_name', 'save_preds', 'offline_accu
                             'dist_timeout'})
 
 
+# The stream's batch sizes, which export_config sets to 1 class where none is given: their help here.
+EXPORT_DEFAULTS = {'classes_per_batch': 'classes per batch of the plan',
+                   'base_init_classes': 'classes in the base initialisation'}
+
+
 def why_unused(section, setting):
     """Why the flag of ``setting`` (in --help's ``section``) does not apply to an export; None where it does."""
     if section in UNUSED_SECTIONS:
@@ -66,10 +71,9 @@ def build_parser():
             if why:
                 unused[action.dest] = why
                 action.help = argparse.SUPPRESS
-            elif action.dest in ('classes_per_batch', 'base_init_classes'):
-                action.help = 'classes per batch of the plan (default here: 1; any value exports the same images)' \
-                    if action.dest == 'classes_per_batch' else \
-                    'classes in the base initialisation (default here: 1; any value exports the same images)'
+            elif action.dest in EXPORT_DEFAULTS:
+                action.help = f'{EXPORT_DEFAULTS[action.dest]} (default here: 1; any value the classes allow exports ' \
+                              f'the same images)'
     return parser, unused
 
 
@@ -88,7 +92,7 @@ def export_config(given):
     classes."""
     config = cli.make_config(**given)
     options = config.stream.options
-    smallest = {name: 1 for name in ('classes_per_batch', 'base_init_classes')
+    smallest = {name: 1 for name in EXPORT_DEFAULTS
                 if given.get(name) is None and getattr(options, name, None) is not None}
     if not smallest:
         return config

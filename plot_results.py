@@ -17,9 +17,10 @@ figure) gives per run and output layer: dataset, ordering, covariance, final top
 while the run has not finished), Omega_all where offline accuracies were given (the paper's, against an offline
 network, --offline_accuracies; and against the run's own offline output layer with --heads offline; "undefined"
 where that layer scored 0% on some batch), images/s, wall time (seconds), the average incremental accuracy (mean
-over batches, top-1 / top-5), average forgetting and backward transfer (percentage points; blank where the run
-does not record them). Final top-1 is the last accuracy of continual-learning papers. Runs that share an experiment name
-are labelled by their folders. Folders of every release are read (runs.load_run), accuracies of earlier ones
+over batches, top-1 / top-5; "unfinished" too while the run has not finished), average forgetting and backward
+transfer (percentage points; blank where the run does not record them, "unfinished" while it has not
+finished). Final top-1 is the last accuracy of continual-learning papers. Runs that share an experiment name are
+labelled by their folders. Folders of every release are read (runs.load_run), accuracies of earlier ones
 (fractions) in percent like the others; a folder that is not a run, or an --output that cannot be written, is an
 error naming it (exit 2).
 """

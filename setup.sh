@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-  if ! command -v "$PYTHON" > /dev/null; then
-    echo "setup.sh: $PYTHON not found; install Python 3.11 or later, or name one with PYTHON=python3.11 bash setup.sh" >&2
+  if ! command -v "$PYTHON" > /dev/null || [ -d "$PYTHON" ]; then
+    echo "setup.sh: $PYTHON is no program that can be run; install Python 3.11 or later, or name one with PYTHON=python3.11 bash setup.sh" >&2
     exit 1
   fi
   # the pinned numpy, scikit-learn, matplotlib and pillow are published for Python 3.11 and later only

@@ -1,5 +1,6 @@
 """Small helpers shared by the model, the driver and the feature cache: atomic files, safe loading, metrics."""
 import json
+import lzma
 import os
 import pickle
 import re
@@ -296,7 +297,7 @@ def damaged_zip_record(path):
                 if 'CRC' not in str(e):
                     raise
                 return record.filename
-            except (zlib.error, NotImplementedError, EOFError) as e:   # a damaged compression method or length
+            except (zlib.error, lzma.LZMAError, NotImplementedError, EOFError) as e:   # a damaged method or length
                 raise zipfile.BadZipFile(f'record {record.filename}: {e}') from None
     return None
 

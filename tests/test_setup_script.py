@@ -8,7 +8,7 @@ from conftest import REPO
 
 
 @pytest.mark.parametrize('python,fragment', [
-    ('nosuchpython', 'nosuchpython not found'),
+    ('nosuchpython', 'nosuchpython is no program that can be run'),
     ('{old}', 'Python 3.10.12 found; Python 3.11 or later is needed'),
 ])
 def test_setup_refuses_a_missing_or_too_old_python_in_one_line(tmp_path, python, fragment):
