@@ -24,6 +24,7 @@ from utils import remove_stale_temporaries, safe_torch_load, save_tensor
 # bfloat16 round a normal value by at most 2^-11 and 2^-8 of it; far more means values too small for the format.
 CACHE_ROUNDING_TOLERANCE = 0.01
 
+
 def cache_key(extractor_identity, splits, dtype):
     """A short hash of everything besides the image files that changes cached features: the network, the
     dataset and its images folder (a class's fingerprint covers names and sizes, which two folders of

@@ -5,8 +5,8 @@ The file has a line per image: its path relative to the images folder, whitespac
 (``images/n01443537/art_0.jpg train``). Blank lines and lines starting with ``#`` are skipped. The class of an
 image is the first folder of its path; classes are sorted by name, a class's images by their whole path below the
 class folder (for images in sub-folders of a class folder that differs from an ImageFolder's order, which lists a
-folder's own files before its sub-folders'). A byte-order mark at the start of the file is ignored. Every line is checked before any image is read, and the first bad one is an error naming the file and
-the line number.
+folder's own files before its sub-folders'). A byte-order mark at the start of the file is ignored. Every line is
+checked before any image is read, and the first bad one is an error naming the file and the line number.
 """
 import os
 import posixpath

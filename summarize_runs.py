@@ -111,10 +111,13 @@ def table(groups):
         values = [measures(run) for run in runs]
         cells = [mean_std([v[m] for v in values if m in v], 3 if m.startswith('Omega') else 2) for m in MEASURES]
         settings = runs[0].results_settings
-        # a seed tells rows apart only by being set or not: the row's runs have their own values (seeds column)
-        described = ' '.join(f'{name}=' + (('seeded' if settings[name] is not None else 'None') if name in seed_names
-                                           else f'{settings[name]}')
-                             for name in differing if name in settings)
+
+        def shown(name):
+            # a seed tells rows apart only by being set or not: the row's runs have their own (the seeds column)
+            if name in seed_names:
+                return 'None' if settings[name] is None else 'seeded'
+            return settings[name]
+        described = ' '.join(f'{name}={shown(name)}' for name in differing if name in settings)
         lines.append(f'| {runs[0].dataset} | {runs[0].ordering} | {runs[0].covariance} | {len(runs)} | ' +
                      ' | '.join(cells) + f' | {seeds(runs)} | {described} |')
     return '\n'.join(lines) + '\n'
