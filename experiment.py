@@ -160,12 +160,16 @@ def extract_across_processes(group, readers, files):
     return per_process, time.perf_counter() - tick
 
 
+def held_out_test_images(config, splits, order):
+    """(m,) int64: the test images of the classes --ood_classes holds out (none without it)."""
+    held_out = protocol.held_out_classes(config.stream.options, order) if order is not None else []
+    return np.flatnonzero(np.isin(splits.test.labels, held_out))
+
+
 def open_set_evaluation(config, splits, order):
     """An OpenSetEvaluation of the test images of the classes --ood_classes holds out, or None."""
-    held_out = protocol.held_out_classes(config.stream.options, order) if order is not None else []
-    if not len(held_out):
-        return None
-    return OpenSetEvaluation(np.flatnonzero(np.isin(splits.test.labels, held_out)))
+    images = held_out_test_images(config, splits, order)
+    return OpenSetEvaluation(images) if len(images) else None
 
 
 def project(config, train, test, feature_dim):

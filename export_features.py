@@ -11,7 +11,8 @@ number of classes.
 The file (.npz, read with ``np.load(path)``, no pickles; or .pt, read with ``torch.load(path, weights_only=True)``)
 holds, for each split (``train``, and ``test`` for the dataset's test split):
 
-    {split}_features   (n, d) float32, in the run's stream plan's images, dataset order
+    {split}_features   (n, d) float32, in the run's stream plan's images, dataset order; for test, with the test
+                       images of the classes --ood_classes holds out (the run's novelty evaluation uses them)
     {split}_labels     (n,) int64, class indices into class_names
     {split}_paths      (n,) image paths relative to --images_dir (image indices for the digits)
     class_names        (C,)
@@ -29,7 +30,7 @@ import torch
 
 import cli
 from errors import ProjectError, error_line
-from experiment import class_order, list_splits, make_plan
+from experiment import class_order, held_out_test_images, list_splits, make_plan
 from features import build_readers
 from options import SettingError
 from utils import BackgroundFiles, check_output_file
@@ -108,13 +109,15 @@ def export(config, output):
         raise SettingError('output', f'{output}: the output file must end in {" or ".join(FORMATS)}')
     check_output_file(output)
     splits = list_splits(config)
-    plan = make_plan(config, splits, class_order(config, splits)[0])
+    order = class_order(config, splits)[0]
+    plan = make_plan(config, splits, order)
+    held_out = {'train': np.array([], dtype=np.int64), 'test': held_out_test_images(config, splits, order)}
     files = BackgroundFiles()
     try:
         train, test, extractor, _ = build_readers(config, splits, plan, torch.device(config.run.device), files)
         arrays = {}
         for reader, key in ((train, 'train'), (test, 'test')):
-            wanted = np.unique(np.concatenate([getattr(batch, f'{key}_indices') for batch in plan]))
+            wanted = np.unique(np.concatenate([getattr(batch, f'{key}_indices') for batch in plan] + [held_out[key]]))
             features, present = reader.read_classes(reader.classes_of(wanted))
             rows = torch.from_numpy(np.isin(present.numpy(), wanted))
             present = present[rows].numpy()

@@ -71,3 +71,14 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it_before_any_work(
     monkeypatch.setattr(export_features, 'list_splits', lambda *args: pytest.fail('worked before checking'))
     code = export_features.main([str(output), '--num_classes', '2', '--no-progress'])
     assert_one_line_error(code, capsys.readouterr(), str(output))
+
+
+@pytest.mark.filterwarnings('ignore:no checkpoint and no pretrained --weights')
+def test_the_test_images_of_held_out_classes_are_exported_for_the_novelty_evaluation(tmp_path):
+    # --ood_classes 3 streams the digits' classes 0-6 and scores 7-9's test images as novel: the export keeps them
+    flags = ['--ood_classes', '3', '--arch', 'timm:test_vit', '--weights', 'none', '--no-progress']
+    assert export_features.main([str(tmp_path / 'ood.npz')] + flags) == 0
+    exported = np.load(tmp_path / 'ood.npz')
+    assert sorted(set(exported['train_labels'].tolist())) == list(range(7))
+    assert sorted(set(exported['test_labels'].tolist())) == list(range(10))
+    assert len(exported['test_labels']) == 454 and len(exported['test_features']) == 454
