@@ -23,6 +23,7 @@ from heads import HEADS
 from options import (Settings, SettingError, as_dict, at_least, comma_list, described, fields_of, flag_of,
                      option, results_settings, seed)
 from protocol import ORDERINGS
+from utils import nearest_existing
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))
 IMAGE_FILES = os.path.join(PROJECT, 'image_files')
@@ -431,12 +432,9 @@ def check_inputs(config):
     if folder and os.path.exists(folder) and not os.path.isdir(folder):
         raise SettingError('feature_cache', f'--feature_cache {folder} is a file; it must be a folder (or not '
                                             f'exist yet)')
-    if folder and not os.path.exists(folder):
-        existing = os.path.dirname(os.path.abspath(folder))
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise SettingError('feature_cache', f'--feature_cache {folder} cannot be made: {existing} is a file')
+    existing = nearest_existing(folder) if folder else None
+    if existing and not os.path.isdir(existing):
+        raise SettingError('feature_cache', f'--feature_cache {folder} cannot be made: {existing} is a file')
 
 
 def check_device(name):

@@ -33,7 +33,7 @@ from open_set import OpenSetEvaluation
 from projection import ProjectedReader, RandomProjection, check_memory
 from reporting import ConsoleReporter, LearningCurveReporter
 from results import ResultsFolder, describe_run, make_summary, read_offline_accuracies, test_images_digest
-from utils import BackgroundFiles, UserError, crash_point, percent_of, topk_hits
+from utils import BackgroundFiles, UserError, crash_point, nearest_existing, percent_of, topk_hits
 
 
 class Experiment:
@@ -260,10 +260,7 @@ def check_preds_space(config, plan, num_classes):
                 and not os.path.exists(os.path.join(config.run.save_dir, f'preds_{batch.name}.pt')))
     dim = config.output.random_projection
     models = (len(missing) + 1) * (num_classes * dim + num_classes + dim * dim) * element if dim else 0
-    where = os.path.abspath(config.run.save_dir)
-    while not os.path.isdir(where):
-        where = os.path.dirname(where)
-    usage = shutil.disk_usage(where)
+    usage = shutil.disk_usage(nearest_existing(config.run.save_dir))     # the file system it will be on
     # A file system that reports no size at all (/proc, some FUSE mounts) says nothing about room: the folder's
     # claim then reports whether it can be written.
     if usage.total and preds + models > usage.free:

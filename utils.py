@@ -206,6 +206,15 @@ def save_tensor(path, obj):
     atomic_write(path, write)
 
 
+def nearest_existing(path):
+    """``path`` made absolute, or its nearest ancestor that exists (a folder or a file): where a path that is not
+    there yet would be made, or what stops it being made."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
 def check_output_file(path):
     """InputError naming ``path`` unless a file can be written there: its folder exists and takes a new file, and
     no folder, nor a file that cannot be written, stands at ``path``. Called before any work, so that a mistyped
